@@ -1,0 +1,164 @@
+//! Helpers for writing MLXEngine plugins.
+//!
+//! A plugin implements [`Plugin`] (what it is, whether it runs here, how to load a model)
+//! and [`LoadedModel`] (what a loaded model can do), in plain Rust with `Result`s, then
+//! calls [`export_plugin!`]. The macro builds the ABI root module; every call that
+//! crosses the ABI runs inside [`guard`], so a panic in plugin code comes back to the
+//! host as a [`PluginError`] of kind `PANIC` instead of aborting the process.
+//!
+//! ```ignore
+//! struct MyPlugin;
+//! impl plugin_sdk::Plugin for MyPlugin { /* descriptor, probe, load */ }
+//! plugin_sdk::export_plugin!(MyPlugin);
+//! ```
+
+pub use plugin_api;
+
+use abi_stable::std_types::{RResult, RVec};
+use plugin_api::{
+    embed::{EmbedRequest, EmbedResponse},
+    image::{ImageRequest, ImageResponse},
+    lora::{AdapterRequest, AdapterResponse},
+    quant::{QuantizeReport, QuantizeRequest},
+    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSinkMut},
+    ErrorKind, LoadRequest, ModelInfo, PluginDescriptor, PluginError, Probe, ProbeRequest,
+};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Run `f`, turning a panic into a `PANIC` error (with the panic message) and the
+/// `Result` into an FFI-safe `RResult`.
+pub fn guard<T>(f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.into(),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+            RResult::RErr(PluginError::new(ErrorKind::PANIC, msg))
+        }
+    }
+}
+
+/// A plugin, in plain Rust. [`export_plugin!`] exposes it through the ABI.
+pub trait Plugin {
+    /// What the plugin is.
+    fn descriptor() -> PluginDescriptor;
+    /// Whether (and how well) it runs on this device, optionally for one model.
+    fn probe(req: &ProbeRequest) -> Probe;
+    /// Load a model.
+    fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError>;
+    /// Convert a model directory (`quant` plugins).
+    fn quantize(_req: &QuantizeRequest) -> Result<QuantizeReport, PluginError> {
+        Err(PluginError::unsupported("quantization"))
+    }
+}
+
+/// A loaded model, in plain Rust. Implement the methods of the kinds it serves.
+pub trait LoadedModel: Send + Sync + 'static {
+    /// Facts about the model.
+    fn info(&self) -> ModelInfo;
+    /// Text embeddings.
+    fn embed(&self, _req: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
+        Err(PluginError::unsupported("embeddings"))
+    }
+    /// Text generation; `sink` receives stream events and may stop the generation.
+    fn generate(
+        &self,
+        _req: &GenerateRequest,
+        _sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+    ) -> Result<GenerateResponse, PluginError> {
+        Err(PluginError::unsupported("text generation"))
+    }
+    /// Image generation.
+    fn generate_image(&self, _req: &ImageRequest) -> Result<ImageResponse, PluginError> {
+        Err(PluginError::unsupported("image generation"))
+    }
+    /// LoRA adapters.
+    fn adapter(&self, _req: &AdapterRequest) -> Result<AdapterResponse, PluginError> {
+        Err(PluginError::unsupported("LoRA adapters"))
+    }
+}
+
+/// Adapts a [`LoadedModel`] to the ABI trait, guarding every call.
+pub struct Guarded(pub Box<dyn LoadedModel>);
+
+impl plugin_api::Model for Guarded {
+    fn info(&self) -> ModelInfo {
+        // `info` has no error channel; a panic here would abort, so fall back to a stub
+        // that names the problem.
+        match guard(|| Ok(self.0.info())) {
+            RResult::ROk(i) => i,
+            RResult::RErr(e) => ModelInfo {
+                id: "?".into(),
+                kind: plugin_api::ModelKind(0),
+                architecture: "?".into(),
+                backend: format!("error: {e}").into(),
+                dtype: "?".into(),
+                dim: 0,
+                max_tokens: 0,
+                parameters: 0,
+                weight_bytes: 0,
+            },
+        }
+    }
+    fn embed(&self, req: &EmbedRequest) -> RResult<EmbedResponse, PluginError> {
+        guard(|| self.0.embed(req))
+    }
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        mut sink: TokenSinkMut<'_>,
+    ) -> RResult<GenerateResponse, PluginError> {
+        guard(|| self.0.generate(req, &mut |ev| sink.on_event(ev)))
+    }
+    fn generate_image(&self, req: &ImageRequest) -> RResult<ImageResponse, PluginError> {
+        guard(|| self.0.generate_image(req))
+    }
+    fn adapter(&self, req: &AdapterRequest) -> RResult<AdapterResponse, PluginError> {
+        guard(|| self.0.adapter(req))
+    }
+}
+
+/// Convenience: an `RVec<RString>` from string slices.
+pub fn rstrings(items: &[&str]) -> RVec<abi_stable::std_types::RString> {
+    items.iter().map(|s| (*s).into()).collect()
+}
+
+/// Export `$plugin` (a type implementing [`Plugin`]) as this library's root module.
+/// The plugin crate must depend on `abi_stable` (the attribute macro refers to it).
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[::abi_stable::export_root_module]
+        pub fn mlxengine_root_module() -> $crate::plugin_api::PluginModRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            use $crate::plugin_api as api;
+
+            extern "C" fn descriptor() -> api::PluginResult<api::PluginDescriptor> {
+                $crate::guard(|| Ok(<$plugin as $crate::Plugin>::descriptor()))
+            }
+            extern "C" fn probe(req: &api::ProbeRequest) -> api::PluginResult<api::Probe> {
+                $crate::guard(|| Ok(<$plugin as $crate::Plugin>::probe(req)))
+            }
+            extern "C" fn load_model(req: &api::LoadRequest) -> api::PluginResult<api::ModelBox> {
+                $crate::guard(|| {
+                    let model = <$plugin as $crate::Plugin>::load(req)?;
+                    Ok(api::Model_TO::from_value(
+                        $crate::Guarded(model),
+                        ::abi_stable::sabi_trait::TD_Opaque,
+                    ))
+                })
+            }
+            extern "C" fn quantize(
+                req: &api::quant::QuantizeRequest,
+            ) -> api::PluginResult<api::quant::QuantizeReport> {
+                $crate::guard(|| <$plugin as $crate::Plugin>::quantize(req))
+            }
+
+            api::PluginMod { api_version: api::API_VERSION, descriptor, probe, load_model, quantize }
+                .leak_into_prefix()
+        }
+    };
+}

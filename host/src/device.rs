@@ -1,0 +1,63 @@
+//! Facts about this machine that plugins need to decide whether and how to run.
+
+use abi_stable::std_types::RString;
+use plugin_api::DeviceInfo;
+
+/// Measure this machine: cores, SIMD features, RAM (cgroup limit respected).
+pub fn probe() -> DeviceInfo {
+    let (total, available) = memory();
+    DeviceInfo {
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        cpu_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpu_features: cpu_features().into_iter().map(RString::from).collect(),
+        total_memory: total,
+        available_memory: available,
+    }
+}
+
+fn cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! detect {
+            ($($name:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($name) { f.push($name); }
+            )*};
+        }
+        detect!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        f.push("neon");
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            f.push("dotprod");
+        }
+    }
+    f
+}
+
+/// (total, available) bytes: `/proc/meminfo`, capped by a cgroup v2/v1 memory limit.
+fn memory() -> (u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    let (mut total, mut avail) = (field("MemTotal:"), field("MemAvailable:"));
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let limit = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
+    if let Some(limit) = limit.filter(|l| *l > 0 && (total == 0 || *l < total)) {
+        let used = read("/sys/fs/cgroup/memory.current")
+            .or_else(|| read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+            .unwrap_or(0);
+        total = limit;
+        avail = avail.min(limit.saturating_sub(used));
+    }
+    (total, avail)
+}

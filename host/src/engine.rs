@@ -1,0 +1,301 @@
+//! The engine: registry + plugins + device, and the dispatch of requests to plugins.
+
+use crate::{
+    device,
+    plugins::{PluginHandle, PluginSet},
+    registry::{ModelEntry, Registry, RegistryError, Source},
+};
+use abi_stable::std_types::{ROption, RString};
+use plugin_api::{
+    embed::{EmbedRequest, EmbedResponse},
+    DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginError,
+    Probe, ProbeRequest,
+};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
+};
+
+/// Errors of the host library. Each names the model, plugin, kind or feature involved.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("unknown model `{id}` (registered: {known})")]
+    UnknownModel { id: String, known: String },
+    #[error("model `{id}` is a `{kind}` model, not `{wanted}`")]
+    WrongKind { id: String, kind: ModelKind, wanted: ModelKind },
+    #[error("no loaded plugin can serve model `{id}`: {reason}")]
+    NoPlugin { id: String, reason: String },
+    #[error("model `{id}` is not available locally (looked in: {tried}){hint}")]
+    NotLocal { id: String, tried: String, hint: String },
+    #[error("model `{id}` (plugin `{plugin}`): {error}")]
+    Plugin { id: String, plugin: String, error: PluginError },
+}
+
+/// A model loaded by a plugin, shared by the requests that use it.
+pub struct LoadedModel {
+    /// Registry entry it was loaded from.
+    pub entry: ModelEntry,
+    /// Name of the plugin serving it.
+    pub plugin: String,
+    /// The plugin's model object.
+    pub model: ModelBox,
+    /// Facts the plugin reported after loading.
+    pub info: ModelInfo,
+}
+
+/// One plugin's answer for one model, as shown by `mlxengine info`.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Plugin name.
+    pub plugin: String,
+    /// Probe score (0 when it cannot serve the model).
+    pub score: u32,
+    /// Backend it would use.
+    pub backend: String,
+    /// Why it can or cannot serve it.
+    pub reason: String,
+}
+
+/// The engine.
+pub struct Engine {
+    registry: RwLock<Registry>,
+    plugins: PluginSet,
+    device: DeviceInfo,
+    loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+}
+
+impl Engine {
+    /// An engine over `registry` and `plugins`, probing this device.
+    pub fn new(registry: Registry, plugins: PluginSet) -> Self {
+        Self { registry: RwLock::new(registry), plugins, device: device::probe(), loaded: Mutex::default() }
+    }
+
+    /// The registry (read access).
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inject a model at run time.
+    pub fn add_model(&self, entry: ModelEntry) -> Result<(), HostError> {
+        Ok(self.registry.write().unwrap_or_else(|p| p.into_inner()).add(entry)?)
+    }
+
+    /// Remove a model at run time (unloading it). Returns whether it existed.
+    pub fn remove_model(&self, id: &str) -> bool {
+        self.unload(id);
+        self.registry.write().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
+    }
+
+    /// The plugins found at start-up.
+    pub fn plugins(&self) -> &PluginSet {
+        &self.plugins
+    }
+
+    /// This machine.
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    /// The registry entry `id`.
+    pub fn entry(&self, id: &str) -> Result<ModelEntry, HostError> {
+        let reg = self.registry();
+        reg.get(id).cloned().ok_or_else(|| HostError::UnknownModel {
+            id: id.to_owned(),
+            known: reg.models().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Every plugin's verdict on `entry` for a request needing `features`.
+    pub fn candidates(&self, entry: &ModelEntry, features: Features) -> Vec<Candidate> {
+        let spec = self.spec(entry, None);
+        self.plugins
+            .plugins
+            .iter()
+            .map(|p| {
+                let d = &p.descriptor;
+                let no = |reason: String| Candidate {
+                    plugin: d.name.to_string(),
+                    score: 0,
+                    backend: String::new(),
+                    reason,
+                };
+                if !d.kinds.contains(&entry.kind) {
+                    return no(format!("does not serve kind `{}`", entry.kind));
+                }
+                if !d.architectures.is_empty() && !d.architectures.iter().any(|a| a.as_str() == entry.architecture) {
+                    let list: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
+                    return no(format!("does not support architecture `{}` (supports: {})", entry.architecture, list.join(", ")));
+                }
+                let missing = features.missing_from(d.features);
+                if missing != Features::NONE {
+                    return no(format!("lacks feature(s) {}", missing.names().join(", ")));
+                }
+                let probe = probe(p, &self.device, Some(spec.clone()));
+                if let Some(pin) = &entry.backend {
+                    if pin != d.name.as_str() && pin != &probe.backend {
+                        return no(format!("registry pins backend `{pin}`"));
+                    }
+                }
+                Candidate { plugin: d.name.to_string(), score: probe.score, backend: probe.backend.into(), reason: probe.reason.into() }
+            })
+            .collect()
+    }
+
+    /// The best plugin for `entry` and `features` (highest non-zero probe score).
+    pub fn select(&self, entry: &ModelEntry, features: Features) -> Result<&PluginHandle, HostError> {
+        let cands = self.candidates(entry, features);
+        let best = cands.iter().filter(|c| c.score > 0).max_by_key(|c| c.score);
+        match best {
+            Some(c) => Ok(self.plugins.get(&c.plugin).expect("candidate comes from the set")),
+            None => {
+                let reason = if cands.is_empty() {
+                    let dirs: Vec<String> = self.plugins.dirs.iter().map(|d| d.display().to_string()).collect();
+                    format!(
+                        "no plugins are loaded (kind `{}` needs one; searched: {})",
+                        entry.kind,
+                        dirs.join(", ")
+                    )
+                } else if !cands.iter().any(|c| !c.reason.starts_with("does not serve kind")) {
+                    format!("no loaded plugin serves kind `{}`", entry.kind)
+                } else {
+                    cands.iter().map(|c| format!("{}: {}", c.plugin, c.reason)).collect::<Vec<_>>().join("; ")
+                };
+                Err(HostError::NoPlugin { id: entry.id.clone(), reason })
+            }
+        }
+    }
+
+    /// The local directory (or file) of `entry`.
+    pub fn local_path(&self, entry: &ModelEntry) -> Result<PathBuf, HostError> {
+        let mut tried = Vec::new();
+        if let Source::Path(p) = &entry.source {
+            if p.exists() {
+                return Ok(p.clone());
+            }
+            tried.push(p.clone());
+        }
+        let in_models = models_dir().join(&entry.id);
+        if in_models.exists() {
+            return Ok(in_models);
+        }
+        tried.push(in_models);
+        if let Source::Hub { repo, revision, .. } = &entry.source {
+            let repo_dir = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
+            let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| revision.clone());
+            let snap = repo_dir.join("snapshots").join(commit);
+            if snap.is_dir() {
+                return Ok(snap);
+            }
+            tried.push(snap);
+        }
+        let hint = match &entry.source {
+            Source::Hub { repo, .. } => format!("; it comes from the Hugging Face Hub repo `{repo}`"),
+            Source::Path(_) => String::new(),
+        };
+        Err(HostError::NotLocal {
+            id: entry.id.clone(),
+            tried: tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            hint,
+        })
+    }
+
+    fn spec(&self, entry: &ModelEntry, path: Option<&PathBuf>) -> ModelSpec {
+        let s = |o: &Option<String>| o.as_deref().map(RString::from).into();
+        ModelSpec {
+            id: entry.id.as_str().into(),
+            kind: entry.kind,
+            architecture: entry.architecture.as_str().into(),
+            path: path.map(|p| p.display().to_string()).unwrap_or_default().into(),
+            quantization: s(&entry.quantization),
+            dtype: s(&entry.dtype),
+            context_length: entry.context_length.unwrap_or(0),
+            system_prompt: s(&entry.system_prompt),
+            extra_eos: entry.extra_eos.iter().map(|e| RString::from(e.as_str())).collect(),
+            options: entry.options.to_string().into(),
+        }
+    }
+
+    /// Load model `id` for requests of `kind` needing `features` (once; later calls
+    /// share it).
+    pub fn load(&self, id: &str, kind: ModelKind, features: Features) -> Result<Arc<LoadedModel>, HostError> {
+        if let Some(m) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(m.clone());
+        }
+        let entry = self.entry(id)?;
+        if entry.kind != kind {
+            return Err(HostError::WrongKind { id: id.to_owned(), kind: entry.kind, wanted: kind });
+        }
+        let plugin = self.select(&entry, entry.features.union(features))?;
+        let path = self.local_path(&entry)?;
+        let req = LoadRequest { model: self.spec(&entry, Some(&path)), device: self.device.clone(), memory_budget: 0 };
+        let started = std::time::Instant::now();
+        let model = (plugin.module.load_model())(&req).into_result().map_err(|error| HostError::Plugin {
+            id: id.to_owned(),
+            plugin: plugin.descriptor.name.to_string(),
+            error,
+        })?;
+        let info = model.info();
+        tracing::info!(model = id, plugin = %plugin.descriptor.name, ms = started.elapsed().as_millis() as u64, "model loaded");
+        let loaded = Arc::new(LoadedModel { entry, plugin: plugin.descriptor.name.to_string(), model, info });
+        let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(id.to_owned()).or_insert(loaded).clone())
+    }
+
+    /// Drop the engine's reference to a loaded model (freed once no request uses it).
+    pub fn unload(&self, id: &str) -> bool {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
+    }
+
+    /// Embed texts with model `id`.
+    pub fn embed(&self, id: &str, req: &EmbedRequest) -> Result<EmbedResponse, HostError> {
+        let m = self.load(id, ModelKind::EMBED, Features::EMBEDDINGS)?;
+        m.model.embed(req).into_result().map_err(|error| HostError::Plugin {
+            id: id.to_owned(),
+            plugin: m.plugin.clone(),
+            error,
+        })
+    }
+}
+
+fn probe(p: &PluginHandle, device: &DeviceInfo, model: Option<ModelSpec>) -> Probe {
+    let req = ProbeRequest { device: device.clone(), model: ROption::from(model) };
+    (p.module.probe())(&req).into_result().unwrap_or_else(|e| Probe {
+        score: 0,
+        backend: RString::new(),
+        reason: format!("probe failed: {e}").into(),
+    })
+}
+
+/// MLXEngine's cache root: `$MLXENGINE_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/mlxengine`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MLXENGINE_CACHE") {
+        return d.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cache"));
+    base.join("mlxengine")
+}
+
+/// Local models by id: `$MLXENGINE_MODELS`, else `<cache>/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("MLXENGINE_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
+}
+
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
+pub fn hf_hub_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(d).join("hub");
+    }
+    home().join(".cache").join("huggingface").join("hub")
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}

@@ -1,0 +1,452 @@
+//! `mlxengine`: the command-line front end of the MLXEngine host.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mlxengine::{
+    engine::models_dir, load_registry, plugins, user_registry_path, Engine, ModelEntry, PluginSet,
+    Source,
+};
+use plugin_api::{
+    embed::{EmbedRequest, Pooling},
+    ModelKind, API_VERSION,
+};
+use serde_json::json;
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "mlxengine", version, about = "Run local models through drop-in plugins")]
+struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Extra directory to load plugins from (repeatable; searched first).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    /// Extra registry file merged over the shipped one (repeatable).
+    #[arg(long = "registry", global = true, value_name = "FILE")]
+    registries: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List plugins: loaded ones with kinds, features and API version, and load errors.
+    Plugins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered models.
+    Models {
+        /// Only models of this kind (llm, vlm, embed, diffusion, lora, quant).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a model: registry entry, local files, and which plugin would serve it.
+    Info {
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embed texts (arguments, or one per line from stdin with `-`).
+    Embed(EmbedArgs),
+    /// Add a model to your runtime registry (the shipped registry.toml is not touched).
+    Add(AddArgs),
+    /// Remove a model from your runtime registry.
+    Remove { model: String },
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Registry id of an embedding model.
+    #[arg(long, short)]
+    model: String,
+    /// Texts to embed; `-` reads one text per line from stdin.
+    #[arg(required = true)]
+    texts: Vec<String>,
+    /// Pooling: default (the model's), mean, cls, last.
+    #[arg(long, default_value = "default")]
+    pooling: String,
+    /// Do not L2-normalize (default: as the model's configuration says).
+    #[arg(long)]
+    no_normalize: bool,
+    /// Fail on texts longer than the model's maximum instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+    /// Print `{"model":..,"dim":..,"embeddings":[[...]]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// New model id.
+    #[arg(long)]
+    id: String,
+    /// Kind: llm, vlm, embed, diffusion, lora, quant.
+    #[arg(long)]
+    kind: String,
+    /// Architecture (`model_type` in config.json).
+    #[arg(long)]
+    architecture: String,
+    /// Local model directory or file.
+    #[arg(long, conflicts_with = "hub", required_unless_present = "hub")]
+    path: Option<PathBuf>,
+    /// Hugging Face repo `owner/name`.
+    #[arg(long)]
+    hub: Option<String>,
+    /// Hub revision.
+    #[arg(long, default_value = "main", requires = "hub")]
+    revision: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Load-time dtype (float32, float16, bfloat16).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn engine(cli: &Cli) -> Result<Engine> {
+    let registry = load_registry(&cli.registries)?;
+    let plugins = PluginSet::discover(&plugins::search_dirs(&cli.plugin_dirs));
+    Ok(Engine::new(registry, plugins))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Plugins { json } => cmd_plugins(&engine(&cli)?, *json),
+        Command::Models { kind, json } => cmd_models(&engine(&cli)?, kind.as_deref(), *json),
+        Command::Info { model, json } => cmd_info(&engine(&cli)?, model, *json),
+        Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
+        Command::Add(args) => cmd_add(&cli, args),
+        Command::Remove { model } => cmd_remove(&cli, model),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
+    let set = engine.plugins();
+    let loaded: Vec<_> = set
+        .plugins
+        .iter()
+        .map(|p| {
+            let d = &p.descriptor;
+            json!({
+                "name": d.name.as_str(),
+                "version": d.version.as_str(),
+                "description": d.description.as_str(),
+                "path": p.path,
+                "api_version": p.module.api_version(),
+                "kinds": d.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "architectures": d.architectures.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "formats": d.formats.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                "features": d.features.names(),
+            })
+        })
+        .collect();
+    let failed: Vec<_> =
+        set.failures.iter().map(|f| json!({"path": f.path, "error": f.error})).collect();
+    if as_json {
+        return print_json(&json!({
+            "api_version": API_VERSION,
+            "search_path": set.dirs,
+            "plugins": loaded,
+            "errors": failed,
+        }));
+    }
+    println!("plugin API version {API_VERSION}");
+    if set.plugins.is_empty() {
+        let dirs: Vec<String> = set.dirs.iter().map(|d| d.display().to_string()).collect();
+        println!("no plugins loaded (searched: {})", dirs.join(", "));
+    }
+    for p in &set.plugins {
+        let d = &p.descriptor;
+        println!("{} {} — {}", d.name, d.version, d.description);
+        let kinds: Vec<String> = d.kinds.iter().map(|k| k.to_string()).collect();
+        println!("  kinds:         {}", kinds.join(", "));
+        let archs: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
+        println!("  architectures: {}", if archs.is_empty() { "any".into() } else { archs.join(", ") });
+        println!("  features:      {}", d.features.names().join(", "));
+        println!("  api version:   {}", p.module.api_version());
+        println!("  library:       {}", p.path.display());
+    }
+    for f in &set.failures {
+        println!("not loaded: {}: {}", f.path.display(), f.error);
+    }
+    Ok(())
+}
+
+fn parse_kind(k: &str) -> Result<ModelKind> {
+    ModelKind::from_name(k).with_context(|| {
+        format!("unknown kind `{k}` (expected one of {})", ModelKind::ALL.map(|k| k.name()).join(", "))
+    })
+}
+
+fn source_str(s: &Source) -> String {
+    match s {
+        Source::Hub { repo, revision, .. } => format!("hf://{repo}@{revision}"),
+        Source::Path(p) => p.display().to_string(),
+    }
+}
+
+fn cmd_models(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<()> {
+    let kind = kind.map(parse_kind).transpose()?;
+    let reg = engine.registry();
+    let models: Vec<&ModelEntry> = reg.models().filter(|m| kind.is_none_or(|k| m.kind == k)).collect();
+    if as_json {
+        let list: Vec<_> = models
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id, "name": m.name, "kind": m.kind.name(), "architecture": m.architecture,
+                    "source": source_str(&m.source), "parameters": m.parameters,
+                    "size_bytes": m.size_bytes, "context_length": m.context_length,
+                    "quantization": m.quantization, "local": engine.local_path(m).is_ok(),
+                })
+            })
+            .collect();
+        return print_json(&json!({ "models": list }));
+    }
+    println!("{:<24} {:<9} {:<12} {:>9}  {:<6} source", "ID", "KIND", "ARCH", "SIZE", "LOCAL");
+    for m in models {
+        let size = m.size_bytes.map(human_bytes).unwrap_or_else(|| "?".into());
+        let local = if engine.local_path(m).is_ok() { "yes" } else { "no" };
+        println!(
+            "{:<24} {:<9} {:<12} {:>9}  {:<6} {}",
+            m.id,
+            m.kind.name(),
+            m.architecture,
+            size,
+            local,
+            source_str(&m.source)
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
+    let m = engine.entry(id)?;
+    let local = engine.local_path(&m);
+    let cands = engine.candidates(&m, m.features);
+    let chosen = engine.select(&m, m.features).ok().map(|p| p.descriptor.name.to_string());
+    if as_json {
+        return print_json(&json!({
+            "id": m.id, "name": m.name, "description": m.description, "kind": m.kind.name(),
+            "architecture": m.architecture, "source": source_str(&m.source),
+            "quantization": m.quantization, "dtype": m.dtype, "parameters": m.parameters,
+            "size_bytes": m.size_bytes, "context_length": m.context_length,
+            "features": m.features.names(), "backend": m.backend, "defined_at": m.origin,
+            "local_path": local.as_ref().ok(),
+            "local_error": local.as_ref().err().map(|e| e.to_string()),
+            "plugin": chosen,
+            "candidates": cands.iter().map(|c| json!({
+                "plugin": c.plugin, "score": c.score, "backend": c.backend, "reason": c.reason
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{} ({})", m.id, m.name);
+    if !m.description.is_empty() {
+        println!("  {}", m.description);
+    }
+    println!("  kind:          {}", m.kind);
+    println!("  architecture:  {}", m.architecture);
+    println!("  source:        {}", source_str(&m.source));
+    if let Some(p) = m.parameters {
+        println!("  parameters:    {:.1} M", p as f64 / 1e6);
+    }
+    if let Some(s) = m.size_bytes {
+        println!("  size:          {}", human_bytes(s));
+    }
+    if let Some(c) = m.context_length {
+        println!("  context:       {c} tokens");
+    }
+    if let Some(q) = &m.quantization {
+        println!("  quantization:  {q}");
+    }
+    println!("  defined at:    {}", m.origin);
+    match &local {
+        Ok(p) => println!("  local files:   {}", p.display()),
+        Err(e) => println!("  local files:   none ({e})"),
+    }
+    match &chosen {
+        Some(name) => println!("  served by:     {name}"),
+        None => println!("  served by:     no plugin"),
+    }
+    for c in cands {
+        println!("    {:<16} score {:>3}  {} {}", c.plugin, c.score, c.backend, c.reason);
+    }
+    Ok(())
+}
+
+fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
+    let mut texts = Vec::new();
+    for t in &args.texts {
+        if t == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading texts from stdin")?;
+            texts.extend(s.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        } else {
+            texts.push(t.clone());
+        }
+    }
+    if texts.is_empty() {
+        bail!("no texts to embed");
+    }
+    let pooling = Pooling::from_name(&args.pooling)
+        .with_context(|| format!("unknown pooling `{}` (default, mean, cls, last)", args.pooling))?;
+    let req = EmbedRequest {
+        texts: texts.iter().map(|t| t.as_str().into()).collect(),
+        pooling,
+        normalize: if args.no_normalize { Some(false) } else { None }.into(),
+        truncate: !args.no_truncate,
+        options: "".into(),
+    };
+    let started = std::time::Instant::now();
+    let out = engine.embed(&args.model, &req)?;
+    let dim = out.dim as usize;
+    let rows: Vec<&[f32]> = out.data.chunks(dim.max(1)).collect();
+    if args.json {
+        // Serialized directly (not through `json!`) so floats print as f32, not widened.
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            model: &'a str,
+            dim: usize,
+            embeddings: &'a [&'a [f32]],
+        }
+        println!("{}", serde_json::to_string(&Out { model: &args.model, dim, embeddings: &rows })?);
+        return Ok(());
+    }
+    println!(
+        "{} text(s) → {dim}-dim vectors ({} tokens, {:.1} ms)",
+        rows.len(),
+        out.prompt_tokens,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for (t, r) in texts.iter().zip(&rows) {
+        let head: Vec<String> = r.iter().take(6).map(|v| format!("{v:+.4}")).collect();
+        println!("[{} …]  {t}", head.join(", "));
+    }
+    if rows.len() > 1 {
+        println!("cosine similarity:");
+        for i in 0..rows.len() {
+            let line: Vec<String> = (0..rows.len()).map(|j| format!("{:+.3}", cosine(rows[i], rows[j]))).collect();
+            println!("  {}", line.join("  "));
+        }
+    }
+    Ok(())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}
+
+fn cmd_add(cli: &Cli, a: &AddArgs) -> Result<()> {
+    let kind = parse_kind(&a.kind)?;
+    let source = match (&a.path, &a.hub) {
+        (Some(p), None) => {
+            let p = std::path::absolute(p).with_context(|| format!("path {}", p.display()))?;
+            if !p.exists() {
+                bail!("--path {}: no such file or directory", p.display());
+            }
+            Source::Path(p)
+        }
+        (None, Some(h)) => Source::Hub { repo: h.clone(), revision: a.revision.clone(), files: vec![] },
+        _ => bail!("give exactly one of --path or --hub"),
+    };
+    let mut entry = ModelEntry::new(&a.id, kind, &a.architecture, source);
+    entry.name = a.name.clone().unwrap_or_else(|| a.id.clone());
+    entry.dtype = a.dtype.clone();
+    let text = entry.to_toml();
+    // Validate exactly as a registry file would be, against everything already known.
+    let mut reg = load_registry(&cli.registries)?;
+    reg.merge_str(&text, "mlxengine add", std::path::Path::new("."))?;
+    let user = user_registry_path();
+    let mut current = std::fs::read_to_string(&user).unwrap_or_default();
+    if !current.is_empty() && !current.ends_with('\n') {
+        current.push('\n');
+    }
+    current.push('\n');
+    current.push_str(&text);
+    write_atomic(&user, &current)?;
+    println!("added `{}` to {}", a.id, user.display());
+    Ok(())
+}
+
+fn cmd_remove(cli: &Cli, id: &str) -> Result<()> {
+    let user = user_registry_path();
+    let text = std::fs::read_to_string(&user).unwrap_or_default();
+    let mut doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}", user.display()))?;
+    let before = doc.get("models").and_then(|m| m.as_array()).map_or(0, |a| a.len());
+    if let Some(models) = doc.get_mut("models").and_then(|m| m.as_array_mut()) {
+        models.retain(|m| m.get("id").and_then(|i| i.as_str()) != Some(id));
+    }
+    let after = doc.get("models").and_then(|m| m.as_array()).map_or(0, |a| a.len());
+    if before == after {
+        let reg = load_registry(&cli.registries)?;
+        match reg.get(id) {
+            Some(m) => bail!("model `{id}` is defined at {}, not in your runtime registry {}; it cannot be removed here", m.origin, user.display()),
+            None => bail!("unknown model `{id}`"),
+        }
+    }
+    write_atomic(&user, &toml::to_string(&doc)?)?;
+    println!("removed `{id}` from {}", user.display());
+    let local = models_dir().join(id);
+    if local.exists() {
+        println!("(its files in {} were left in place)", local.display());
+    }
+    Ok(())
+}
+
+/// Write via a temporary file and rename, so a crash never leaves half a registry.
+fn write_atomic(path: &std::path::Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

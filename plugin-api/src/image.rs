@@ -1,0 +1,40 @@
+//! Image generation (`diffusion`) requests.
+
+use abi_stable::{
+    std_types::{ROption, RString, RVec},
+    StableAbi,
+};
+
+/// Generate images from a prompt.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct ImageRequest {
+    /// What to draw.
+    pub prompt: RString,
+    /// What to avoid (empty = none).
+    pub negative_prompt: RString,
+    /// Width in pixels (0 = model default).
+    pub width: u32,
+    /// Height in pixels (0 = model default).
+    pub height: u32,
+    /// Denoising steps (0 = model default).
+    pub steps: u32,
+    /// Classifier-free guidance scale (0 = model default).
+    pub guidance: f32,
+    /// RNG seed; same seed, same image.
+    pub seed: ROption<u64>,
+    /// Number of images.
+    pub count: u32,
+    /// Additions without an ABI change, as a JSON object (empty = none).
+    pub options: RString,
+}
+
+/// Generated images.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct ImageResponse {
+    /// PNG files.
+    pub images: RVec<RVec<u8>>,
+    /// The seed used (reported so a result can be reproduced).
+    pub seed: u64,
+}

@@ -1,0 +1,207 @@
+//! Text generation (`llm`) and vision-language (`vlm`) requests.
+
+use abi_stable::{
+    sabi_trait,
+    sabi_types::RMut,
+    std_types::{ROption, RString, RVec},
+    StableAbi,
+};
+
+/// An encoded image (PNG, JPEG, ...) attached to a chat message.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct ImageInput {
+    /// The encoded file bytes.
+    pub data: RVec<u8>,
+    /// MIME type if known (`"image/png"`), else empty.
+    pub mime: RString,
+}
+
+/// One chat message.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct ChatMessage {
+    /// `"system"`, `"user"`, `"assistant"`, `"tool"`.
+    pub role: RString,
+    /// Text content.
+    pub content: RString,
+    /// Images, for vision-language models (in order, before the text).
+    pub images: RVec<ImageInput>,
+}
+
+/// One sequence to generate from: a raw prompt, or chat messages rendered with the
+/// model's chat template (used when `messages` is not empty).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct TextInput {
+    /// Raw prompt, used as-is (no template) when `messages` is empty.
+    pub prompt: RString,
+    /// Chat messages.
+    pub messages: RVec<ChatMessage>,
+}
+
+/// Sampling parameters. `temperature == 0` is greedy.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 = off.
+    pub top_k: u32,
+    /// Nucleus sampling mass; 1 = off.
+    pub top_p: f32,
+    /// Drop tokens below `min_p` × the top probability; 0 = off.
+    pub min_p: f32,
+    /// Multiplicative penalty on tokens already seen; 1 = off.
+    pub repetition_penalty: f32,
+    /// Additive penalty on tokens already seen; 0 = off.
+    pub presence_penalty: f32,
+    /// Additive penalty per occurrence; 0 = off.
+    pub frequency_penalty: f32,
+    /// RNG seed; same seed, same output.
+    pub seed: ROption<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: ROption::RNone,
+        }
+    }
+}
+
+/// A generation request: one or more inputs decoded together.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct GenerateRequest {
+    /// Inputs; more than one is a batch (feature `batching`).
+    pub inputs: RVec<TextInput>,
+    /// Sampling parameters for every input.
+    pub sampling: SamplingParams,
+    /// Most new tokens per input.
+    pub max_tokens: u32,
+    /// Stop strings (may span tokens); the text stops before them.
+    pub stop: RVec<RString>,
+    /// Report the log-probability of each chosen token.
+    pub logprobs: bool,
+    /// Send [`StreamEvent`]s to the sink as tokens are produced.
+    pub stream: bool,
+    /// LoRA adapter (by name, loaded before) to apply to this request only.
+    pub adapter: ROption<RString>,
+    /// Additions without an ABI change, as a JSON object (empty = none).
+    pub options: RString,
+}
+
+/// Why a sequence ended. An open set of codes.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FinishReason(pub u8);
+
+impl FinishReason {
+    /// Still running (stream events before the last).
+    pub const NONE: Self = Self(0);
+    /// An end-of-sequence token or a stop string.
+    pub const STOP: Self = Self(1);
+    /// `max_tokens` or the context length reached.
+    pub const LENGTH: Self = Self(2);
+    /// The sink asked to stop.
+    pub const CANCELLED: Self = Self(3);
+
+    /// OpenAI-style name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::STOP => "stop",
+            Self::LENGTH => "length",
+            Self::CANCELLED => "cancelled",
+            _ => "",
+        }
+    }
+}
+
+/// One streamed step of one sequence.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct StreamEvent {
+    /// Which input of the request.
+    pub index: u32,
+    /// The token produced.
+    pub token: u32,
+    /// Text that became final with this token (may be empty mid-character).
+    pub text: RString,
+    /// Log-probability of the token, when requested (else 0).
+    pub logprob: f32,
+    /// Set on the last event of a sequence.
+    pub finish: FinishReason,
+}
+
+/// What the sink tells the plugin after each event.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StreamControl {
+    /// Keep generating.
+    Continue,
+    /// Stop every sequence of this request and free its cache.
+    Stop,
+}
+
+/// The host's receiver of streamed events.
+#[sabi_trait]
+pub trait TokenSink {
+    /// Called for each event; return [`StreamControl::Stop`] to cancel.
+    #[sabi(last_prefix_field)]
+    fn on_event(&mut self, event: &StreamEvent) -> StreamControl;
+}
+
+/// A borrowed [`TokenSink`] crossing the ABI.
+pub type TokenSinkMut<'a> = TokenSink_TO<'a, RMut<'a, ()>>;
+
+/// Result for one input.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct GenerateOutput {
+    /// Generated text (stop string excluded).
+    pub text: RString,
+    /// Generated token ids.
+    pub tokens: RVec<u32>,
+    /// Log-probabilities of the generated tokens (empty unless requested).
+    pub logprobs: RVec<f32>,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Tokens in the (templated) prompt.
+    pub prompt_tokens: u32,
+}
+
+/// Figures for the whole request.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct GenerationStats {
+    /// Prompt tokens over all inputs.
+    pub prompt_tokens: u64,
+    /// Generated tokens over all inputs.
+    pub generated_tokens: u64,
+    /// Prompt processing speed.
+    pub prefill_tokens_per_s: f64,
+    /// Generation speed.
+    pub decode_tokens_per_s: f64,
+    /// Time from the call to the first generated token.
+    pub time_to_first_token_ms: f64,
+    /// Peak memory of the compute library during the request, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// Result of a generation request.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct GenerateResponse {
+    /// One per input, in order.
+    pub outputs: RVec<GenerateOutput>,
+    /// Figures.
+    pub stats: GenerationStats,
+}

