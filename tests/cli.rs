@@ -1,1 +1,248 @@
+//! The `mlxengine` binary: JSON output, human output, exit codes and one-line errors,
+//! `--registry` merging, `add` / `remove` on the user's runtime registry.
 
+mod util;
+
+use std::process::{Command, Output};
+
+/// Run `mlxengine` with its own empty config home and plugins from the build dir.
+fn run(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(args)
+        .env("MLXENGINE_HOME", home)
+        .env_remove("MLXENGINE_PLUGIN_PATH")
+        .env_remove("MLXENGINE_REGISTRY")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mlxengine")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn embed_json_matches_reference() {
+    let home = tempfile::tempdir().unwrap();
+    util::minilm_dir();
+    let reference = util::reference();
+    for case in reference["embed"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let o = run(
+            home.path(),
+            &["embed", "--model", "all-minilm-l6-v2", "--json", text],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON document");
+        assert_eq!(v["model"], "all-minilm-l6-v2");
+        assert_eq!(v["dim"], 384);
+        let got: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"].clone()).unwrap();
+        assert_eq!(got.len(), 1);
+        let want: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+        let cos = util::cosine(&got[0], &want);
+        assert!(cos >= 0.999, "{text}: cosine {cos}");
+    }
+}
+
+#[test]
+fn plugins_json_lists_the_embed_plugin() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(home.path(), &["plugins", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["api_version"], plugin_api::API_VERSION);
+    let embed = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mlx-embed")
+        .expect("mlx-embed listed");
+    assert_eq!(embed["kinds"], serde_json::json!(["embed"]));
+    assert_eq!(embed["api_version"], 1);
+    assert!(embed["features"]
+        .as_array()
+        .unwrap()
+        .contains(&"embeddings".into()));
+    // Test fixtures in the build dir are not named like plugins, so they are not loaded.
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{v}");
+}
+
+#[test]
+fn plugin_dir_flag_reports_broken_libraries_without_failing() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = util::plugin_dir(&[
+        ("test_not_a_plugin", "broken"),
+        ("test_wrong_version", "old"),
+    ]);
+    let o = run(
+        home.path(),
+        &["--plugin-dir", dir.path().to_str().unwrap(), "plugins"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("mlx-embed"), "{out}");
+    assert!(
+        out.contains("libmlxengine_broken.so: not an MLXEngine plugin"),
+        "{out}"
+    );
+    assert!(out.contains("built for plugin API version 999"), "{out}");
+}
+
+#[test]
+fn models_and_info() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(home.path(), &["models", "--kind", "embed", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(m["id"], "all-minilm-l6-v2");
+    assert_eq!(m["local"], true);
+    let o = run(home.path(), &["models", "--kind", "llm", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["models"],
+        serde_json::json!([])
+    );
+    let o = run(home.path(), &["info", "all-minilm-l6-v2", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["plugin"], "mlx-embed");
+    assert!(v["candidates"][0]["score"].as_u64().unwrap() > 0);
+    let o = run(home.path(), &["models", "--kind", "sound"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown kind `sound`"));
+}
+
+#[test]
+fn errors_exit_non_zero_with_one_line() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(home.path(), &["embed", "--model", "no-such-model", "hello"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: unknown model `no-such-model` (registered: all-minilm-l6-v2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn extra_registry_merge_and_its_mistakes() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "[[models]]\nid = \"my-minilm\"\nkind = \"embed\"\narchitecture = \"bert\"\nsource = {{ path = \"{}\" }}\n",
+            util::minilm_dir().display()
+        ),
+    )
+    .unwrap();
+    let x = extra.to_str().unwrap();
+    let o = run(
+        home.path(),
+        &[
+            "--registry",
+            x,
+            "embed",
+            "--json",
+            "--model",
+            "my-minilm",
+            "A man is eating food.",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[models]]\nid = \"all-minilm-l6-v2\"\nkind = \"embed\"\narchitecture = \"bert\"\nsource = { path = \"/m\" }\n").unwrap();
+    let o = run(
+        home.path(),
+        &["--registry", bad.to_str().unwrap(), "models"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "bad.toml:2: model `all-minilm-l6-v2`: key `id`: duplicate id, already defined at"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn add_and_remove_use_the_runtime_registry_only() {
+    let home = tempfile::tempdir().unwrap();
+    let path = util::minilm_dir();
+    let o = run(
+        home.path(),
+        &[
+            "add",
+            "--id",
+            "added",
+            "--kind",
+            "embed",
+            "--architecture",
+            "bert",
+            "--path",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(home.path().join("registry.toml").is_file());
+    let o = run(
+        home.path(),
+        &["embed", "--model", "added", "--json", "hello"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Adding the same id again, or a bad kind, is refused and changes nothing.
+    let before = std::fs::read_to_string(home.path().join("registry.toml")).unwrap();
+    let o = run(
+        home.path(),
+        &[
+            "add",
+            "--id",
+            "added",
+            "--kind",
+            "embed",
+            "--architecture",
+            "bert",
+            "--path",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("duplicate id"), "{}", stderr(&o));
+    let o = run(
+        home.path(),
+        &[
+            "add",
+            "--id",
+            "x",
+            "--kind",
+            "sound",
+            "--architecture",
+            "bert",
+            "--path",
+            "/",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        before,
+        std::fs::read_to_string(home.path().join("registry.toml")).unwrap()
+    );
+    // Shipped models cannot be removed; added ones can.
+    let o = run(home.path(), &["remove", "all-minilm-l6-v2"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not in your runtime registry"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(home.path(), &["remove", "added"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(home.path(), &["embed", "--model", "added", "hello"]);
+    assert!(stderr(&o).contains("unknown model `added`"));
+}

@@ -1,1 +1,154 @@
+//! The embed plugin on the real all-MiniLM-L6-v2 weights, through the ABI: reference
+//! parity, batching equal to one-by-one, truncation and pooling options.
 
+mod util;
+
+use mlxengine::{Engine, ModelEntry, PluginSet, Registry, Source};
+use plugin_api::{
+    embed::{EmbedRequest, Pooling},
+    ErrorKind, ModelKind,
+};
+
+fn engine() -> Engine {
+    let mut set = PluginSet::default();
+    set.load(&util::dylib("mlxengine_embed"))
+        .expect("embed plugin loads");
+    let engine = Engine::new(Registry::new(), set);
+    engine
+        .add_model(ModelEntry::new(
+            "minilm",
+            ModelKind::EMBED,
+            "bert",
+            Source::Path(util::minilm_dir()),
+        ))
+        .unwrap();
+    engine
+}
+
+fn req(texts: &[String]) -> EmbedRequest {
+    EmbedRequest {
+        texts: texts.iter().map(|s| s.as_str().into()).collect(),
+        truncate: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn matches_sentence_transformers_reference() {
+    let engine = engine();
+    let reference = util::reference();
+    let cases = reference["embed"].as_array().unwrap();
+    let texts: Vec<String> = cases
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_owned())
+        .collect();
+    let out = engine.embed("minilm", &req(&texts)).unwrap();
+    assert_eq!(out.dim, 384);
+    for (i, c) in cases.iter().enumerate() {
+        let want: Vec<f32> = serde_json::from_value(c["embedding"].clone()).unwrap();
+        let got = &out.data[i * 384..(i + 1) * 384];
+        let cos = util::cosine(got, &want);
+        println!("{:<40} cosine {cos:.6}", texts[i]);
+        assert!(cos >= 0.999, "{}: cosine {cos}", texts[i]);
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "normalized: {norm}");
+    }
+}
+
+/// 256 texts of mixed lengths (1 to ~300 words, some over the 256-token maximum).
+fn mixed_texts() -> Vec<String> {
+    let words = [
+        "the", "model", "runs", "locally", "on", "a", "small", "machine", "with", "plugins",
+        "écoute", "naïve", "東京", "über", "weights", "tokens", "batch", "padding", "mask",
+        "vector",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..256)
+        .map(|i| {
+            let n = match i % 8 {
+                0 => 1,
+                1 => 300,
+                _ => 1 + (next() % 60) as usize,
+            };
+            (0..n)
+                .map(|_| words[(next() % words.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_of_256_equals_one_by_one() {
+    let engine = engine();
+    let texts = mixed_texts();
+    let batch = engine.embed("minilm", &req(&texts)).unwrap();
+    assert_eq!(batch.data.len(), 256 * 384);
+    let mut worst = 1.0f64;
+    for (i, t) in texts.iter().enumerate() {
+        let single = engine
+            .embed("minilm", &req(std::slice::from_ref(t)))
+            .unwrap();
+        let cos = util::cosine(&batch.data[i * 384..(i + 1) * 384], &single.data);
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "text #{i} ({} chars): cosine {cos}", t.len());
+    }
+    println!("worst cosine batch vs single over 256 texts: {worst:.7}");
+}
+
+#[test]
+fn over_long_text_without_truncation_is_an_invalid_request() {
+    let engine = engine();
+    let long = vec!["word ".repeat(400)];
+    let mut r = req(&long);
+    r.truncate = false;
+    let e = engine.embed("minilm", &r).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("text #0 has 402 tokens, more than the model's maximum of 256"),
+        "{msg}"
+    );
+    match e {
+        mlxengine::HostError::Plugin { error, .. } => {
+            assert_eq!(error.kind, ErrorKind::INVALID_REQUEST)
+        }
+        other => panic!("{other}"),
+    }
+    // With truncation (the default) it is embedded from its first 256 tokens.
+    assert_eq!(engine.embed("minilm", &req(&long)).unwrap().dim, 384);
+}
+
+#[test]
+fn empty_request_is_rejected() {
+    let e = engine().embed("minilm", &req(&[])).unwrap_err().to_string();
+    assert!(e.contains("`texts` is empty"), "{e}");
+}
+
+#[test]
+fn pooling_and_normalization_options() {
+    let engine = engine();
+    let t = vec!["A man is eating food.".to_owned()];
+    let mean = engine.embed("minilm", &req(&t)).unwrap();
+    let mut raw = req(&t);
+    raw.normalize = Some(false).into();
+    let raw = engine.embed("minilm", &raw).unwrap();
+    let norm: f32 = raw.data.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(
+        (norm - 1.0).abs() > 0.01,
+        "unnormalized vector should not have unit norm ({norm})"
+    );
+    assert!(util::cosine(&raw.data, &mean.data) > 0.99999);
+    let mut cls = req(&t);
+    cls.pooling = Pooling::CLS;
+    let cls = engine.embed("minilm", &cls).unwrap();
+    assert!(
+        util::cosine(&cls.data, &mean.data) < 0.99,
+        "CLS pooling must differ from mean pooling"
+    );
+}

@@ -29,7 +29,13 @@ const MLX_VERSION: &str = "0.32.4";
 const MLX_C_CRATE: &str = "mlx-sys-0.7.0";
 
 fn main() {
-    for var in ["MLX_PREFIX", "MLX_C_SRC", "MLXENGINE_CACHE", "XDG_CACHE_HOME", "CARGO_HOME"] {
+    for var in [
+        "MLX_PREFIX",
+        "MLX_C_SRC",
+        "MLXENGINE_CACHE",
+        "XDG_CACHE_HOME",
+        "CARGO_HOME",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -37,7 +43,11 @@ fn main() {
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let prefix = mlx_prefix(&target_os);
     let libdir = prefix.join("lib");
-    let libname = if target_os == "macos" { "libmlx.dylib" } else { "libmlx.so" };
+    let libname = if target_os == "macos" {
+        "libmlx.dylib"
+    } else {
+        "libmlx.so"
+    };
     if !libdir.join(libname).is_file() {
         fail(&format!(
             "{} not found. Run `scripts/setup.sh` (downloads the pinned MLX {MLX_VERSION} wheel) \
@@ -80,7 +90,11 @@ fn main() {
     println!("cargo::metadata=include={}", include.to_string_lossy());
     println!("cargo::metadata=version={}", mlx_version(&prefix));
 
-    generate_bindings(&mlx_c, &out, &env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default());
+    generate_bindings(
+        &mlx_c,
+        &out,
+        &env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default(),
+    );
 }
 
 fn fail(msg: &str) -> ! {
@@ -105,7 +119,11 @@ fn mlx_prefix(target_os: &str) -> PathBuf {
         None => {
             // Bindings and mlx-c only depend on the headers, which are identical across
             // the cpu/cuda wheels; the CUDA libmlx is swapped in at run time (see docs).
-            let wheel = if target_os == "macos" { "mlx-metal" } else { "mlx-cpu" };
+            let wheel = if target_os == "macos" {
+                "mlx-metal"
+            } else {
+                "mlx-cpu"
+            };
             cache_root()
                 .join("mlx")
                 .join(format!("{wheel}-{MLX_VERSION}"))
@@ -160,7 +178,9 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// are not the expected mlx-c 0.7.0).
 fn replace(text: &mut String, file: &str, from: &str, to: &str) {
     if !text.contains(from) {
-        fail(&format!("{file}: expected text not found, is this mlx-c 0.7.0? ({from:?})"));
+        fail(&format!(
+            "{file}: expected text not found, is this mlx-c 0.7.0? ({from:?})"
+        ));
     }
     *text = text.replace(from, to);
 }
@@ -219,7 +239,10 @@ fn patch_mlx_c(root: &Path) {
         let rel = s[start..]
             .find("sorted_indices,\n            mlx_stream_get_(s)")
             .unwrap_or_else(|| fail("ops.cpp: gather_qmm call shape changed"));
-        s.insert_str(start + rel, "std::nullopt /* global_scale (MLX >= 0.32.4) */,\n            ");
+        s.insert_str(
+            start + rel,
+            "std::nullopt /* global_scale (MLX >= 0.32.4) */,\n            ",
+        );
     });
     // 3. float16_t / bfloat16_t exist only on ARM; declare 16-bit storage types elsewhere.
     edit(root, "mlx/c/half.h", |s| {
@@ -241,7 +264,11 @@ fn mlx_version(prefix: &Path) -> String {
     let num = |key: &str| {
         header
             .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("#define {key} ")).map(|v| v.trim().to_owned()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("#define {key} "))
+                    .map(|v| v.trim().to_owned())
+            })
             .unwrap_or_else(|| "?".into())
     };
     format!(

@@ -9,7 +9,9 @@ pub fn probe() -> DeviceInfo {
     DeviceInfo {
         os: std::env::consts::OS.into(),
         arch: std::env::consts::ARCH.into(),
-        cpu_cores: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpu_cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         cpu_features: cpu_features().into_iter().map(RString::from).collect(),
         total_memory: total,
         available_memory: available,
@@ -26,7 +28,16 @@ fn cpu_features() -> Vec<&'static str> {
                 if std::arch::is_x86_feature_detected!($name) { f.push($name); }
             )*};
         }
-        detect!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vnni");
+        detect!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vnni"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -50,8 +61,13 @@ fn memory() -> (u64, u64) {
             .unwrap_or(0)
     };
     let (mut total, mut avail) = (field("MemTotal:"), field("MemAvailable:"));
-    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let limit = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let limit = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
     if let Some(limit) = limit.filter(|l| *l > 0 && (total == 0 || *l < total)) {
         let used = read("/sys/fs/cgroup/memory.current")
             .or_else(|| read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))

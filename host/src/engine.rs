@@ -25,13 +25,25 @@ pub enum HostError {
     #[error("unknown model `{id}` (registered: {known})")]
     UnknownModel { id: String, known: String },
     #[error("model `{id}` is a `{kind}` model, not `{wanted}`")]
-    WrongKind { id: String, kind: ModelKind, wanted: ModelKind },
+    WrongKind {
+        id: String,
+        kind: ModelKind,
+        wanted: ModelKind,
+    },
     #[error("no loaded plugin can serve model `{id}`: {reason}")]
     NoPlugin { id: String, reason: String },
     #[error("model `{id}` is not available locally (looked in: {tried}){hint}")]
-    NotLocal { id: String, tried: String, hint: String },
+    NotLocal {
+        id: String,
+        tried: String,
+        hint: String,
+    },
     #[error("model `{id}` (plugin `{plugin}`): {error}")]
-    Plugin { id: String, plugin: String, error: PluginError },
+    Plugin {
+        id: String,
+        plugin: String,
+        error: PluginError,
+    },
 }
 
 /// A model loaded by a plugin, shared by the requests that use it.
@@ -70,7 +82,12 @@ pub struct Engine {
 impl Engine {
     /// An engine over `registry` and `plugins`, probing this device.
     pub fn new(registry: Registry, plugins: PluginSet) -> Self {
-        Self { registry: RwLock::new(registry), plugins, device: device::probe(), loaded: Mutex::default() }
+        Self {
+            registry: RwLock::new(registry),
+            plugins,
+            device: device::probe(),
+            loaded: Mutex::default(),
+        }
     }
 
     /// The registry (read access).
@@ -80,13 +97,21 @@ impl Engine {
 
     /// Inject a model at run time.
     pub fn add_model(&self, entry: ModelEntry) -> Result<(), HostError> {
-        Ok(self.registry.write().unwrap_or_else(|p| p.into_inner()).add(entry)?)
+        Ok(self
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(entry)?)
     }
 
     /// Remove a model at run time (unloading it). Returns whether it existed.
     pub fn remove_model(&self, id: &str) -> bool {
         self.unload(id);
-        self.registry.write().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some()
     }
 
     /// The plugins found at start-up.
@@ -104,7 +129,11 @@ impl Engine {
         let reg = self.registry();
         reg.get(id).cloned().ok_or_else(|| HostError::UnknownModel {
             id: id.to_owned(),
-            known: reg.models().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", "),
+            known: reg
+                .models()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
@@ -125,9 +154,18 @@ impl Engine {
                 if !d.kinds.contains(&entry.kind) {
                     return no(format!("does not serve kind `{}`", entry.kind));
                 }
-                if !d.architectures.is_empty() && !d.architectures.iter().any(|a| a.as_str() == entry.architecture) {
+                if !d.architectures.is_empty()
+                    && !d
+                        .architectures
+                        .iter()
+                        .any(|a| a.as_str() == entry.architecture)
+                {
                     let list: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
-                    return no(format!("does not support architecture `{}` (supports: {})", entry.architecture, list.join(", ")));
+                    return no(format!(
+                        "does not support architecture `{}` (supports: {})",
+                        entry.architecture,
+                        list.join(", ")
+                    ));
                 }
                 let missing = features.missing_from(d.features);
                 if missing != Features::NONE {
@@ -139,31 +177,58 @@ impl Engine {
                         return no(format!("registry pins backend `{pin}`"));
                     }
                 }
-                Candidate { plugin: d.name.to_string(), score: probe.score, backend: probe.backend.into(), reason: probe.reason.into() }
+                Candidate {
+                    plugin: d.name.to_string(),
+                    score: probe.score,
+                    backend: probe.backend.into(),
+                    reason: probe.reason.into(),
+                }
             })
             .collect()
     }
 
     /// The best plugin for `entry` and `features` (highest non-zero probe score).
-    pub fn select(&self, entry: &ModelEntry, features: Features) -> Result<&PluginHandle, HostError> {
+    pub fn select(
+        &self,
+        entry: &ModelEntry,
+        features: Features,
+    ) -> Result<&PluginHandle, HostError> {
         let cands = self.candidates(entry, features);
         let best = cands.iter().filter(|c| c.score > 0).max_by_key(|c| c.score);
         match best {
-            Some(c) => Ok(self.plugins.get(&c.plugin).expect("candidate comes from the set")),
+            Some(c) => Ok(self
+                .plugins
+                .get(&c.plugin)
+                .expect("candidate comes from the set")),
             None => {
                 let reason = if cands.is_empty() {
-                    let dirs: Vec<String> = self.plugins.dirs.iter().map(|d| d.display().to_string()).collect();
+                    let dirs: Vec<String> = self
+                        .plugins
+                        .dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect();
                     format!(
                         "no plugins are loaded (kind `{}` needs one; searched: {})",
                         entry.kind,
                         dirs.join(", ")
                     )
-                } else if !cands.iter().any(|c| !c.reason.starts_with("does not serve kind")) {
+                } else if !cands
+                    .iter()
+                    .any(|c| !c.reason.starts_with("does not serve kind"))
+                {
                     format!("no loaded plugin serves kind `{}`", entry.kind)
                 } else {
-                    cands.iter().map(|c| format!("{}: {}", c.plugin, c.reason)).collect::<Vec<_>>().join("; ")
+                    cands
+                        .iter()
+                        .map(|c| format!("{}: {}", c.plugin, c.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 };
-                Err(HostError::NoPlugin { id: entry.id.clone(), reason })
+                Err(HostError::NoPlugin {
+                    id: entry.id.clone(),
+                    reason,
+                })
             }
         }
     }
@@ -194,12 +259,18 @@ impl Engine {
             tried.push(snap);
         }
         let hint = match &entry.source {
-            Source::Hub { repo, .. } => format!("; it comes from the Hugging Face Hub repo `{repo}`"),
+            Source::Hub { repo, .. } => {
+                format!("; it comes from the Hugging Face Hub repo `{repo}`")
+            }
             Source::Path(_) => String::new(),
         };
         Err(HostError::NotLocal {
             id: entry.id.clone(),
-            tried: tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            tried: tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             hint,
         })
     }
@@ -210,65 +281,109 @@ impl Engine {
             id: entry.id.as_str().into(),
             kind: entry.kind,
             architecture: entry.architecture.as_str().into(),
-            path: path.map(|p| p.display().to_string()).unwrap_or_default().into(),
+            path: path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+                .into(),
             quantization: s(&entry.quantization),
             dtype: s(&entry.dtype),
             context_length: entry.context_length.unwrap_or(0),
             system_prompt: s(&entry.system_prompt),
-            extra_eos: entry.extra_eos.iter().map(|e| RString::from(e.as_str())).collect(),
+            extra_eos: entry
+                .extra_eos
+                .iter()
+                .map(|e| RString::from(e.as_str()))
+                .collect(),
             options: entry.options.to_string().into(),
         }
     }
 
     /// Load model `id` for requests of `kind` needing `features` (once; later calls
     /// share it).
-    pub fn load(&self, id: &str, kind: ModelKind, features: Features) -> Result<Arc<LoadedModel>, HostError> {
-        if let Some(m) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+    pub fn load(
+        &self,
+        id: &str,
+        kind: ModelKind,
+        features: Features,
+    ) -> Result<Arc<LoadedModel>, HostError> {
+        if let Some(m) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             return Ok(m.clone());
         }
         let entry = self.entry(id)?;
         if entry.kind != kind {
-            return Err(HostError::WrongKind { id: id.to_owned(), kind: entry.kind, wanted: kind });
+            return Err(HostError::WrongKind {
+                id: id.to_owned(),
+                kind: entry.kind,
+                wanted: kind,
+            });
         }
         let plugin = self.select(&entry, entry.features.union(features))?;
         let path = self.local_path(&entry)?;
-        let req = LoadRequest { model: self.spec(&entry, Some(&path)), device: self.device.clone(), memory_budget: 0 };
+        let req = LoadRequest {
+            model: self.spec(&entry, Some(&path)),
+            device: self.device.clone(),
+            memory_budget: 0,
+        };
         let started = std::time::Instant::now();
-        let model = (plugin.module.load_model())(&req).into_result().map_err(|error| HostError::Plugin {
-            id: id.to_owned(),
-            plugin: plugin.descriptor.name.to_string(),
-            error,
-        })?;
+        let model = (plugin.module.load_model())(&req)
+            .into_result()
+            .map_err(|error| HostError::Plugin {
+                id: id.to_owned(),
+                plugin: plugin.descriptor.name.to_string(),
+                error,
+            })?;
         let info = model.info();
         tracing::info!(model = id, plugin = %plugin.descriptor.name, ms = started.elapsed().as_millis() as u64, "model loaded");
-        let loaded = Arc::new(LoadedModel { entry, plugin: plugin.descriptor.name.to_string(), model, info });
+        let loaded = Arc::new(LoadedModel {
+            entry,
+            plugin: plugin.descriptor.name.to_string(),
+            model,
+            info,
+        });
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(id.to_owned()).or_insert(loaded).clone())
     }
 
     /// Drop the engine's reference to a loaded model (freed once no request uses it).
     pub fn unload(&self, id: &str) -> bool {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some()
     }
 
     /// Embed texts with model `id`.
     pub fn embed(&self, id: &str, req: &EmbedRequest) -> Result<EmbedResponse, HostError> {
         let m = self.load(id, ModelKind::EMBED, Features::EMBEDDINGS)?;
-        m.model.embed(req).into_result().map_err(|error| HostError::Plugin {
-            id: id.to_owned(),
-            plugin: m.plugin.clone(),
-            error,
-        })
+        m.model
+            .embed(req)
+            .into_result()
+            .map_err(|error| HostError::Plugin {
+                id: id.to_owned(),
+                plugin: m.plugin.clone(),
+                error,
+            })
     }
 }
 
 fn probe(p: &PluginHandle, device: &DeviceInfo, model: Option<ModelSpec>) -> Probe {
-    let req = ProbeRequest { device: device.clone(), model: ROption::from(model) };
-    (p.module.probe())(&req).into_result().unwrap_or_else(|e| Probe {
-        score: 0,
-        backend: RString::new(),
-        reason: format!("probe failed: {e}").into(),
-    })
+    let req = ProbeRequest {
+        device: device.clone(),
+        model: ROption::from(model),
+    };
+    (p.module.probe())(&req)
+        .into_result()
+        .unwrap_or_else(|e| Probe {
+            score: 0,
+            backend: RString::new(),
+            reason: format!("probe failed: {e}").into(),
+        })
 }
 
 /// MLXEngine's cache root: `$MLXENGINE_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/mlxengine`.
@@ -276,13 +391,17 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("MLXENGINE_CACHE") {
         return d.into();
     }
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cache"));
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache"));
     base.join("mlxengine")
 }
 
 /// Local models by id: `$MLXENGINE_MODELS`, else `<cache>/models`.
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("MLXENGINE_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
+    std::env::var_os("MLXENGINE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"))
 }
 
 /// The Hugging Face hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
@@ -297,5 +416,7 @@ pub fn hf_hub_cache() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }

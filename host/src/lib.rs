@@ -25,12 +25,19 @@ pub fn shipped_registry_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("MLXENGINE_REGISTRY") {
         return Some(p.into());
     }
-    let beside = std::env::current_exe().ok()?.parent()?.join("registry.toml");
+    let beside = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .join("registry.toml");
     if beside.is_file() {
         return Some(beside);
     }
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("registry.toml");
-    source.is_file().then(|| source.canonicalize().unwrap_or(source))
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("registry.toml");
+    source
+        .is_file()
+        .then(|| source.canonicalize().unwrap_or(source))
 }
 
 /// The user's runtime registry (`mlxengine add` writes here; merged on every run):
@@ -41,7 +48,9 @@ pub fn user_registry_path() -> PathBuf {
     }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".config")
+        });
     base.join("mlxengine").join("registry.toml")
 }
 
@@ -54,7 +63,11 @@ pub fn load_registry(extra: &[PathBuf]) -> Result<Registry, RegistryError> {
             reg.merge_file(&p)?;
         }
         None => {
-            reg.merge_str(BUILTIN_REGISTRY, "registry.toml (built in)", std::path::Path::new("."))?;
+            reg.merge_str(
+                BUILTIN_REGISTRY,
+                "registry.toml (built in)",
+                std::path::Path::new("."),
+            )?;
         }
     }
     let user = user_registry_path();

@@ -14,7 +14,11 @@ use serde_json::json;
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
-#[command(name = "mlxengine", version, about = "Run local models through drop-in plugins")]
+#[command(
+    name = "mlxengine",
+    version,
+    about = "Run local models through drop-in plugins"
+)]
 struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -117,7 +121,10 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -169,8 +176,11 @@ fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
             })
         })
         .collect();
-    let failed: Vec<_> =
-        set.failures.iter().map(|f| json!({"path": f.path, "error": f.error})).collect();
+    let failed: Vec<_> = set
+        .failures
+        .iter()
+        .map(|f| json!({"path": f.path, "error": f.error}))
+        .collect();
     if as_json {
         return print_json(&json!({
             "api_version": API_VERSION,
@@ -190,7 +200,14 @@ fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
         let kinds: Vec<String> = d.kinds.iter().map(|k| k.to_string()).collect();
         println!("  kinds:         {}", kinds.join(", "));
         let archs: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
-        println!("  architectures: {}", if archs.is_empty() { "any".into() } else { archs.join(", ") });
+        println!(
+            "  architectures: {}",
+            if archs.is_empty() {
+                "any".into()
+            } else {
+                archs.join(", ")
+            }
+        );
         println!("  features:      {}", d.features.names().join(", "));
         println!("  api version:   {}", p.module.api_version());
         println!("  library:       {}", p.path.display());
@@ -203,7 +220,10 @@ fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
 
 fn parse_kind(k: &str) -> Result<ModelKind> {
     ModelKind::from_name(k).with_context(|| {
-        format!("unknown kind `{k}` (expected one of {})", ModelKind::ALL.map(|k| k.name()).join(", "))
+        format!(
+            "unknown kind `{k}` (expected one of {})",
+            ModelKind::ALL.map(|k| k.name()).join(", ")
+        )
     })
 }
 
@@ -217,7 +237,10 @@ fn source_str(s: &Source) -> String {
 fn cmd_models(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<()> {
     let kind = kind.map(parse_kind).transpose()?;
     let reg = engine.registry();
-    let models: Vec<&ModelEntry> = reg.models().filter(|m| kind.is_none_or(|k| m.kind == k)).collect();
+    let models: Vec<&ModelEntry> = reg
+        .models()
+        .filter(|m| kind.is_none_or(|k| m.kind == k))
+        .collect();
     if as_json {
         let list: Vec<_> = models
             .iter()
@@ -232,10 +255,17 @@ fn cmd_models(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<()> 
             .collect();
         return print_json(&json!({ "models": list }));
     }
-    println!("{:<24} {:<9} {:<12} {:>9}  {:<6} source", "ID", "KIND", "ARCH", "SIZE", "LOCAL");
+    println!(
+        "{:<24} {:<9} {:<12} {:>9}  {:<6} source",
+        "ID", "KIND", "ARCH", "SIZE", "LOCAL"
+    );
     for m in models {
         let size = m.size_bytes.map(human_bytes).unwrap_or_else(|| "?".into());
-        let local = if engine.local_path(m).is_ok() { "yes" } else { "no" };
+        let local = if engine.local_path(m).is_ok() {
+            "yes"
+        } else {
+            "no"
+        };
         println!(
             "{:<24} {:<9} {:<12} {:>9}  {:<6} {}",
             m.id,
@@ -268,7 +298,10 @@ fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
     let m = engine.entry(id)?;
     let local = engine.local_path(&m);
     let cands = engine.candidates(&m, m.features);
-    let chosen = engine.select(&m, m.features).ok().map(|p| p.descriptor.name.to_string());
+    let chosen = engine
+        .select(&m, m.features)
+        .ok()
+        .map(|p| p.descriptor.name.to_string());
     if as_json {
         return print_json(&json!({
             "id": m.id, "name": m.name, "description": m.description, "kind": m.kind.name(),
@@ -313,7 +346,10 @@ fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
         None => println!("  served by:     no plugin"),
     }
     for c in cands {
-        println!("    {:<16} score {:>3}  {} {}", c.plugin, c.score, c.backend, c.reason);
+        println!(
+            "    {:<16} score {:>3}  {} {}",
+            c.plugin, c.score, c.backend, c.reason
+        );
     }
     Ok(())
 }
@@ -323,7 +359,9 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
     for t in &args.texts {
         if t == "-" {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading texts from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading texts from stdin")?;
             texts.extend(s.lines().filter(|l| !l.is_empty()).map(str::to_owned));
         } else {
             texts.push(t.clone());
@@ -332,8 +370,12 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("no texts to embed");
     }
-    let pooling = Pooling::from_name(&args.pooling)
-        .with_context(|| format!("unknown pooling `{}` (default, mean, cls, last)", args.pooling))?;
+    let pooling = Pooling::from_name(&args.pooling).with_context(|| {
+        format!(
+            "unknown pooling `{}` (default, mean, cls, last)",
+            args.pooling
+        )
+    })?;
     let req = EmbedRequest {
         texts: texts.iter().map(|t| t.as_str().into()).collect(),
         pooling,
@@ -353,7 +395,14 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             dim: usize,
             embeddings: &'a [&'a [f32]],
         }
-        println!("{}", serde_json::to_string(&Out { model: &args.model, dim, embeddings: &rows })?);
+        println!(
+            "{}",
+            serde_json::to_string(&Out {
+                model: &args.model,
+                dim,
+                embeddings: &rows
+            })?
+        );
         return Ok(());
     }
     println!(
@@ -369,7 +418,9 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
     if rows.len() > 1 {
         println!("cosine similarity:");
         for i in 0..rows.len() {
-            let line: Vec<String> = (0..rows.len()).map(|j| format!("{:+.3}", cosine(rows[i], rows[j]))).collect();
+            let line: Vec<String> = (0..rows.len())
+                .map(|j| format!("{:+.3}", cosine(rows[i], rows[j])))
+                .collect();
             println!("  {}", line.join("  "));
         }
     }
@@ -393,7 +444,11 @@ fn cmd_add(cli: &Cli, a: &AddArgs) -> Result<()> {
             }
             Source::Path(p)
         }
-        (None, Some(h)) => Source::Hub { repo: h.clone(), revision: a.revision.clone(), files: vec![] },
+        (None, Some(h)) => Source::Hub {
+            repo: h.clone(),
+            revision: a.revision.clone(),
+            files: vec![],
+        },
         _ => bail!("give exactly one of --path or --hub"),
     };
     let mut entry = ModelEntry::new(&a.id, kind, &a.architecture, source);
@@ -418,12 +473,19 @@ fn cmd_add(cli: &Cli, a: &AddArgs) -> Result<()> {
 fn cmd_remove(cli: &Cli, id: &str) -> Result<()> {
     let user = user_registry_path();
     let text = std::fs::read_to_string(&user).unwrap_or_default();
-    let mut doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}", user.display()))?;
-    let before = doc.get("models").and_then(|m| m.as_array()).map_or(0, |a| a.len());
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}", user.display()))?;
+    let before = doc
+        .get("models")
+        .and_then(|m| m.as_array())
+        .map_or(0, |a| a.len());
     if let Some(models) = doc.get_mut("models").and_then(|m| m.as_array_mut()) {
         models.retain(|m| m.get("id").and_then(|i| i.as_str()) != Some(id));
     }
-    let after = doc.get("models").and_then(|m| m.as_array()).map_or(0, |a| a.len());
+    let after = doc
+        .get("models")
+        .and_then(|m| m.as_array())
+        .map_or(0, |a| a.len());
     if before == after {
         let reg = load_registry(&cli.registries)?;
         match reg.get(id) {

@@ -73,7 +73,10 @@ pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("MLXENGINE_PLUGIN_PATH") {
         dirs.extend(std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()));
     }
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("plugins"));
         dirs.push(exe_dir);
     }
@@ -91,9 +94,14 @@ impl PluginSet {
     /// Discover and load the plugins in `dirs` (missing dirs are skipped).
     pub fn discover(dirs: &[PathBuf]) -> Self {
         let (prefix, suffix) = library_pattern();
-        let mut set = PluginSet { dirs: dirs.to_vec(), ..Default::default() };
+        let mut set = PluginSet {
+            dirs: dirs.to_vec(),
+            ..Default::default()
+        };
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             let mut files: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
@@ -115,14 +123,21 @@ impl PluginSet {
     pub fn load(&mut self, path: &Path) -> Option<&PluginHandle> {
         match load_library(path) {
             Ok(handle) => {
-                if let Some(prev) = self.plugins.iter().find(|p| p.descriptor.name == handle.descriptor.name) {
+                if let Some(prev) = self
+                    .plugins
+                    .iter()
+                    .find(|p| p.descriptor.name == handle.descriptor.name)
+                {
                     let msg = format!(
                         "plugin `{}` is already loaded from {}; this copy is ignored",
                         handle.descriptor.name,
                         prev.path.display()
                     );
                     tracing::warn!(path = %path.display(), "{msg}");
-                    self.failures.push(LoadFailure { path: path.to_owned(), error: msg });
+                    self.failures.push(LoadFailure {
+                        path: path.to_owned(),
+                        error: msg,
+                    });
                     return None;
                 }
                 tracing::debug!(path = %path.display(), name = %handle.descriptor.name, "plugin loaded");
@@ -131,7 +146,10 @@ impl PluginSet {
             }
             Err(error) => {
                 tracing::warn!(path = %path.display(), "plugin not loaded: {error}");
-                self.failures.push(LoadFailure { path: path.to_owned(), error });
+                self.failures.push(LoadFailure {
+                    path: path.to_owned(),
+                    error,
+                });
                 None
             }
         }
@@ -139,14 +157,18 @@ impl PluginSet {
 
     /// The plugin called `name`.
     pub fn get(&self, name: &str) -> Option<&PluginHandle> {
-        self.plugins.iter().find(|p| p.descriptor.name.as_str() == name)
+        self.plugins
+            .iter()
+            .find(|p| p.descriptor.name.as_str() == name)
     }
 }
 
 /// Load and check one plugin library.
 pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
     let header = lib_header_from_path(path).map_err(|e| describe(&e))?;
-    let module = header.init_root_module::<PluginModRef>().map_err(|e| describe(&e))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| describe(&e))?;
     let version = module.api_version();
     if version != API_VERSION {
         return Err(format!(
@@ -159,7 +181,11 @@ pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
     if descriptor.name.is_empty() {
         return Err("descriptor has an empty plugin name".into());
     }
-    Ok(PluginHandle { path: path.to_owned(), module, descriptor })
+    Ok(PluginHandle {
+        path: path.to_owned(),
+        module,
+        descriptor,
+    })
 }
 
 /// One readable line for an abi_stable load error.
@@ -170,15 +196,25 @@ fn describe(e: &LibraryError) -> String {
             "not an MLXEngine plugin (no `{}` root module symbol)",
             PluginModRef::NAME
         ),
-        LibraryError::IncompatibleVersionNumber { library_name, expected_version, actual_version } => {
+        LibraryError::IncompatibleVersionNumber {
+            library_name,
+            expected_version,
+            actual_version,
+        } => {
             format!(
                 "interface crate version mismatch for {library_name}: host has {expected_version}, plugin has {actual_version}"
             )
         }
         LibraryError::AbiInstability(_) => {
-            "ABI layout of the plugin does not match this host (built against another plugin-api)".into()
+            "ABI layout of the plugin does not match this host (built against another plugin-api)"
+                .into()
         }
         LibraryError::InvalidAbiHeader(h) => format!("incompatible abi_stable header: {h:?}"),
-        other => other.to_string().lines().next().unwrap_or("load error").to_owned(),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("load error")
+            .to_owned(),
     }
 }

@@ -20,7 +20,11 @@ use toml::Spanned;
 pub enum Source {
     /// A Hugging Face Hub repository at a revision; `files` lists what the model needs
     /// (empty = decided by the downloader).
-    Hub { repo: String, revision: String, files: Vec<String> },
+    Hub {
+        repo: String,
+        revision: String,
+        files: Vec<String>,
+    },
     /// A local directory or file.
     Path(PathBuf),
 }
@@ -137,13 +141,18 @@ const DTYPES: &[&str] = &["float32", "float16", "bfloat16"];
 
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// The id of the `[[models]]` table that contains byte `offset`, found textually (used
 /// for serde errors, which come before any id is known).
 fn model_at(text: &str, offset: usize) -> Option<String> {
-    let head = &text[..offset.min(text.len())];
+    // An error about a whole table (missing field) points at its `[[models]]` header.
+    let head = &text[..(offset + 10).min(text.len())];
     let start = head.rfind("[[models]]")?;
     let block = &text[start + 10..];
     let end = block.find("\n[").unwrap_or(block.len());
@@ -176,15 +185,22 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             message,
         };
         if id.is_empty()
-            || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         {
             return Err(err(
                 m.id.span(),
-                format!("key `id`: {id:?} must be non-empty lowercase letters, digits, `.`, `_` or `-`"),
+                format!(
+                    "key `id`: {id:?} must be non-empty lowercase letters, digits, `.`, `_` or `-`"
+                ),
             ));
         }
         if let Some(prev) = out.iter().find(|e| e.id == id) {
-            return Err(err(m.id.span(), format!("key `id`: duplicate id, first defined at {}", prev.origin)));
+            return Err(err(
+                m.id.span(),
+                format!("key `id`: duplicate id, first defined at {}", prev.origin),
+            ));
         }
         let kind = ModelKind::from_name(m.kind.get_ref()).ok_or_else(|| {
             err(
@@ -198,33 +214,55 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
         })?;
         let architecture = m.architecture.get_ref().trim().to_ascii_lowercase();
         if architecture.is_empty() {
-            return Err(err(m.architecture.span(), "key `architecture`: must not be empty".into()));
+            return Err(err(
+                m.architecture.span(),
+                "key `architecture`: must not be empty".into(),
+            ));
         }
         let src_span = m.source.span();
         let src = m.source.into_inner();
         let source = match (src.hub, src.path) {
             (Some(repo), None) => {
                 if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
-                    return Err(err(src_span, format!("key `source.hub`: {repo:?} is not `owner/name`")));
+                    return Err(err(
+                        src_span,
+                        format!("key `source.hub`: {repo:?} is not `owner/name`"),
+                    ));
                 }
-                Source::Hub { repo, revision: src.revision.unwrap_or_else(|| "main".into()), files: src.files }
+                Source::Hub {
+                    repo,
+                    revision: src.revision.unwrap_or_else(|| "main".into()),
+                    files: src.files,
+                }
             }
             (None, Some(p)) => {
                 if src.revision.is_some() || !src.files.is_empty() {
-                    return Err(err(src_span, "key `source`: `revision`/`files` only apply to `hub`".into()));
+                    return Err(err(
+                        src_span,
+                        "key `source`: `revision`/`files` only apply to `hub`".into(),
+                    ));
                 }
                 Source::Path(expand_path(&p, base_dir))
             }
             (Some(_), Some(_)) => {
-                return Err(err(src_span, "key `source`: give either `hub` or `path`, not both".into()))
+                return Err(err(
+                    src_span,
+                    "key `source`: give either `hub` or `path`, not both".into(),
+                ))
             }
-            (None, None) => return Err(err(src_span, "key `source`: needs `hub` or `path`".into())),
+            (None, None) => {
+                return Err(err(src_span, "key `source`: needs `hub` or `path`".into()))
+            }
         };
         let dtype = match m.dtype {
             Some(d) if !DTYPES.contains(&d.get_ref().as_str()) => {
                 return Err(err(
                     d.span(),
-                    format!("key `dtype`: unknown dtype `{}` (expected one of {})", d.get_ref(), DTYPES.join(", ")),
+                    format!(
+                        "key `dtype`: unknown dtype `{}` (expected one of {})",
+                        d.get_ref(),
+                        DTYPES.join(", ")
+                    ),
                 ))
             }
             d => d.map(Spanned::into_inner),
@@ -244,7 +282,8 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             features = features.union(flag);
         }
         let options = match m.options {
-            Some(t) => serde_json::to_value(&t).map_err(|e| err(src_span.clone(), format!("key `options`: {e}")))?,
+            Some(t) => serde_json::to_value(&t)
+                .map_err(|e| err(src_span.clone(), format!("key `options`: {e}")))?,
             None => serde_json::Value::Object(Default::default()),
         };
         out.push(ModelEntry {
@@ -324,7 +363,12 @@ impl Registry {
     }
 
     /// Merge registry text (`file` names it in errors). All-or-nothing.
-    pub fn merge_str(&mut self, text: &str, file: &str, base: &Path) -> Result<usize, RegistryError> {
+    pub fn merge_str(
+        &mut self,
+        text: &str,
+        file: &str,
+        base: &Path,
+    ) -> Result<usize, RegistryError> {
         let entries = parse(text, file, base)?;
         for e in &entries {
             if let Some(prev) = self.models.get(&e.id) {
@@ -420,7 +464,11 @@ impl ModelEntry {
         t.insert("architecture".into(), self.architecture.clone().into());
         let mut src = toml::Table::new();
         match &self.source {
-            Source::Hub { repo, revision, files } => {
+            Source::Hub {
+                repo,
+                revision,
+                files,
+            } => {
                 src.insert("hub".into(), repo.clone().into());
                 src.insert("revision".into(), revision.clone().into());
                 if !files.is_empty() {

@@ -60,12 +60,18 @@ pub struct PluginError {
 impl PluginError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: RString::from(message.into()) }
+        Self {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
 
     /// `UNSUPPORTED`: "`what` is not supported by this plugin".
     pub fn unsupported(what: &str) -> Self {
-        Self::new(ErrorKind::UNSUPPORTED, format!("{what} is not supported by this plugin"))
+        Self::new(
+            ErrorKind::UNSUPPORTED,
+            format!("{what} is not supported by this plugin"),
+        )
     }
 }
 

@@ -24,8 +24,14 @@ impl ModelKind {
     pub const QUANT: Self = Self(6);
 
     /// Every kind this version of the API knows.
-    pub const ALL: [Self; 6] =
-        [Self::LLM, Self::VLM, Self::EMBED, Self::DIFFUSION, Self::LORA, Self::QUANT];
+    pub const ALL: [Self; 6] = [
+        Self::LLM,
+        Self::VLM,
+        Self::EMBED,
+        Self::DIFFUSION,
+        Self::LORA,
+        Self::QUANT,
+    ];
 
     /// The registry / CLI name (`"llm"`, `"embed"`, ...).
     pub fn name(self) -> &'static str {
@@ -118,7 +124,10 @@ impl Features {
 
     /// The flag called `name`, if this version knows it.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
     }
 
     /// Names of the set flags (unknown bits as `bitN`).

@@ -157,8 +157,14 @@ macro_rules! export_plugin {
                 $crate::guard(|| <$plugin as $crate::Plugin>::quantize(req))
             }
 
-            api::PluginMod { api_version: api::API_VERSION, descriptor, probe, load_model, quantize }
-                .leak_into_prefix()
+            api::PluginMod {
+                api_version: api::API_VERSION,
+                descriptor,
+                probe,
+                load_model,
+                quantize,
+            }
+            .leak_into_prefix()
         }
     };
 }

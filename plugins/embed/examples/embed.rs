@@ -20,7 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     })?;
     let dim = out.dim as usize;
-    println!("{} texts, dim {dim}, {:.1} ms", texts.len(), t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "{} texts, dim {dim}, {:.1} ms",
+        texts.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let rows: Vec<&[f32]> = out.data.chunks(dim).collect();
     for (i, a) in rows.iter().enumerate() {
         println!("{:>2} {:?}… {}", i, &a[..4], texts[i]);

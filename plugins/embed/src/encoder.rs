@@ -36,12 +36,17 @@ unsafe impl Sync for Encoder {}
 pub fn model_type(dir: &Path) -> Result<String, EmbedError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| EmbedError::io(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| EmbedError::Config { file: path.clone(), msg: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+        file: path.clone(),
+        msg: e.to_string(),
+    })?;
     v.get("model_type")
         .and_then(|t| t.as_str())
         .map(str::to_owned)
-        .ok_or(EmbedError::Config { file: path, msg: "missing `model_type`".into() })
+        .ok_or(EmbedError::Config {
+            file: path,
+            msg: "missing `model_type`".into(),
+        })
 }
 
 impl Encoder {
@@ -49,7 +54,10 @@ impl Encoder {
     pub fn load(dir: &Path, dtype: Dtype) -> Result<Self, EmbedError> {
         let arch = model_type(dir)?;
         if !models::supports(&arch) {
-            return Err(EmbedError::Architecture(arch, models::ARCHITECTURES.join(", ")));
+            return Err(EmbedError::Architecture(
+                arch,
+                models::ARCHITECTURES.join(", "),
+            ));
         }
         let config = bert::Config::from_file(&dir.join("config.json"))?;
         let sentence = SentenceConfig::load(dir)?;
@@ -62,21 +70,32 @@ impl Encoder {
         if !tok_path.is_file() {
             return Err(EmbedError::MissingFile(tok_path));
         }
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EmbedError::Tokenizer { file: tok_path.clone(), msg: e.to_string() })?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| EmbedError::Tokenizer {
+            file: tok_path.clone(),
+            msg: e.to_string(),
+        })?;
         // Padding and truncation are ours (batching, model limits), not tokenizer.json's.
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
-            .map_err(|e| EmbedError::Tokenizer { file: tok_path.clone(), msg: e.to_string() })?;
+            .map_err(|e| EmbedError::Tokenizer {
+                file: tok_path.clone(),
+                msg: e.to_string(),
+            })?;
         let max_len = sentence
             .max_seq_length
             .unwrap_or(usize::MAX)
             .min(config.max_position_embeddings as usize);
         let mut truncating = tokenizer.clone();
         truncating
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| EmbedError::Tokenizer { file: tok_path, msg: e.to_string() })?;
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| EmbedError::Tokenizer {
+                file: tok_path,
+                msg: e.to_string(),
+            })?;
 
         let (parameters, weight_bytes) = model.sizes();
         Ok(Self {
@@ -102,13 +121,24 @@ impl Encoder {
             p @ (Pooling::MEAN | Pooling::CLS | Pooling::LAST) => p,
             Pooling(n) => return Err(EmbedError::Request(format!("unknown pooling code {n}"))),
         };
-        let normalize = req.normalize.into_option().unwrap_or(self.sentence.normalize);
-        let tok = if req.truncate { &self.truncating } else { &self.tokenizer };
+        let normalize = req
+            .normalize
+            .into_option()
+            .unwrap_or(self.sentence.normalize);
+        let tok = if req.truncate {
+            &self.truncating
+        } else {
+            &self.tokenizer
+        };
         let texts: Vec<&str> = req.texts.iter().map(|t| t.as_str()).collect();
         let encodings = tok
             .encode_batch(texts, true)
             .map_err(|e| EmbedError::Request(format!("tokenizer: {e}")))?;
-        if let Some((i, e)) = encodings.iter().enumerate().find(|(_, e)| e.len() > self.max_len) {
+        if let Some((i, e)) = encodings
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.len() > self.max_len)
+        {
             return Err(EmbedError::Request(format!(
                 "text #{i} has {} tokens, more than the model's maximum of {} (enable truncation)",
                 e.len(),
@@ -132,7 +162,12 @@ impl Encoder {
                 end += 1;
             }
             let chunk = &order[start..end];
-            let l = chunk.iter().map(|&i| encodings[i].len()).max().unwrap_or(1).max(1);
+            let l = chunk
+                .iter()
+                .map(|&i| encodings[i].len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
             let b = chunk.len();
             let mut ids = vec![0i32; b * l];
             let mut types = vec![0i32; b * l];
@@ -153,7 +188,11 @@ impl Encoder {
             let mask = Array::from_slice(&mask, &shape);
             let hidden = model.forward(&ids, &types, &mask)?;
             let pooled = pool(&hidden, &mask, &lens, pooling)?;
-            let pooled = if normalize { l2_normalize(&pooled)? } else { pooled };
+            let pooled = if normalize {
+                l2_normalize(&pooled)?
+            } else {
+                pooled
+            };
             let pooled = pooled.as_dtype(Dtype::Float32)?;
             pooled.eval()?;
             let values: &[f32] = pooled.as_slice();
@@ -165,27 +204,38 @@ impl Encoder {
         }
         drop(model);
         let prompt_tokens = encodings.iter().map(|e| e.len() as u64).sum();
-        Ok(EmbedResponse { dim: self.dim as u32, data: data.into(), prompt_tokens })
+        Ok(EmbedResponse {
+            dim: self.dim as u32,
+            data: data.into(),
+            prompt_tokens,
+        })
     }
 }
 
 /// (B, L, H) hidden states → (B, H).
-fn pool(hidden: &Array, mask: &Array, lens: &[usize], pooling: Pooling) -> mlx_rs::error::Result<Array> {
+fn pool(
+    hidden: &Array,
+    mask: &Array,
+    lens: &[usize],
+    pooling: Pooling,
+) -> mlx_rs::error::Result<Array> {
     let (b, l, h) = (hidden.shape()[0], hidden.shape()[1], hidden.shape()[2]);
     match pooling {
-        Pooling::CLS => hidden.take_axis(&Array::from_int(0), 1),
+        Pooling::CLS => hidden.take_axis(Array::from_int(0), 1),
         Pooling::LAST => {
             let rows: Vec<i32> = lens
                 .iter()
                 .enumerate()
                 .map(|(r, &n)| (r * l as usize + n.max(1) - 1) as i32)
                 .collect();
-            hidden.reshape(&[b * l, h])?.take_axis(&Array::from_slice(&rows, &[b]), 0)
+            hidden
+                .reshape(&[b * l, h])?
+                .take_axis(Array::from_slice(&rows, &[b]), 0)
         }
         _ => {
             let m = mask.as_dtype(hidden.dtype())?.expand_dims(-1)?;
             let sum = hidden.multiply(&m)?.sum_axis(1, None)?;
-            let count = mlx_rs::ops::maximum(&m.sum_axis(1, None)?, &Array::from_f32(1e-9))?;
+            let count = mlx_rs::ops::maximum(&m.sum_axis(1, None)?, Array::from_f32(1e-9))?;
             sum.divide(&count)
         }
     }
@@ -194,5 +244,5 @@ fn pool(hidden: &Array, mask: &Array, lens: &[usize], pooling: Pooling) -> mlx_r
 /// Divide each row by its L2 norm (at least 1e-12), as torch's `F.normalize`.
 fn l2_normalize(x: &Array) -> mlx_rs::error::Result<Array> {
     let norm = x.square()?.sum_axis(-1, true)?.sqrt()?;
-    x.divide(&mlx_rs::ops::maximum(&norm, &Array::from_f32(1e-12))?)
+    x.divide(&mlx_rs::ops::maximum(&norm, Array::from_f32(1e-12))?)
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
     #[error("{}: {source}", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: missing file", .0.display())]
     MissingFile(PathBuf),
     #[error("{}: {msg}", .file.display())]
@@ -29,7 +32,10 @@ impl EmbedError {
         if source.kind() == std::io::ErrorKind::NotFound {
             Self::MissingFile(path.into())
         } else {
-            Self::Io { path: path.into(), source }
+            Self::Io {
+                path: path.into(),
+                source,
+            }
         }
     }
 }

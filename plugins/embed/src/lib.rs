@@ -50,7 +50,9 @@ fn load_dtype(requested: Option<&str>) -> Result<Dtype, PluginError> {
         Some("bfloat16") | Some("bf16") => Ok(Dtype::Bfloat16),
         Some(other) => Err(PluginError::new(
             ErrorKind::INVALID_REQUEST,
-            format!("dtype `{other}` is not supported by the embed plugin (float32, float16, bfloat16)"),
+            format!(
+                "dtype `{other}` is not supported by the embed plugin (float32, float16, bfloat16)"
+            ),
         )),
     }
 }
@@ -62,7 +64,10 @@ impl Plugin for EmbedPlugin {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Sentence embeddings (BERT family) on MLX".into(),
             kinds: RVec::from(vec![ModelKind::EMBED]),
-            architectures: models::ARCHITECTURES.iter().map(|a| RString::from(*a)).collect(),
+            architectures: models::ARCHITECTURES
+                .iter()
+                .map(|a| RString::from(*a))
+                .collect(),
             formats: plugin_sdk::rstrings(&["safetensors"]),
             features: Features::EMBEDDINGS.union(Features::BATCHING),
         }
@@ -83,7 +88,11 @@ impl Plugin for EmbedPlugin {
             "mlx-cpu" => (50, "MLX on CPU, f32 through BLAS"),
             _ => (100, "MLX on GPU"),
         };
-        Probe { score, backend: backend.into(), reason: reason.into() }
+        Probe {
+            score,
+            backend: backend.into(),
+            reason: reason.into(),
+        }
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
@@ -91,7 +100,11 @@ impl Plugin for EmbedPlugin {
         let dtype = load_dtype(spec.dtype.as_ref().map(|d| d.as_str()).into_option())?;
         let encoder = Encoder::load(Path::new(spec.path.as_str()), dtype)
             .map_err(|e| PluginError::from(e).with_context(&spec.id))?;
-        Ok(Box::new(LoadedEncoder { id: spec.id.to_string(), encoder, device: req.device.clone() }))
+        Ok(Box::new(LoadedEncoder {
+            id: spec.id.to_string(),
+            encoder,
+            device: req.device.clone(),
+        }))
     }
 }
 
@@ -118,7 +131,9 @@ impl LoadedModel for LoadedEncoder {
     }
 
     fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
-        self.encoder.embed(req).map_err(|e| PluginError::from(e).with_context(&self.id))
+        self.encoder
+            .embed(req)
+            .map_err(|e| PluginError::from(e).with_context(&self.id))
     }
 }
 

@@ -44,13 +44,20 @@ struct SbertConfig {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedError> {
     let text = std::fs::read_to_string(path).map_err(|e| EmbedError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EmbedError::Config { file: path.into(), msg: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+        file: path.into(),
+        msg: e.to_string(),
+    })
 }
 
 impl SentenceConfig {
     /// Read the sentence-transformers files of `dir`, if any.
     pub fn load(dir: &Path) -> Result<Self, EmbedError> {
-        let mut cfg = SentenceConfig { pooling: Pooling::MEAN, normalize: false, max_seq_length: None };
+        let mut cfg = SentenceConfig {
+            pooling: Pooling::MEAN,
+            normalize: false,
+            max_seq_length: None,
+        };
         let sbert = dir.join("sentence_bert_config.json");
         if sbert.is_file() {
             cfg.max_seq_length = read_json::<SbertConfig>(&sbert)?.max_seq_length;
@@ -77,7 +84,11 @@ impl SentenceConfig {
                     if p.pooling_mode_mean_sqrt_len_tokens {
                         return Err(bad("mean_sqrt_len_tokens"));
                     }
-                    let modes = [p.pooling_mode_cls_token, p.pooling_mode_mean_tokens, p.pooling_mode_lasttoken];
+                    let modes = [
+                        p.pooling_mode_cls_token,
+                        p.pooling_mode_mean_tokens,
+                        p.pooling_mode_lasttoken,
+                    ];
                     if modes.iter().filter(|m| **m).count() != 1 {
                         return Err(bad("combination"));
                     }
@@ -92,7 +103,10 @@ impl SentenceConfig {
                 other => {
                     return Err(EmbedError::Config {
                         file: modules_path.clone(),
-                        msg: format!("sentence-transformers module `{other}` ({}) is not supported", m.ty),
+                        msg: format!(
+                            "sentence-transformers module `{other}` ({}) is not supported",
+                            m.ty
+                        ),
                     })
                 }
             }

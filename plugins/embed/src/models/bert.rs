@@ -40,8 +40,10 @@ impl Config {
     /// Read and resolve `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, EmbedError> {
         let text = std::fs::read_to_string(path).map_err(|e| EmbedError::io(path, e))?;
-        let raw: RawConfig = serde_json::from_str(&text)
-            .map_err(|e| EmbedError::Config { file: path.into(), msg: e.to_string() })?;
+        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+            file: path.into(),
+            msg: e.to_string(),
+        })?;
         let need = |v: Option<i32>, key: &str| {
             v.filter(|v| *v > 0).ok_or_else(|| EmbedError::Config {
                 file: path.into(),
@@ -59,7 +61,11 @@ impl Config {
                 })
             }
         };
-        if let Some(p) = raw.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+        if let Some(p) = raw
+            .position_embedding_type
+            .as_deref()
+            .filter(|p| *p != "absolute")
+        {
             return Err(EmbedError::Config {
                 file: path.into(),
                 msg: format!("`position_embedding_type` = {p:?} is not supported (absolute)"),
@@ -127,7 +133,12 @@ impl Layer {
             key: linear(w, &format!("{p}.attention.self.key"), h, h)?,
             value: linear(w, &format!("{p}.attention.self.value"), h, h)?,
             attn_out: linear(w, &format!("{p}.attention.output.dense"), h, h)?,
-            attn_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, c.layer_norm_eps)?,
+            attn_norm: LayerNorm::load(
+                w,
+                &format!("{p}.attention.output.LayerNorm"),
+                h,
+                c.layer_norm_eps,
+            )?,
             intermediate: linear(w, &format!("{p}.intermediate.dense"), h, i)?,
             output: linear(w, &format!("{p}.output.dense"), i, h)?,
             out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
@@ -135,7 +146,14 @@ impl Layer {
     }
 
     /// `x`: (B·L, H) rows; `mask`: additive (B, 1, 1, L).
-    fn forward(&self, x: &Array, mask: &Array, c: &Config, b: i32, l: i32) -> mlx_rs::error::Result<Array> {
+    fn forward(
+        &self,
+        x: &Array,
+        mask: &Array,
+        c: &Config,
+        b: i32,
+        l: i32,
+    ) -> mlx_rs::error::Result<Array> {
         let heads = c.num_heads;
         let hd = c.hidden_size / heads;
         let split = |t: Array| t.reshape(&[b, l, heads, hd])?.transpose_axes(&[0, 2, 1, 3]);
@@ -144,8 +162,12 @@ impl Layer {
         let v = split(self.value.forward(x)?)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let a = fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
-        let a = a.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b * l, c.hidden_size])?;
-        let x = self.attn_norm.forward(&self.attn_out.forward(&a)?.add(x)?)?;
+        let a = a
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b * l, c.hidden_size])?;
+        let x = self
+            .attn_norm
+            .forward(&self.attn_out.forward(&a)?.add(x)?)?;
         let h = gelu(&self.intermediate.forward(&x)?, c.gelu_approx)?;
         self.out_norm.forward(&self.output.forward(&h)?.add(&x)?)
     }
@@ -155,13 +177,18 @@ fn gelu(x: &Array, approx: bool) -> mlx_rs::error::Result<Array> {
     if approx {
         // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
         let c = (2.0f32 / std::f32::consts::PI).sqrt();
-        let inner = x.add(&x.power(&Array::from_f32(3.0))?.multiply(&Array::from_f32(0.044715))?)?;
-        let t = ops::tanh(&inner.multiply(&Array::from_f32(c))?)?;
-        x.multiply(&Array::from_f32(0.5))?.multiply(&t.add(&Array::from_f32(1.0))?)
+        let inner = x.add(
+            &x.power(Array::from_f32(3.0))?
+                .multiply(Array::from_f32(0.044715))?,
+        )?;
+        let t = ops::tanh(&inner.multiply(Array::from_f32(c))?)?;
+        x.multiply(Array::from_f32(0.5))?
+            .multiply(&t.add(Array::from_f32(1.0))?)
     } else {
         // 0.5·x·(1 + erf(x/√2)), as BERT's "gelu"
-        let e = ops::erf(&x.multiply(&Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
-        x.multiply(&Array::from_f32(0.5))?.multiply(&e.add(&Array::from_f32(1.0))?)
+        let e = ops::erf(&x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
+        x.multiply(Array::from_f32(0.5))?
+            .multiply(&e.add(Array::from_f32(1.0))?)
     }
 }
 
@@ -189,18 +216,36 @@ impl Bert {
         let c = &config;
         let h = c.hidden_size;
         let word = w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
-        let position = w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings, h])?;
-        let token_type = w.take("embeddings.token_type_embeddings.weight", &[c.type_vocab_size, h])?;
+        let position = w.take(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, h],
+        )?;
+        let token_type = w.take(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab_size, h],
+        )?;
         let emb_norm = LayerNorm::load(w, "embeddings.LayerNorm", h, c.layer_norm_eps)?;
         let layers = (0..c.num_layers)
             .map(|i| Layer::load(w, &format!("encoder.layer.{i}"), c))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { config, word, position, token_type, emb_norm, layers })
+        Ok(Self {
+            config,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+        })
     }
 
     /// Hidden states (B, L, H) for token ids / type ids (B, L) and key mask (B, L) of
     /// 1 (token) / 0 (padding).
-    pub fn forward(&self, ids: &Array, type_ids: &Array, mask: &Array) -> mlx_rs::error::Result<Array> {
+    pub fn forward(
+        &self,
+        ids: &Array,
+        type_ids: &Array,
+        mask: &Array,
+    ) -> mlx_rs::error::Result<Array> {
         let (b, l) = (ids.shape()[0], ids.shape()[1]);
         let h = self.config.hidden_size;
         let pos = Array::from_iter(0..l, &[l]);
@@ -213,7 +258,7 @@ impl Bert {
         // additive key mask: 0 for tokens, -1e9 for padding (exp underflows to exactly 0)
         let additive = Array::from_f32(1.0)
             .subtract(mask)?
-            .multiply(&Array::from_f32(-1e9))?
+            .multiply(Array::from_f32(-1e9))?
             .reshape(&[b, 1, 1, l])?
             .as_dtype(x.dtype())?;
         for layer in &self.layers {
@@ -234,12 +279,26 @@ impl Bert {
         let mut arrays: Vec<&Array> = vec![&self.word, &self.position, &self.token_type];
         arrays.extend([&self.emb_norm.weight, &self.emb_norm.bias]);
         for l in &self.layers {
-            for lin in [&l.query, &l.key, &l.value, &l.attn_out, &l.intermediate, &l.output] {
+            for lin in [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attn_out,
+                &l.intermediate,
+                &l.output,
+            ] {
                 arrays.push(&lin.weight);
                 arrays.extend(lin.bias.as_ref());
             }
-            arrays.extend([&l.attn_norm.weight, &l.attn_norm.bias, &l.out_norm.weight, &l.out_norm.bias]);
+            arrays.extend([
+                &l.attn_norm.weight,
+                &l.attn_norm.bias,
+                &l.out_norm.weight,
+                &l.out_norm.bias,
+            ]);
         }
-        arrays.iter().fold((0, 0), |(n, b), a| (n + a.size() as u64, b + a.nbytes() as u64))
+        arrays.iter().fold((0, 0), |(n, b), a| {
+            (n + a.size() as u64, b + a.nbytes() as u64)
+        })
     }
 }

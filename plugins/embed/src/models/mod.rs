@@ -36,13 +36,23 @@ impl Weights {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| EmbedError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| EmbedError::Config { file: index.clone(), msg: e.to_string() })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                EmbedError::Config { file: index.clone(), msg: "missing `weight_map`".into() }
-            })?;
-            let mut files: Vec<PathBuf> =
-                map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+                    file: index.clone(),
+                    msg: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| EmbedError::Config {
+                    file: index.clone(),
+                    msg: "missing `weight_map`".into(),
+                })?;
+            let mut files: Vec<PathBuf> = map
+                .values()
+                .filter_map(|f| f.as_str())
+                .map(|f| dir.join(f))
+                .collect();
             files.sort();
             files.dedup();
             files
@@ -54,33 +64,58 @@ impl Weights {
             if !file.is_file() {
                 return Err(EmbedError::MissingFile(file.clone()));
             }
-            let part = Array::load_safetensors(file)
-                .map_err(|e| EmbedError::Weights { file: file.clone(), msg: e.to_string() })?;
+            let part = Array::load_safetensors(file).map_err(|e| EmbedError::Weights {
+                file: file.clone(),
+                msg: e.to_string(),
+            })?;
             tensors.extend(part);
         }
-        let source = if files.len() == 1 { files[0].clone() } else { dir.to_path_buf() };
-        Ok(Self { tensors, source, dtype })
+        let source = if files.len() == 1 {
+            files[0].clone()
+        } else {
+            dir.to_path_buf()
+        };
+        Ok(Self {
+            tensors,
+            source,
+            dtype,
+        })
     }
 
     /// Remove the tensor `name`, checking its shape and casting it to the load dtype.
     pub fn take(&mut self, name: &str, shape: &[i32]) -> Result<Array, EmbedError> {
-        let t = self.tensors.remove(name).ok_or_else(|| EmbedError::Weights {
-            file: self.source.clone(),
-            msg: format!("missing tensor `{name}`"),
-        })?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| EmbedError::Weights {
+                file: self.source.clone(),
+                msg: format!("missing tensor `{name}`"),
+            })?;
         if t.shape() != shape {
             return Err(EmbedError::Weights {
                 file: self.source.clone(),
-                msg: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape()),
+                msg: format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.shape()
+                ),
             });
         }
-        let t = if t.dtype() == self.dtype { t } else { t.as_dtype(self.dtype)? };
+        let t = if t.dtype() == self.dtype {
+            t
+        } else {
+            t.as_dtype(self.dtype)?
+        };
         Ok(t)
     }
 
     /// Rename tensors starting with `from` to start with `to` instead.
     pub fn rename_prefix(&mut self, from: &str, to: &str) {
-        let keys: Vec<String> = self.tensors.keys().filter(|k| k.starts_with(from)).cloned().collect();
+        let keys: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(from))
+            .cloned()
+            .collect();
         for k in keys {
             let t = self.tensors.remove(&k).expect("key listed above");
             self.tensors.insert(format!("{to}{}", &k[from.len()..]), t);

