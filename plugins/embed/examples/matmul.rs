@@ -9,7 +9,11 @@
 use mlx_rs::{random, Array};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: i32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1024);
+    let n: i32 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1024);
     let a = random::normal::<f32>(&[n, n], None, None, None)?;
     let b = random::normal::<f32>(&[n, n], None, None, None)?;
     let run = || -> Result<f64, Box<dyn std::error::Error>> {
@@ -24,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         best = best.min(run()?);
     }
     let gflops = 2.0 * f64::from(n).powi(3) / best / 1e9;
-    println!("f32 matmul {n}x{n}x{n}: {:.1} ms, {gflops:.1} GFLOP/s", best * 1e3);
+    println!(
+        "f32 matmul {n}x{n}x{n}: {:.1} ms, {gflops:.1} GFLOP/s",
+        best * 1e3
+    );
     Ok(())
 }
