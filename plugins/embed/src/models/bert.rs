@@ -1,7 +1,7 @@
 //! BERT encoder (`model_type = "bert"`): BertModel / sentence-transformers checkpoints
 //! such as all-MiniLM-L6-v2. Skeleton: `RawConfig` → `Config` → layers → `Bert`.
 
-use super::{linear, Linear, Weights};
+use super::{Linear, Weights};
 use crate::error::EmbedError;
 use mlx_rs::{fast, ops, Array, Dtype};
 use serde::Deserialize;
@@ -129,18 +129,18 @@ impl Layer {
     fn load(w: &mut Weights, p: &str, c: &Config) -> Result<Self, EmbedError> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         Ok(Self {
-            query: linear(w, &format!("{p}.attention.self.query"), h, h)?,
-            key: linear(w, &format!("{p}.attention.self.key"), h, h)?,
-            value: linear(w, &format!("{p}.attention.self.value"), h, h)?,
-            attn_out: linear(w, &format!("{p}.attention.output.dense"), h, h)?,
+            query: w.linear(&format!("{p}.attention.self.query"), h, h, true)?,
+            key: w.linear(&format!("{p}.attention.self.key"), h, h, true)?,
+            value: w.linear(&format!("{p}.attention.self.value"), h, h, true)?,
+            attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h, true)?,
             attn_norm: LayerNorm::load(
                 w,
                 &format!("{p}.attention.output.LayerNorm"),
                 h,
                 c.layer_norm_eps,
             )?,
-            intermediate: linear(w, &format!("{p}.intermediate.dense"), h, i)?,
-            output: linear(w, &format!("{p}.output.dense"), i, h)?,
+            intermediate: w.linear(&format!("{p}.intermediate.dense"), h, i, true)?,
+            output: w.linear(&format!("{p}.output.dense"), i, h, true)?,
             out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
         })
     }

@@ -1,0 +1,262 @@
+//! GGUF → Hugging Face layout: `config.json` from the metadata, HF tensor names, and the
+//! undoing of llama.cpp's rotary permutation of Q/K weights.
+
+use crate::{tokenizer_config_from_gguf, tokenizer_json_from_gguf, Gguf, GgufError};
+use serde_json::{json, Value as Json};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// GGUF architectures this conversion knows, with their HF `model_type`.
+pub const ARCHITECTURES: &[(&str, &str)] = &[("llama", "llama")];
+
+/// A dequantized tensor under its HF name.
+pub struct HfTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// HF `model_type` of a GGUF file's `general.architecture`.
+pub fn model_type(g: &Gguf) -> Result<&'static str, GgufError> {
+    let arch = g.architecture()?;
+    ARCHITECTURES
+        .iter()
+        .find(|(a, _)| *a == arch)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| GgufError::Architecture {
+            arch: arch.to_owned(),
+            supported: ARCHITECTURES
+                .iter()
+                .map(|(a, _)| *a)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Undo llama.cpp's Q/K row permutation: rows of each head are stored with the rotary
+/// pairs interleaved; HF keeps the two halves apart.
+fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let per_head = rows / heads;
+    let half = per_head / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // GGUF row (h, i, j) ← HF row (h, j, i)
+                let src = (h * per_head + i * 2 + j) * cols;
+                let dst = (h * per_head + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+fn hf_tensor_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_owned());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (base, suffix) = tail.rsplit_once('.')?;
+    let hf = match base {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// `config.json` (HF field names) of a GGUF model.
+pub fn config(g: &Gguf) -> Result<Json, GgufError> {
+    let model_type = model_type(g)?;
+    let arch = g.architecture()?;
+    let k = |s: &str| format!("{arch}.{s}");
+    let heads = g.int(&k("attention.head_count"))?;
+    let kv_heads = g
+        .get(&k("attention.head_count_kv"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(heads);
+    let vocab = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map(|t| t.len() as i64)
+        .or_else(|| g.get(&k("vocab_size")).and_then(|v| v.as_i64()))
+        .ok_or_else(|| GgufError::Invalid {
+            file: g.path.clone(),
+            msg: "missing vocabulary size".into(),
+        })?;
+    if g.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        return Err(GgufError::Invalid {
+            file: g.path.clone(),
+            msg: "`rope_freqs.weight` (Llama 3.1 RoPE scaling) is not supported yet".into(),
+        });
+    }
+    let mut cfg = json!({
+        "model_type": model_type,
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": g.int(&k("embedding_length"))?,
+        "intermediate_size": g.int(&k("feed_forward_length"))?,
+        "num_hidden_layers": g.int(&k("block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "rms_norm_eps": g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5),
+        "rope_theta": g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+        "max_position_embeddings": g.get(&k("context_length")).and_then(|v| v.as_i64()).unwrap_or(2048),
+        "vocab_size": vocab,
+        "tie_word_embeddings": !g.tensors.iter().any(|t| t.name == "output.weight"),
+        "torch_dtype": "float32",
+    });
+    if let Some(d) = g.get(&k("attention.key_length")).and_then(|v| v.as_i64()) {
+        cfg["head_dim"] = json!(d);
+    }
+    for (key, meta) in [
+        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+    ] {
+        if let Some(id) = g.get(meta).and_then(|v| v.as_i64()) {
+            cfg[key] = json!(id);
+        }
+    }
+    if g.str(&k("rope.scaling.type")) == Some("linear") {
+        if let Some(f) = g.get(&k("rope.scaling.factor")).and_then(|v| v.as_f64()) {
+            cfg["rope_scaling"] = json!({"type": "linear", "factor": f});
+        }
+    }
+    Ok(cfg)
+}
+
+/// `config.json` and the dequantized tensors under HF names.
+pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
+    let cfg = config(g)?;
+    if let Some((ty, tensor)) = g.unsupported_types().into_iter().next() {
+        return Err(GgufError::UnsupportedQuant {
+            file: g.path.clone(),
+            tensor,
+            ty,
+        });
+    }
+    let heads = cfg["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+    let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let mut out = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        let name = hf_tensor_name(&t.name).ok_or_else(|| GgufError::Invalid {
+            file: g.path.clone(),
+            msg: format!(
+                "unexpected tensor `{}` for architecture `{}`",
+                t.name,
+                g.architecture().unwrap_or("?")
+            ),
+        })?;
+        let mut data = g.to_f32(t)?;
+        let n_heads = if t.name.ends_with("attn_q.weight") {
+            Some(heads)
+        } else if t.name.ends_with("attn_k.weight") {
+            Some(kv_heads)
+        } else {
+            None
+        };
+        if let (Some(h), [rows, cols]) = (n_heads, t.shape.as_slice()) {
+            data = unpermute(&data, *rows, *cols, h);
+        }
+        out.push(HfTensor {
+            name,
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    Ok((cfg, out))
+}
+
+/// Write a GGUF model as an HF-layout directory `dst` (float32 `model.safetensors`,
+/// `config.json`, `tokenizer.json`, `tokenizer_config.json`). It is written under a
+/// temporary name and renamed at the end, so a failure leaves nothing half-written.
+pub fn import(src: &Path, dst: &Path) -> Result<Vec<PathBuf>, GgufError> {
+    let io = |p: &Path, e: std::io::Error| GgufError::Io {
+        file: p.into(),
+        msg: e.to_string(),
+    };
+    if dst.exists() {
+        return Err(GgufError::Io {
+            file: dst.into(),
+            msg: "already exists; choose a new directory".into(),
+        });
+    }
+    let g = Gguf::open(src)?;
+    let (cfg, tensors) = to_hf(&g)?;
+    let tok = tokenizer_json_from_gguf(&g)?;
+    let tok_cfg = tokenizer_config_from_gguf(&g);
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "import".into());
+    let tmp = dst.with_file_name(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let result = (|| -> Result<(), GgufError> {
+        for (file, v) in [
+            ("config.json", &cfg),
+            ("tokenizer.json", &tok),
+            ("tokenizer_config.json", &tok_cfg),
+        ] {
+            let p = tmp.join(file);
+            std::fs::write(&p, serde_json::to_string_pretty(v).expect("json"))
+                .map_err(|e| io(&p, e))?;
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|t| {
+                let bytes: &[u8] = bytemuck_cast(&t.data);
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    t.shape.clone(),
+                    bytes,
+                )
+                .expect("shape matches data");
+                (t.name.clone(), view)
+            })
+            .collect();
+        let st = tmp.join("model.safetensors");
+        let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+        safetensors::serialize_to_file(views, Some(meta), &st).map_err(|e| GgufError::Io {
+            file: st.clone(),
+            msg: e.to_string(),
+        })?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, dst).map_err(|e| io(dst, e))?;
+    Ok([
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    .iter()
+    .map(|f| dst.join(f))
+    .collect())
+}
+
+fn bytemuck_cast(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the length is exact.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}

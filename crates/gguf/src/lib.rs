@@ -1,0 +1,30 @@
+//! GGUF files for MLXEngine, in pure Rust (no MLX): read the container, dequantize
+//! tensors, and convert a model to the Hugging Face layout (HF tensor names and
+//! `config.json`, `tokenizer.json`, `tokenizer_config.json`). The MLX `llm` plugin loads a
+//! lone `.gguf` through [`hf::to_hf`]; `mlxengine import` writes it with [`hf::import`].
+
+pub mod hf;
+mod reader;
+mod tokenizer;
+
+pub use reader::{to_json, type_name, Gguf, TensorInfo, Value, SUPPORTED_TYPES};
+pub use tokenizer::{tokenizer_config_from_gguf, tokenizer_json_from_gguf};
+
+use std::path::PathBuf;
+
+/// A GGUF error; the message names the file and the key or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{}: {msg}", .file.display())]
+    Io { file: PathBuf, msg: String },
+    #[error("{}: {msg}", .file.display())]
+    Invalid { file: PathBuf, msg: String },
+    #[error("{}: tensor `{tensor}`: unsupported quant type {ty} for the MLX provider (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; the ggml backend reads every GGUF type)", .file.display())]
+    UnsupportedQuant {
+        file: PathBuf,
+        tensor: String,
+        ty: String,
+    },
+    #[error("GGUF architecture `{arch}` is not supported (supported: {supported})")]
+    Architecture { arch: String, supported: String },
+}

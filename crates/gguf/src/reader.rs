@@ -1,0 +1,413 @@
+//! The GGUF container: header, metadata, tensor table, tensor data.
+//!
+//! Dequantization covers F32, F16, BF16, Q4_0, Q4_1, Q8_0 (the types MLX reads natively);
+//! any other type is refused with "unsupported quant type X".
+
+use crate::GgufError;
+use half::{bf16, f16};
+use std::{collections::BTreeMap, path::Path};
+
+/// A metadata value.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            Value::Float(f) => Some(*f as i64),
+            Value::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types this reader knows by name (for messages) and size.
+pub fn type_name(t: u32) -> String {
+    let names = [
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (6, "Q5_0"),
+        (7, "Q5_1"),
+        (8, "Q8_0"),
+        (9, "Q8_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K"),
+        (12, "Q4_K"),
+        (13, "Q5_K"),
+        (14, "Q6_K"),
+        (15, "Q8_K"),
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (30, "BF16"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == t)
+        .map_or_else(|| format!("type {t}"), |(_, s)| (*s).to_owned())
+}
+
+/// Tensor types the MLX provider can read.
+pub const SUPPORTED_TYPES: [u32; 6] = [0, 1, 2, 3, 8, 30];
+
+/// One tensor's entry in the table.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Row-major shape (GGUF lists dimensions innermost first; this is reversed).
+    pub shape: Vec<usize>,
+    pub ggml_type: u32,
+    pub offset: usize,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A parsed GGUF file (memory-mapped).
+pub struct Gguf {
+    pub path: std::path::PathBuf,
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    data_start: usize,
+    map: memmap2::Mmap,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or("file is truncated")?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u64()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| "invalid UTF-8 in a string".into())
+    }
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value, String> {
+        Ok(match ty {
+            0 => Value::Int(i64::from(self.take(1)?[0])),
+            1 => Value::Int(i64::from(self.take(1)?[0] as i8)),
+            2 => Value::Int(i64::from(u16::from_le_bytes(
+                self.take(2)?.try_into().unwrap(),
+            ))),
+            3 => Value::Int(i64::from(i16::from_le_bytes(
+                self.take(2)?.try_into().unwrap(),
+            ))),
+            4 => Value::Int(i64::from(self.u32()?)),
+            5 => Value::Int(i64::from(self.u32()? as i32)),
+            6 => Value::Float(f64::from(f32::from_le_bytes(
+                self.take(4)?.try_into().unwrap(),
+            ))),
+            7 => Value::Bool(self.take(1)?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err("arrays nested too deeply".into());
+                }
+                let ety = self.u32()?;
+                let n = self.u64()? as usize;
+                if n > self.buf.len() {
+                    return Err("array length exceeds the file".into());
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.value(ety, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::Int(self.u64()? as i64),
+            11 => Value::Int(self.u64()? as i64),
+            12 => Value::Float(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
+            t => return Err(format!("unknown metadata value type {t}")),
+        })
+    }
+}
+
+/// Bytes of `n` elements of a supported type.
+fn byte_size(ty: u32, n: usize) -> Option<usize> {
+    match ty {
+        0 => Some(n * 4),
+        1 | 30 => Some(n * 2),
+        2 => Some(n / 32 * 18),
+        3 => Some(n / 32 * 20),
+        8 => Some(n / 32 * 34),
+        _ => None,
+    }
+}
+
+impl Gguf {
+    /// Open and parse the header, metadata and tensor table.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = std::fs::File::open(path).map_err(|e| GgufError::Io {
+            file: path.into(),
+            msg: e.to_string(),
+        })?;
+        // SAFETY: the file is opened read-only; a concurrent truncation would fault, as with
+        // any mmap-based model loader (llama.cpp, MLX, safetensors).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| GgufError::Io {
+            file: path.into(),
+            msg: e.to_string(),
+        })?;
+        let bad = |msg: String| GgufError::Invalid {
+            file: path.into(),
+            msg,
+        };
+        let mut r = Reader { buf: &map, pos: 0 };
+        if r.take(4).map_err(&bad)? != b"GGUF" {
+            return Err(bad("not a GGUF file (bad magic)".into()));
+        }
+        let version = r.u32().map_err(&bad)?;
+        if !(2..=3).contains(&version) {
+            return Err(bad(format!(
+                "GGUF version {version} is not supported (2, 3)"
+            )));
+        }
+        let n_tensors = r.u64().map_err(&bad)? as usize;
+        let n_kv = r.u64().map_err(&bad)? as usize;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string().map_err(&bad)?;
+            let ty = r.u32().map_err(&bad)?;
+            let v = r
+                .value(ty, 0)
+                .map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
+        for _ in 0..n_tensors {
+            let name = r.string().map_err(&bad)?;
+            let nd = r.u32().map_err(&bad)? as usize;
+            if nd > 4 {
+                return Err(bad(format!("tensor `{name}` has {nd} dimensions")));
+            }
+            let mut dims = Vec::with_capacity(nd);
+            for _ in 0..nd {
+                dims.push(r.u64().map_err(&bad)? as usize);
+            }
+            dims.reverse();
+            let ggml_type = r.u32().map_err(&bad)?;
+            let offset = r.u64().map_err(&bad)? as usize;
+            tensors.push(TensorInfo {
+                name,
+                shape: dims,
+                ggml_type,
+                offset,
+            });
+        }
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Value::as_i64)
+            .unwrap_or(32)
+            .max(1) as usize;
+        let data_start = r.pos.div_ceil(align) * align;
+        let g = Self {
+            path: path.into(),
+            version,
+            metadata,
+            tensors,
+            data_start,
+            map,
+        };
+        for t in &g.tensors {
+            if let Some(size) = byte_size(t.ggml_type, t.elements()) {
+                if g.data_start + t.offset + size > g.map.len() {
+                    return Err(bad(format!(
+                        "tensor `{}` extends past the end of the file (truncated download?)",
+                        t.name
+                    )));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// Metadata value `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    /// Metadata string `key`.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    /// Metadata integer `key`, or an error naming it.
+    pub fn int(&self, key: &str) -> Result<i64, GgufError> {
+        self.get(key)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| GgufError::Invalid {
+                file: self.path.clone(),
+                msg: format!("missing metadata `{key}`"),
+            })
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str, GgufError> {
+        self.str("general.architecture")
+            .ok_or_else(|| GgufError::Invalid {
+                file: self.path.clone(),
+                msg: "missing metadata `general.architecture`".into(),
+            })
+    }
+
+    /// Tensor types present that the MLX provider cannot read, with an example tensor.
+    pub fn unsupported_types(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for t in &self.tensors {
+            let name = type_name(t.ggml_type);
+            if !SUPPORTED_TYPES.contains(&t.ggml_type) && !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, t.name.clone()));
+            }
+        }
+        out
+    }
+
+    fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        let size = byte_size(t.ggml_type, t.elements()).unwrap_or(0);
+        let start = self.data_start + t.offset;
+        &self.map[start..start + size]
+    }
+
+    /// The tensor as an f32 array (dequantized), in row-major `shape`.
+    pub fn to_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
+        let b = self.bytes(t);
+        let n = t.elements();
+        let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let mut out = Vec::with_capacity(n);
+        match t.ggml_type {
+            0 => out.extend(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+            ),
+            1 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            30 => out.extend(
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            2 | 3 => {
+                let block = if t.ggml_type == 2 { 18 } else { 20 };
+                for blk in 0..n / 32 {
+                    let o = blk * block;
+                    let d = h(o);
+                    let (m, qs) = if t.ggml_type == 2 {
+                        (-8.0 * d, o + 2)
+                    } else {
+                        (h(o + 2), o + 4)
+                    };
+                    let q = &b[qs..qs + 16];
+                    out.extend(q.iter().map(|x| f32::from(x & 0x0f) * d + m));
+                    out.extend(q.iter().map(|x| f32::from(x >> 4) * d + m));
+                }
+            }
+            8 => {
+                for blk in 0..n / 32 {
+                    let o = blk * 34;
+                    let d = h(o);
+                    out.extend(b[o + 2..o + 34].iter().map(|x| f32::from(*x as i8) * d));
+                }
+            }
+            other => {
+                return Err(GgufError::UnsupportedQuant {
+                    file: self.path.clone(),
+                    tensor: t.name.clone(),
+                    ty: type_name(other),
+                })
+            }
+        }
+        Ok(out)
+    }
+
+    /// Metadata as JSON (large arrays such as the vocabulary summarised), for `info`.
+    pub fn metadata_summary(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.metadata {
+            let j = match v {
+                Value::Array(a) if a.len() > 16 => {
+                    serde_json::json!(format!("[{} values]", a.len()))
+                }
+                Value::Str(s) if s.len() > 200 => {
+                    serde_json::json!(format!("{}…", s.chars().take(200).collect::<String>()))
+                }
+                other => to_json(other),
+            };
+            m.insert(k.clone(), j);
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// A metadata value as JSON.
+pub fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => (*f).into(),
+        Value::Bool(b) => (*b).into(),
+        Value::Str(s) => s.clone().into(),
+        Value::Array(a) => a.iter().map(to_json).collect(),
+    }
+}

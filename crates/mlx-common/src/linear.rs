@@ -1,0 +1,64 @@
+use mlx_rs::{ops, Array};
+
+/// MLX affine quantization of a layer: `w ≈ scale · q + bias` per group of weights.
+pub struct Quantized {
+    pub scales: Array,
+    pub biases: Array,
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// A dense layer `y = x·Wᵀ + b`, named after its checkpoint path
+/// (`model.layers.0.self_attn.q_proj`).
+pub struct Linear {
+    /// Checkpoint name (without `.weight`).
+    pub name: String,
+    /// (out, in) weights, or the packed uint32 weights when `quantized` is set.
+    pub weight: Array,
+    /// Optional (out) bias.
+    pub bias: Option<Array>,
+    /// Quantization parameters when the weight is packed.
+    pub quantized: Option<Quantized>,
+}
+
+impl Linear {
+    /// `x`: (…, in) → (…, out).
+    pub fn forward(&self, x: &Array) -> mlx_rs::error::Result<Array> {
+        let y = match &self.quantized {
+            Some(q) => ops::quantized_matmul(
+                x,
+                &self.weight,
+                &q.scales,
+                &q.biases,
+                true,
+                q.group_size,
+                q.bits,
+            )?,
+            None => {
+                if let (Some(b), 2) = (&self.bias, x.ndim()) {
+                    return ops::addmm(b, x, self.weight.t(), None, None);
+                }
+                x.matmul(self.weight.t())?
+            }
+        };
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// Number of parameters (unpacked) and bytes held.
+    pub fn sizes(&self) -> (u64, u64) {
+        let mut bytes = self.weight.nbytes() as u64;
+        let mut params = self.weight.size() as u64;
+        if let Some(q) = &self.quantized {
+            params = params * 32 / q.bits as u64;
+            bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
+        }
+        if let Some(b) = &self.bias {
+            bytes += b.nbytes() as u64;
+            params += b.size() as u64;
+        }
+        (params, bytes)
+    }
+}

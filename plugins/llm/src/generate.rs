@@ -1,0 +1,385 @@
+//! The generation loop: prompts → tokens (chat template or raw), chunked prefill into the
+//! KV cache, then step-by-step decoding of every sequence of the batch together, with
+//! sampling, stop conditions, streaming and cancellation.
+
+use crate::{
+    error::LlmError,
+    loader::Loaded,
+    models::{KvCache, Positions},
+    sampling::Sampler,
+    tokenizer::{render_chat, Message, StreamDecoder},
+};
+use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
+use plugin_api::text::{
+    FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, GenerationStats,
+    StreamControl, StreamEvent, TextInput,
+};
+use std::time::Instant;
+
+/// Prompt tokens processed per forward pass during prefill.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Token ids of one input: chat messages through the model's template (with the default
+/// system prompt when the messages have none), or a raw prompt.
+pub fn prompt_ids(
+    lm: &Loaded,
+    system_prompt: Option<&str>,
+    input: &TextInput,
+    index: usize,
+) -> Result<Vec<u32>, LlmError> {
+    let ids = if input.messages.is_empty() {
+        if input.prompt.is_empty() {
+            return Err(LlmError::Request(format!(
+                "input #{index}: the prompt is empty"
+            )));
+        }
+        lm.tokenizer.encode_raw(input.prompt.as_str())?
+    } else {
+        if input.messages.iter().any(|m| !m.images.is_empty()) {
+            return Err(LlmError::Request(format!(
+                "input #{index}: image inputs need a vision-language (vlm) model"
+            )));
+        }
+        let mut msgs: Vec<Message<'_>> = Vec::with_capacity(input.messages.len() + 1);
+        if let Some(sys) =
+            system_prompt.filter(|_| !input.messages.iter().any(|m| m.role.as_str() == "system"))
+        {
+            msgs.push(Message {
+                role: "system",
+                content: sys,
+            });
+        }
+        msgs.extend(input.messages.iter().map(|m| Message {
+            role: m.role.as_str(),
+            content: m.content.as_str(),
+        }));
+        lm.tokenizer
+            .encode_rendered(&render_chat(&lm.tokenizer, &msgs)?)?
+    };
+    if ids.is_empty() {
+        return Err(LlmError::Request(format!(
+            "input #{index}: the prompt has no tokens"
+        )));
+    }
+    Ok(ids)
+}
+
+struct Seq {
+    context: Vec<u32>,
+    prompt_len: usize,
+    generated: Vec<u32>,
+    logprobs: Vec<f32>,
+    decoder: StreamDecoder,
+    text: String,
+    emitted: usize,
+    finish: FinishReason,
+    sampler: Sampler,
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+fn holdback(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(move |k| s.is_char_boundary(*k))
+                .map(move |k| &s[..k])
+        })
+        .filter(|p| text.ends_with(p))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Additive attention mask (B, 1, L, S) for left-padded rows: a query sees keys at or
+/// after its row's padding and not after itself; padding queries see only themselves.
+fn padded_mask(pads: &[usize], q0: usize, l: usize, dtype: Dtype) -> mlx_rs::error::Result<Array> {
+    let s = q0 + l;
+    let mut m = vec![-1e9f32; pads.len() * l * s];
+    for (b, &pad) in pads.iter().enumerate() {
+        for i in 0..l {
+            let q = q0 + i;
+            let row = &mut m[(b * l + i) * s..(b * l + i + 1) * s];
+            if q < pad {
+                row[q] = 0.0;
+            } else {
+                row[pad..=q].iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+    }
+    Array::from_slice(&m, &[pads.len() as i32, 1, l as i32, s as i32]).as_dtype(dtype)
+}
+
+fn positions(
+    pads: &[usize],
+    q0: usize,
+    l: usize,
+    dtype: Dtype,
+) -> mlx_rs::error::Result<Positions> {
+    if pads.iter().all(|p| *p == 0) {
+        return Ok(Positions::Shared(q0 as i32));
+    }
+    let offsets: Vec<i32> = pads.iter().map(|p| q0 as i32 - *p as i32).collect();
+    Ok(Positions::PerRow {
+        offsets: Array::from_slice(&offsets, &[pads.len() as i32]),
+        mask: padded_mask(pads, q0, l, dtype)?,
+    })
+}
+
+/// Run a generation request on a loaded model.
+pub fn generate(
+    lm: &Loaded,
+    system_prompt: Option<&str>,
+    req: &GenerateRequest,
+    sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+) -> Result<GenerateResponse, LlmError> {
+    let started = Instant::now();
+    if req.inputs.is_empty() {
+        return Err(LlmError::Request("the request has no inputs".into()));
+    }
+    if req.max_tokens == 0 {
+        return Err(LlmError::Request("max_tokens must be at least 1".into()));
+    }
+    let s = &req.sampling;
+    if !(s.temperature >= 0.0 && s.top_p >= 0.0 && s.min_p >= 0.0 && s.repetition_penalty >= 0.0) {
+        return Err(LlmError::Request(
+            "sampling: temperature, top_p, min_p and repetition_penalty must be ≥ 0".into(),
+        ));
+    }
+    let model = lm.model.as_ref();
+    let ctx = model.max_context();
+    let prompts = req
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| prompt_ids(lm, system_prompt, input, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.len() >= ctx {
+            return Err(LlmError::Request(format!(
+                "input #{i}: the prompt has {} tokens, the model's context is {ctx}",
+                p.len()
+            )));
+        }
+    }
+    let _ = mlx_rs::memory::reset_peak_memory();
+    let stops: Vec<String> = req
+        .stop
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let max_stop = stops.iter().map(String::len).max().unwrap_or(0);
+    let fallback_seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
+    let b = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut seqs: Vec<Seq> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut params = req.sampling.clone();
+            // Rows of a seeded batch get distinct but reproducible streams.
+            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+            Seq {
+                context: p.clone(),
+                prompt_len: p.len(),
+                generated: Vec::new(),
+                logprobs: Vec::new(),
+                decoder: StreamDecoder::default(),
+                text: String::new(),
+                emitted: 0,
+                finish: FinishReason::NONE,
+                sampler: Sampler::new(&params, fallback_seed.wrapping_add(i as u64)),
+            }
+        })
+        .collect();
+
+    // Prefill, in chunks, left-padded.
+    let mut padded = vec![0i32; b * longest];
+    for (row, p) in prompts.iter().enumerate() {
+        for (j, t) in p.iter().enumerate() {
+            padded[row * longest + pads[row] + j] = *t as i32;
+        }
+    }
+    let ids = Array::from_slice(&padded, &[b as i32, longest as i32]);
+    let mut cache: Vec<KvCache> = (0..model.layers()).map(|_| KvCache::default()).collect();
+    let mut logits = None;
+    let mut q0 = 0;
+    while q0 < longest {
+        let l = PREFILL_CHUNK.min(longest - q0);
+        let chunk = ids.index((.., (q0 as i32)..((q0 + l) as i32)));
+        let out = model.forward(
+            &chunk,
+            &mut cache,
+            &positions(&pads, q0, l, lm.dtype)?,
+            false,
+        )?;
+        let mut to_eval: Vec<&Array> = cache.iter().flat_map(KvCache::state).collect();
+        to_eval.push(&out);
+        mlx_rs::transforms::eval(to_eval)?;
+        logits = Some(out);
+        q0 += l;
+    }
+    let mut logits = logits.expect("prompts are not empty");
+    let prefill_done = Instant::now();
+    let mut first_token: Option<Instant> = None;
+    let mut cache_len = longest;
+    let vocab = model.vocab_size();
+    let mut cancelled = false;
+
+    loop {
+        let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
+        host.eval()?;
+        let all: &[f32] = host.as_slice();
+        let width = all.len() / b;
+        let mut next = vec![0i32; b];
+        for (row, seq) in seqs.iter_mut().enumerate() {
+            next[row] = seq
+                .generated
+                .last()
+                .or(seq.context.last())
+                .copied()
+                .unwrap_or(0) as i32;
+            if seq.finish != FinishReason::NONE {
+                continue;
+            }
+            let mut row_logits = all[row * width..row * width + vocab.min(width)].to_vec();
+            let (token, logprob) = seq.sampler.sample(&mut row_logits, &seq.context);
+            first_token.get_or_insert_with(Instant::now);
+            next[row] = token as i32;
+            seq.context.push(token);
+            seq.generated.push(token);
+            if req.logprobs {
+                seq.logprobs.push(logprob);
+            }
+            if lm.tokenizer.eos_ids.contains(&token) {
+                seq.finish = FinishReason::STOP;
+                seq.text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
+            } else {
+                seq.text.push_str(&seq.decoder.push(&lm.tokenizer, token)?);
+                let at_limit =
+                    seq.generated.len() >= req.max_tokens as usize || seq.context.len() >= ctx;
+                if at_limit {
+                    seq.text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
+                }
+                let from = floor_boundary(&seq.text, seq.emitted.saturating_sub(max_stop));
+                if let Some(cut) = stops
+                    .iter()
+                    .filter_map(|s| seq.text[from..].find(s.as_str()).map(|i| from + i))
+                    .min()
+                {
+                    seq.text.truncate(cut);
+                    seq.finish = FinishReason::STOP;
+                } else if at_limit {
+                    seq.finish = FinishReason::LENGTH;
+                }
+            }
+            let end = if seq.finish == FinishReason::NONE {
+                seq.text.len() - holdback(&seq.text, &stops)
+            } else {
+                seq.text.len()
+            };
+            let delta = seq.text[seq.emitted.min(end)..end].to_owned();
+            seq.emitted = seq.emitted.max(end);
+            if req.stream {
+                let ev = StreamEvent {
+                    index: row as u32,
+                    token,
+                    text: delta.into(),
+                    logprob,
+                    finish: seq.finish,
+                };
+                if sink(&ev) == StreamControl::Stop {
+                    cancelled = true;
+                    break;
+                }
+            }
+        }
+        if cancelled {
+            for (row, seq) in seqs.iter_mut().enumerate() {
+                if seq.finish == FinishReason::NONE {
+                    seq.finish = FinishReason::CANCELLED;
+                    let ev = StreamEvent {
+                        index: row as u32,
+                        token: seq.generated.last().copied().unwrap_or(0),
+                        text: "".into(),
+                        logprob: 0.0,
+                        finish: FinishReason::CANCELLED,
+                    };
+                    let _ = sink(&ev);
+                }
+            }
+            break;
+        }
+        if seqs.iter().all(|s| s.finish != FinishReason::NONE) {
+            break;
+        }
+        let step = Array::from_slice(&next, &[b as i32, 1]);
+        logits = model.forward(
+            &step,
+            &mut cache,
+            &positions(&pads, cache_len, 1, lm.dtype)?,
+            false,
+        )?;
+        cache_len += 1;
+    }
+    drop(cache);
+    let done = Instant::now();
+
+    let prompt_tokens: u64 = seqs.iter().map(|s| s.prompt_len as u64).sum();
+    let generated_tokens: u64 = seqs.iter().map(|s| s.generated.len() as u64).sum();
+    let prefill_s = prefill_done.duration_since(started).as_secs_f64();
+    let first = first_token.unwrap_or(done);
+    let decode_s = done.duration_since(first).as_secs_f64();
+    let decoded_after_first = generated_tokens.saturating_sub(b as u64);
+    let stats = GenerationStats {
+        prompt_tokens,
+        generated_tokens,
+        prefill_tokens_per_s: if prefill_s > 0.0 {
+            prompt_tokens as f64 / prefill_s
+        } else {
+            0.0
+        },
+        decode_tokens_per_s: if decode_s > 0.0 {
+            decoded_after_first as f64 / decode_s
+        } else {
+            0.0
+        },
+        time_to_first_token_ms: first.duration_since(started).as_secs_f64() * 1e3,
+        peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+    };
+    let outputs = seqs
+        .into_iter()
+        .map(|s| GenerateOutput {
+            text: s.text.into(),
+            tokens: s.generated.into(),
+            logprobs: s.logprobs.into(),
+            finish: s.finish,
+            prompt_tokens: s.prompt_len as u32,
+        })
+        .collect();
+    Ok(GenerateResponse { outputs, stats })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdback_keeps_possible_stop_prefixes() {
+        let stops = vec!["<end>".to_owned(), "STOP".to_owned()];
+        assert_eq!(holdback("hello <en", &stops), 3);
+        assert_eq!(holdback("hello ST", &stops), 2);
+        assert_eq!(holdback("hello", &stops), 0);
+        assert_eq!(holdback("日本", &["本当".to_owned()]), "本".len());
+    }
+}

@@ -1,0 +1,196 @@
+//! MLXEngine llm plugin: text generation with MLX through mlx-rs.
+//!
+//! Loads Hugging Face layout models (safetensors, single or sharded; MLX-community
+//! affine-quantized checkpoints) and lone GGUF files (tokenizer and chat template from
+//! the metadata), renders chat templates with minijinja, and generates with a KV cache,
+//! chunked prefill, sampling, stop strings, streaming with cancellation and batching.
+
+mod error;
+pub mod generate;
+pub mod loader;
+pub mod models;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::LlmError;
+pub use loader::{LoadOptions, Loaded};
+
+use mlx_common::{dtype_name, mlx_backend, parse_dtype};
+use mlx_rs::Dtype;
+use plugin_api::{
+    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent},
+    ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
+    ProbeRequest,
+};
+use plugin_sdk::{LoadedModel, Plugin};
+use std::{path::Path, sync::Mutex};
+
+/// The plugin type exported through the ABI.
+pub struct LlmPlugin;
+
+/// Load-time dtype policy: the registry's `dtype` if set; else float32 on CPU (MLX's f32
+/// matmul goes through BLAS, its f16/bf16/quantized kernels are scalar on x86) and
+/// bfloat16 on GPU. Quantized layers are dequantized on CPU.
+pub fn load_options(requested: Option<&str>, backend: &str) -> Result<LoadOptions, PluginError> {
+    let cpu = backend == "mlx-cpu";
+    let dtype = match requested {
+        None => {
+            if cpu {
+                Dtype::Float32
+            } else {
+                Dtype::Bfloat16
+            }
+        }
+        Some(name) => parse_dtype(name).ok_or_else(|| {
+            PluginError::new(
+                ErrorKind::INVALID_REQUEST,
+                format!("dtype `{name}` is not supported by the llm plugin (float32, float16, bfloat16)"),
+            )
+        })?,
+    };
+    Ok(LoadOptions {
+        dtype,
+        dequantize: cpu,
+    })
+}
+
+impl Plugin for LlmPlugin {
+    fn descriptor() -> PluginDescriptor {
+        PluginDescriptor {
+            name: "mlx-llm".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Text generation on MLX (safetensors, MLX-quantized, GGUF Q4_0/Q4_1/Q8_0)"
+                .into(),
+            kinds: vec![ModelKind::LLM].into(),
+            architectures: models::ARCHITECTURES
+                .iter()
+                .map(|a| a.model_type.into())
+                .collect(),
+            formats: plugin_sdk::rstrings(&["safetensors", "gguf", "mlx-quantized"]),
+            features: Features::STREAMING
+                .union(Features::BATCHING)
+                .union(Features::CUSTOM_PROMPTS)
+                .union(Features::QUANTIZATION),
+        }
+    }
+
+    fn probe(req: &ProbeRequest) -> Probe {
+        let backend = mlx_backend();
+        let no = |reason: String| Probe {
+            score: 0,
+            backend: backend.into(),
+            reason: reason.into(),
+        };
+        if let Some(m) = req.model.as_ref().into_option() {
+            if !models::supports(&m.architecture) {
+                return no(format!(
+                    "architecture `{}` not supported (supported: {})",
+                    m.architecture,
+                    models::supported_list()
+                ));
+            }
+            let path = Path::new(m.path.as_str());
+            if loader::is_gguf(path) {
+                let file = if path.is_file() {
+                    path.to_owned()
+                } else {
+                    path.join("")
+                };
+                if let Ok(g) = gguf::Gguf::open(&file) {
+                    if let Some((ty, _)) = g.unsupported_types().into_iter().next() {
+                        return no(format!("unsupported quant type {ty} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)"));
+                    }
+                }
+            }
+        }
+        match backend {
+            // MLX's x86 CPU kernels are slow (scalar f16/quantized, f32 via BLAS only):
+            // a CPU-specialised provider should win where one is installed.
+            "mlx-cpu" => Probe {
+                score: 10,
+                backend: backend.into(),
+                reason: "MLX on CPU (portable, f32 through BLAS)".into(),
+            },
+            _ => Probe {
+                score: 100,
+                backend: backend.into(),
+                reason: "MLX on GPU".into(),
+            },
+        }
+    }
+
+    fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
+        let spec = &req.model;
+        let ctx = |e: LlmError| {
+            let mut p = PluginError::from(e);
+            p.message = format!("model `{}`: {}", spec.id, p.message).into();
+            p
+        };
+        let opts = load_options(
+            spec.dtype.as_ref().map(|d| d.as_str()).into_option(),
+            mlx_backend(),
+        )?;
+        let path = Path::new(spec.path.as_str());
+        let model_type = loader::model_type(path).map_err(ctx)?;
+        if !models::supports(&model_type) {
+            return Err(ctx(LlmError::Architecture(
+                model_type,
+                models::supported_list(),
+            )));
+        }
+        let mut loaded = loader::load(path, opts).map_err(ctx)?;
+        let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();
+        loaded.tokenizer.add_eos_tokens(&extra).map_err(ctx)?;
+        Ok(Box::new(LlmModel {
+            id: spec.id.to_string(),
+            system_prompt: spec
+                .system_prompt
+                .as_ref()
+                .map(|s| s.to_string())
+                .into_option(),
+            model: Mutex::new(loaded),
+        }))
+    }
+}
+
+struct LlmModel {
+    id: String,
+    system_prompt: Option<String>,
+    model: Mutex<Loaded>,
+}
+
+// SAFETY: the MLX arrays inside `Loaded` are only touched while `model`'s mutex is held.
+unsafe impl Sync for LlmModel {}
+
+impl LoadedModel for LlmModel {
+    fn info(&self) -> ModelInfo {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let (parameters, weight_bytes) = m.model.sizes();
+        ModelInfo {
+            id: self.id.as_str().into(),
+            kind: ModelKind::LLM,
+            architecture: m.model_type.as_str().into(),
+            backend: mlx_backend().into(),
+            dtype: dtype_name(m.dtype).into(),
+            dim: 0,
+            max_tokens: m.model.max_context() as u32,
+            parameters,
+            weight_bytes,
+        }
+    }
+
+    fn generate(
+        &self,
+        req: &GenerateRequest,
+        sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+    ) -> Result<GenerateResponse, PluginError> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        generate::generate(&m, self.system_prompt.as_deref(), req, sink).map_err(|e| {
+            let mut p = PluginError::from(e);
+            p.message = format!("model `{}`: {}", self.id, p.message).into();
+            p
+        })
+    }
+}
+
+plugin_sdk::export_plugin!(LlmPlugin);

@@ -1,0 +1,178 @@
+//! Loading a model from a Hugging Face layout directory or a lone GGUF file, and
+//! converting a GGUF into the HF layout (`mlxengine import`).
+//!
+//! Both paths meet in the same place: a `config.json`-shaped JSON value, `Weights` under
+//! HF tensor names, and a [`TextTokenizer`]; the architecture code never sees GGUF.
+
+use crate::{
+    error::LlmError,
+    models::{self, CausalLm},
+    tokenizer::TextTokenizer,
+};
+use gguf::Gguf;
+use mlx_common::Weights;
+use mlx_rs::{Array, Dtype};
+use serde_json::Value as Json;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// A loaded model with its tokenizer.
+pub struct Loaded {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: TextTokenizer,
+    pub model_type: String,
+    pub dtype: Dtype,
+}
+
+/// Options that decide how weights are materialised.
+#[derive(Clone, Copy)]
+pub struct LoadOptions {
+    pub dtype: Dtype,
+    /// Dequantize quantized layers at load (fast f32/BLAS path on CPU).
+    pub dequantize: bool,
+}
+
+/// `model_type` of a model path (directory with config.json, or a .gguf file) without
+/// loading weights: used to reject unknown architectures early.
+pub fn model_type(path: &Path) -> Result<String, LlmError> {
+    if is_gguf(path) {
+        let g = Gguf::open(path)?;
+        return Ok(gguf::hf::model_type(&g)?.to_owned());
+    }
+    let cfg = read_config(&config_path(path)?)?;
+    cfg.get("model_type")
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| LlmError::Config {
+            file: path.join("config.json"),
+            msg: "missing `model_type`".into(),
+        })
+}
+
+/// Whether `path` is a GGUF file (or a directory holding exactly one and no config.json).
+pub fn is_gguf(path: &Path) -> bool {
+    gguf_file(path).is_some()
+}
+
+fn gguf_file(path: &Path) -> Option<PathBuf> {
+    if path.is_file() {
+        return path
+            .extension()
+            .is_some_and(|e| e == "gguf")
+            .then(|| path.to_owned());
+    }
+    if path.join("config.json").is_file() {
+        return None;
+    }
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    ggufs.sort();
+    (ggufs.len() == 1).then(|| ggufs.remove(0))
+}
+
+fn config_path(dir: &Path) -> Result<PathBuf, LlmError> {
+    let p = dir.join("config.json");
+    if p.is_file() {
+        Ok(p)
+    } else if dir.exists() {
+        Err(LlmError::MissingFile(p))
+    } else {
+        Err(LlmError::MissingFile(dir.to_owned()))
+    }
+}
+
+fn read_config(path: &Path) -> Result<Json, LlmError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LlmError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| LlmError::Config {
+        file: path.into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Load a model directory or GGUF file.
+pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
+    if let Some(file) = gguf_file(path) {
+        let g = Gguf::open(&file)?;
+        let (cfg, hf) = gguf::hf::to_hf(&g)?;
+        let tokenizer = TextTokenizer::from_gguf(&g)?;
+        let mut tensors = HashMap::with_capacity(hf.len());
+        for t in hf {
+            let shape: Vec<i32> = t.shape.iter().map(|d| *d as i32).collect();
+            let a = Array::from_slice(&t.data, &shape);
+            tensors.insert(
+                t.name,
+                if opts.dtype == Dtype::Float32 {
+                    a
+                } else {
+                    a.as_dtype(opts.dtype)?
+                },
+            );
+        }
+        let weights = Weights::from_map(tensors, file.clone(), opts.dtype);
+        return build(cfg, &file, weights, tokenizer, opts);
+    }
+    let cfg_file = config_path(path)?;
+    let cfg = read_config(&cfg_file)?;
+    let model_type = cfg
+        .get("model_type")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !models::supports(&model_type) {
+        return Err(LlmError::Architecture(model_type, models::supported_list()));
+    }
+    let mut weights = Weights::load(path, opts.dtype)?;
+    if let Some(q) = cfg
+        .get("quantization")
+        .or_else(|| cfg.get("quantization_config"))
+    {
+        let gs = q.get("group_size").and_then(Json::as_i64).unwrap_or(64) as i32;
+        let bits = q.get("bits").and_then(Json::as_i64).unwrap_or(4) as i32;
+        weights.quantization = Some((gs, bits));
+    }
+    weights.dequantize = opts.dequantize;
+    let mut eos = models::cfg_ids(&cfg, "eos_token_id");
+    let gen = path.join("generation_config.json");
+    if gen.is_file() {
+        eos.extend(models::cfg_ids(&read_config(&gen)?, "eos_token_id"));
+    }
+    let tokenizer = TextTokenizer::from_dir(path, &eos)?;
+    build(cfg, &cfg_file, weights, tokenizer, opts)
+}
+
+fn build(
+    cfg: Json,
+    file: &Path,
+    mut weights: Weights,
+    mut tokenizer: TextTokenizer,
+    opts: LoadOptions,
+) -> Result<Loaded, LlmError> {
+    let model_type = cfg
+        .get("model_type")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let arch = models::ARCHITECTURES
+        .iter()
+        .find(|a| a.model_type == model_type)
+        .ok_or_else(|| LlmError::Architecture(model_type.clone(), models::supported_list()))?;
+    let model = (arch.load)(&cfg, file, &mut weights)?;
+    weights.finish()?;
+    for id in model.eos_ids() {
+        if !tokenizer.eos_ids.contains(&id) {
+            tokenizer.eos_ids.push(id);
+        }
+    }
+    Ok(Loaded {
+        model,
+        tokenizer,
+        model_type,
+        dtype: opts.dtype,
+    })
+}
