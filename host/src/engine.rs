@@ -6,8 +6,12 @@ use crate::{
     registry::{ModelEntry, Registry, RegistryError, Source},
 };
 use abi_stable::std_types::{ROption, RString};
+use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut};
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
+    text::{
+        GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink, TokenSink_TO,
+    },
     DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginError,
     Probe, ProbeRequest,
 };
@@ -38,6 +42,10 @@ pub enum HostError {
         tried: String,
         hint: String,
     },
+    #[error(
+        "no default `{kind}` model: {count} registered, none has `default = true`; pass --model"
+    )]
+    NoDefault { kind: ModelKind, count: usize },
     #[error("model `{id}` (plugin `{plugin}`): {error}")]
     Plugin {
         id: String,
@@ -358,6 +366,68 @@ impl Engine {
             .is_some()
     }
 
+    /// Generate text with model `id`. `on_event` receives stream events (when
+    /// `req.stream` is set) and can stop the generation.
+    pub fn generate(
+        &self,
+        id: &str,
+        req: &GenerateRequest,
+        on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+    ) -> Result<GenerateResponse, HostError> {
+        let mut needs = Features::NONE;
+        if req.stream {
+            needs = needs.union(Features::STREAMING);
+        }
+        if req.inputs.len() > 1 {
+            needs = needs.union(Features::BATCHING);
+        }
+        let m = self.load(id, ModelKind::LLM, needs)?;
+        let missing = needs.missing_from(
+            self.plugins
+                .get(&m.plugin)
+                .map_or(Features::NONE, |p| p.descriptor.features),
+        );
+        if missing != Features::NONE {
+            return Err(HostError::NoPlugin {
+                id: id.to_owned(),
+                reason: format!(
+                    "plugin `{}` lacks feature(s) {}",
+                    m.plugin,
+                    missing.names().join(", ")
+                ),
+            });
+        }
+        let mut sink = ClosureSink(on_event);
+        let sink = TokenSink_TO::from_ptr(RMut::new(&mut sink), TD_Opaque);
+        m.model
+            .generate(req, sink)
+            .into_result()
+            .map_err(|error| HostError::Plugin {
+                id: id.to_owned(),
+                plugin: m.plugin.clone(),
+                error,
+            })
+    }
+
+    /// The registry's default model of `kind` (`default = true`), else the only one.
+    pub fn default_model(&self, kind: ModelKind) -> Result<String, HostError> {
+        let reg = self.registry();
+        let of_kind: Vec<&ModelEntry> = reg.models().filter(|m| m.kind == kind).collect();
+        of_kind
+            .iter()
+            .find(|m| m.default)
+            .or(if of_kind.len() == 1 {
+                of_kind.first()
+            } else {
+                None
+            })
+            .map(|m| m.id.clone())
+            .ok_or_else(|| HostError::NoDefault {
+                kind,
+                count: of_kind.len(),
+            })
+    }
+
     /// Embed texts with model `id`.
     pub fn embed(&self, id: &str, req: &EmbedRequest) -> Result<EmbedResponse, HostError> {
         let m = self.load(id, ModelKind::EMBED, Features::EMBEDDINGS)?;
@@ -369,6 +439,17 @@ impl Engine {
                 plugin: m.plugin.clone(),
                 error,
             })
+    }
+}
+
+/// Adapts a Rust closure to the ABI's `TokenSink`.
+struct ClosureSink<'a>(&'a mut dyn FnMut(&StreamEvent) -> StreamControl);
+
+impl TokenSink for ClosureSink<'_> {
+    fn on_event(&mut self, event: &StreamEvent) -> StreamControl {
+        // A panic in the host's callback must not unwind into the plugin: stop instead.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(event)))
+            .unwrap_or(StreamControl::Stop)
     }
 }
 

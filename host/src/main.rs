@@ -8,10 +8,15 @@ use mlxengine::{
 };
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
+    text::{ChatMessage, GenerateRequest, SamplingParams, StreamControl, TextInput},
     ModelKind, API_VERSION,
 };
 use serde_json::json;
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{
+    io::{BufRead, Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +61,18 @@ enum Command {
     },
     /// Embed texts (arguments, or one per line from stdin with `-`).
     Embed(EmbedArgs),
+    /// Generate text (streams to stdout; `--json` prints one object at the end).
+    Generate(GenerateArgs),
+    /// Interactive multi-turn chat (`/reset` clears the history, `/exit` quits).
+    Chat(ChatArgs),
+    /// Convert a GGUF file to a Hugging Face layout directory (safetensors + config +
+    /// tokenizer files).
+    Import {
+        /// The .gguf file.
+        gguf: PathBuf,
+        /// New output directory.
+        out_dir: PathBuf,
+    },
     /// Add a model to your runtime registry (the shipped registry.toml is not touched).
     Add(AddArgs),
     /// Remove a model from your runtime registry.
@@ -82,6 +99,100 @@ struct EmbedArgs {
     /// Print `{"model":..,"dim":..,"embeddings":[[...]]}`.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Most new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Drop tokens below min-p × the top probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Presence penalty (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Frequency penalty (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// RNG seed (same seed, same output).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop string (repeatable); generation stops before it.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn request(&self, inputs: Vec<TextInput>, stream: bool) -> GenerateRequest {
+        GenerateRequest {
+            inputs: inputs.into(),
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                seed: self.seed.into(),
+            },
+            max_tokens: self.max_tokens,
+            stop: self.stop.iter().map(|s| s.as_str().into()).collect(),
+            logprobs: false,
+            stream,
+            adapter: None.into(),
+            options: "".into(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Registry id of a language model (default: the registry's default LLM).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// The prompt (or give it as the last argument).
+    #[arg(long, short)]
+    prompt: Option<String>,
+    /// Prompt as a positional argument.
+    #[arg(conflicts_with = "prompt")]
+    text: Option<String>,
+    /// Send the prompt as a user chat message through the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System prompt (implies --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Registry id of a language model (default: the registry's default LLM).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 #[derive(Args)]
@@ -146,6 +257,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { kind, json } => cmd_models(&engine(&cli)?, kind.as_deref(), *json),
         Command::Info { model, json } => cmd_info(&engine(&cli)?, model, *json),
         Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
+        Command::Generate(args) => cmd_generate(&engine(&cli)?, args),
+        Command::Chat(args) => cmd_chat(&engine(&cli)?, args),
+        Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
     }
@@ -432,6 +546,139 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(1e-12)
+}
+
+fn message(role: &str, content: &str) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: content.into(),
+        images: Default::default(),
+    }
+}
+
+fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::LLM)?,
+    };
+    let prompt = a
+        .prompt
+        .clone()
+        .or_else(|| a.text.clone())
+        .context("no prompt: give --prompt TEXT or TEXT")?;
+    let input = if a.chat || a.system.is_some() {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(message("system", s));
+        }
+        msgs.push(message("user", &prompt));
+        TextInput {
+            prompt: "".into(),
+            messages: msgs.into(),
+        }
+    } else {
+        TextInput {
+            prompt: prompt.as_str().into(),
+            messages: Default::default(),
+        }
+    };
+    let req = a.sampling.request(vec![input], !a.json);
+    let mut out = std::io::stdout().lock();
+    let res = engine.generate(&model, &req, &mut |ev| {
+        let ok = write!(out, "{}", ev.text).and_then(|_| out.flush()).is_ok();
+        // A closed stdout (e.g. `| head`) stops the generation.
+        if ok {
+            StreamControl::Continue
+        } else {
+            StreamControl::Stop
+        }
+    })?;
+    let o = &res.outputs[0];
+    let s = &res.stats;
+    if a.json {
+        return print_json(&json!({
+            "model": model, "text": o.text.as_str(), "token_ids": o.tokens.as_slice(),
+            "prompt_tokens": o.prompt_tokens, "generated_tokens": o.tokens.len(),
+            "finish_reason": o.finish.name(), "ttft_ms": s.time_to_first_token_ms,
+            "prefill_tps": s.prefill_tokens_per_s, "decode_tps": s.decode_tokens_per_s,
+            "peak_memory_bytes": s.peak_memory_bytes,
+        }));
+    }
+    println!();
+    eprintln!(
+        "[{model}: {} prompt + {} generated tokens, finish: {}; prefill {:.1} tok/s, decode {:.1} tok/s, first token {:.0} ms, peak memory {}]",
+        o.prompt_tokens,
+        o.tokens.len(),
+        o.finish.name(),
+        s.prefill_tokens_per_s,
+        s.decode_tokens_per_s,
+        s.time_to_first_token_ms,
+        human_bytes(s.peak_memory_bytes)
+    );
+    Ok(())
+}
+
+fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::LLM)?,
+    };
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let reset = |h: &mut Vec<ChatMessage>| {
+        h.clear();
+        if let Some(s) = &a.system {
+            h.push(message("system", s));
+        }
+    };
+    reset(&mut history);
+    eprintln!("chatting with {model} — /reset clears the history, /exit quits");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                reset(&mut history);
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(message("user", &line));
+        let input = TextInput {
+            prompt: "".into(),
+            messages: history.clone().into(),
+        };
+        let req = a.sampling.request(vec![input], true);
+        let mut out = std::io::stdout().lock();
+        let res = engine.generate(&model, &req, &mut |ev| {
+            let _ = write!(out, "{}", ev.text).and_then(|_| out.flush());
+            StreamControl::Continue
+        });
+        println!();
+        match res {
+            Ok(r) => history.push(message("assistant", r.outputs[0].text.as_str())),
+            Err(e) => {
+                // One failed turn does not end the session.
+                history.pop();
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_import(src: &std::path::Path, dst: &std::path::Path) -> Result<()> {
+    let files = gguf::hf::import(src, dst)?;
+    for f in files {
+        let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        println!("{}  {}", f.display(), human_bytes(size));
+    }
+    Ok(())
 }
 
 fn cmd_add(cli: &Cli, a: &AddArgs) -> Result<()> {

@@ -64,6 +64,8 @@ pub struct ModelEntry {
     pub backend: Option<String>,
     /// Plugin-specific table, passed through as JSON.
     pub options: serde_json::Value,
+    /// The model commands use for its kind when none is named.
+    pub default: bool,
     /// Where the entry was defined (`file:line`, or `runtime`).
     pub origin: String,
 }
@@ -125,6 +127,7 @@ struct RawModel {
     features: Vec<Spanned<String>>,
     backend: Option<String>,
     options: Option<toml::Table>,
+    default: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -286,7 +289,20 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
                 .map_err(|e| err(src_span.clone(), format!("key `options`: {e}")))?,
             None => serde_json::Value::Object(Default::default()),
         };
+        let is_default = m.default.as_ref().is_some_and(|d| *d.get_ref());
+        if let (true, Some(d)) = (is_default, &m.default) {
+            if let Some(prev) = out.iter().find(|e| e.default && e.kind == kind) {
+                return Err(err(
+                    d.span(),
+                    format!(
+                        "key `default`: `{}` is already the default `{kind}` model ({})",
+                        prev.id, prev.origin
+                    ),
+                ));
+            }
+        }
         out.push(ModelEntry {
+            default: is_default,
             name: m.name.unwrap_or_else(|| id.clone()),
             description: m.description.unwrap_or_default(),
             kind,
@@ -446,6 +462,7 @@ impl ModelEntry {
             features: Features::NONE,
             backend: None,
             options: serde_json::Value::Object(Default::default()),
+            default: false,
             origin: String::new(),
         }
     }

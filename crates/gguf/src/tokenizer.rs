@@ -70,23 +70,24 @@ pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<Json, GgufError> {
         .map(|m| json!(m))
         .collect();
     let pre = g.str("tokenizer.ggml.pre").unwrap_or("default");
-    let pre_tokenizer =
-        match pre {
-            "default" | "gpt-2" | "gpt2" => byte_level(true),
-            "smollm" | "starcoder" | "refact" => {
-                json!({"type": "Sequence", "pretokenizers": [
+    let pre_tokenizer = match pre {
+        "default" | "gpt-2" | "gpt2" => byte_level(true),
+        "smollm" | "starcoder" | "refact" => {
+            json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true}, byte_level(true)]})
-            }
-            "llama3" | "llama-bpe" | "llama-v3" | "dbrx" | "smaug-bpe" => {
-                json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE), byte_level(false)]})
-            }
-            "qwen2" | "deepseek-r1-qwen" => {
-                json!({"type": "Sequence", "pretokenizers": [split(QWEN2_RE), byte_level(false)]})
-            }
-            other => return Err(bad(format!(
+        }
+        "llama3" | "llama-bpe" | "llama-v3" | "dbrx" | "smaug-bpe" => {
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_RE), byte_level(false)]})
+        }
+        "qwen2" | "deepseek-r1-qwen" => {
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_RE), byte_level(false)]})
+        }
+        other => {
+            return Err(bad(format!(
                 "GGUF pre-tokenizer `{other}` is not supported (default, smollm, llama-bpe, qwen2)"
-            ))),
-        };
+            )))
+        }
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,

@@ -16,8 +16,6 @@ pub enum EmbedError {
     #[error("{}: {msg}", .file.display())]
     Config { file: PathBuf, msg: String },
     #[error("{}: {msg}", .file.display())]
-    Weights { file: PathBuf, msg: String },
-    #[error("{}: {msg}", .file.display())]
     Tokenizer { file: PathBuf, msg: String },
     #[error("architecture `{0}` is not supported by the embed plugin (supported: {1})")]
     Architecture(String, String),

@@ -89,13 +89,7 @@ impl Plugin for LlmPlugin {
                     models::supported_list()
                 ));
             }
-            let path = Path::new(m.path.as_str());
-            if loader::is_gguf(path) {
-                let file = if path.is_file() {
-                    path.to_owned()
-                } else {
-                    path.join("")
-                };
+            if let Some(file) = loader::gguf_file(Path::new(m.path.as_str())) {
                 if let Ok(g) = gguf::Gguf::open(&file) {
                     if let Some((ty, _)) = g.unsupported_types().into_iter().next() {
                         return no(format!("unsupported quant type {ty} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)"));

@@ -37,8 +37,8 @@ pub struct LoadOptions {
 /// `model_type` of a model path (directory with config.json, or a .gguf file) without
 /// loading weights: used to reject unknown architectures early.
 pub fn model_type(path: &Path) -> Result<String, LlmError> {
-    if is_gguf(path) {
-        let g = Gguf::open(path)?;
+    if let Some(file) = gguf_file(path) {
+        let g = Gguf::open(&file)?;
         return Ok(gguf::hf::model_type(&g)?.to_owned());
     }
     let cfg = read_config(&config_path(path)?)?;
@@ -51,12 +51,9 @@ pub fn model_type(path: &Path) -> Result<String, LlmError> {
         })
 }
 
-/// Whether `path` is a GGUF file (or a directory holding exactly one and no config.json).
-pub fn is_gguf(path: &Path) -> bool {
-    gguf_file(path).is_some()
-}
-
-fn gguf_file(path: &Path) -> Option<PathBuf> {
+/// The GGUF file `path` names: itself, or the only `.gguf` of a directory without
+/// config.json.
+pub fn gguf_file(path: &Path) -> Option<PathBuf> {
     if path.is_file() {
         return path
             .extension()
