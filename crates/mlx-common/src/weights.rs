@@ -210,6 +210,11 @@ impl Weights {
         })
     }
 
+    /// Add (or replace) a tensor, e.g. one half of a fused tensor split by `sanitize`.
+    pub fn insert(&mut self, name: &str, t: Array) {
+        self.tensors.insert(name.to_owned(), t);
+    }
+
     /// Rename tensors starting with `from` to start with `to` instead.
     pub fn rename_prefix(&mut self, from: &str, to: &str) {
         let keys: Vec<String> = self

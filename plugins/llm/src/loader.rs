@@ -112,8 +112,30 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
             );
         }
         let weights = Weights::from_map(tensors, file.clone(), opts.dtype);
-        return build(cfg, &file, weights, tokenizer, opts);
+        let model_type = cfg
+            .get("model_type")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let model = build_model(&cfg, &file, weights)?;
+        return Ok(finish(model, model_type, tokenizer, opts));
     }
+    let (model, model_type, cfg) = load_model(path, opts)?;
+    let mut eos = models::cfg_ids(&cfg, "eos_token_id");
+    let gen = path.join("generation_config.json");
+    if gen.is_file() {
+        eos.extend(models::cfg_ids(&read_config(&gen)?, "eos_token_id"));
+    }
+    let tokenizer = TextTokenizer::from_dir(path, &eos)?;
+    Ok(finish(model, model_type, tokenizer, opts))
+}
+
+/// Load only the network of an HF-layout directory (no tokenizer): for parity tests and
+/// tools. Returns the model, its `model_type` and the parsed config.json.
+pub fn load_model(
+    path: &Path,
+    opts: LoadOptions,
+) -> Result<(Box<dyn CausalLm>, String, Json), LlmError> {
     let cfg_file = config_path(path)?;
     let cfg = read_config(&cfg_file)?;
     let model_type = cfg
@@ -134,42 +156,43 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
         weights.quantization = Some((gs, bits));
     }
     weights.dequantize = opts.dequantize;
-    let mut eos = models::cfg_ids(&cfg, "eos_token_id");
-    let gen = path.join("generation_config.json");
-    if gen.is_file() {
-        eos.extend(models::cfg_ids(&read_config(&gen)?, "eos_token_id"));
-    }
-    let tokenizer = TextTokenizer::from_dir(path, &eos)?;
-    build(cfg, &cfg_file, weights, tokenizer, opts)
+    let model = build_model(&cfg, &cfg_file, weights)?;
+    Ok((model, model_type, cfg))
 }
 
-fn build(
-    cfg: Json,
+fn build_model(
+    cfg: &Json,
     file: &Path,
     mut weights: Weights,
-    mut tokenizer: TextTokenizer,
-    opts: LoadOptions,
-) -> Result<Loaded, LlmError> {
+) -> Result<Box<dyn CausalLm>, LlmError> {
     let model_type = cfg
         .get("model_type")
         .and_then(Json::as_str)
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
     let arch = models::ARCHITECTURES
         .iter()
         .find(|a| a.model_type == model_type)
-        .ok_or_else(|| LlmError::Architecture(model_type.clone(), models::supported_list()))?;
-    let model = (arch.load)(&cfg, file, &mut weights)?;
+        .ok_or_else(|| LlmError::Architecture(model_type.to_owned(), models::supported_list()))?;
+    let model = (arch.load)(cfg, file, &mut weights)?;
     weights.finish()?;
+    Ok(model)
+}
+
+fn finish(
+    model: Box<dyn CausalLm>,
+    model_type: String,
+    mut tokenizer: TextTokenizer,
+    opts: LoadOptions,
+) -> Loaded {
     for id in model.eos_ids() {
         if !tokenizer.eos_ids.contains(&id) {
             tokenizer.eos_ids.push(id);
         }
     }
-    Ok(Loaded {
+    Loaded {
         model,
         tokenizer,
         model_type,
         dtype: opts.dtype,
-    })
+    }
 }

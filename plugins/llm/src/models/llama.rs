@@ -1,5 +1,10 @@
 //! Llama (`model_type = "llama"`): SmolLM2, TinyLlama, Llama 2/3.x.
 //! Skeleton: `Config` → `Attention` → `Mlp` → `Block` → `Llama`.
+//!
+//! The Llama-family architectures whose layers only differ in details reuse this model
+//! from their own files: Mistral (same layers), Qwen2 (q/k/v biases), Qwen3 (RMS-normed
+//! queries and keys), Phi-3 (fused projections, split by its `sanitize`). The options
+//! are read from the checkpoint itself: biases and q/k norms load iff present.
 
 use super::{attention, cfg_i32, cfg_ids, CausalLm, KvCache, Positions, Rope};
 use crate::error::LlmError;
@@ -23,6 +28,8 @@ pub struct Config {
     pub attention_bias: bool,
     pub mlp_bias: bool,
     pub eos_ids: Vec<u32>,
+    /// Rotary dimensions (head_dim × `partial_rotary_factor`).
+    pub rope_dims: i32,
 }
 
 impl Config {
@@ -45,7 +52,16 @@ impl Config {
             });
         }
         let flag = |k: &str| cfg.get(k).and_then(Json::as_bool).unwrap_or(false);
+        let partial = cfg
+            .get("partial_rotary_factor")
+            .or_else(|| {
+                cfg.get("rope_parameters")
+                    .and_then(|p| p.get("partial_rotary_factor"))
+            })
+            .and_then(Json::as_f64)
+            .unwrap_or(1.0);
         Ok(Self {
+            rope_dims: (f64::from(head_dim) * partial) as i32,
             hidden_size,
             intermediate_size: cfg_i32(cfg, "intermediate_size", file)?,
             num_layers: cfg_i32(cfg, "num_hidden_layers", file)?,
@@ -74,6 +90,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3: RMSNorm over each head of the queries / keys, before RoPE.
+    qk_norm: Option<(Array, Array, f32)>,
     heads: i32,
     kv_heads: i32,
     head_dim: i32,
@@ -98,6 +116,14 @@ impl Attention {
                 c.attention_bias,
             )?,
             o_proj: w.linear(&format!("{p}.o_proj"), c.num_heads * d, h, c.attention_bias)?,
+            qk_norm: match w.take_opt(&format!("{p}.q_norm.weight"), &[d])? {
+                Some(q) => Some((
+                    q,
+                    w.take(&format!("{p}.k_norm.weight"), &[d])?,
+                    c.rms_norm_eps,
+                )),
+                None => None,
+            },
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: d,
@@ -117,8 +143,14 @@ impl Attention {
             t.reshape(&[b, l, n, self.head_dim])?
                 .transpose_axes(&[0, 2, 1, 3])
         };
-        let q = rope.apply(&heads(self.q_proj.forward(x)?, self.heads)?, pos)?;
-        let k = rope.apply(&heads(self.k_proj.forward(x)?, self.kv_heads)?, pos)?;
+        let mut q = heads(self.q_proj.forward(x)?, self.heads)?;
+        let mut k = heads(self.k_proj.forward(x)?, self.kv_heads)?;
+        if let Some((qn, kn, eps)) = &self.qk_norm {
+            q = fast::rms_norm(&q, Some(qn), *eps)?;
+            k = fast::rms_norm(&k, Some(kn), *eps)?;
+        }
+        let q = rope.apply(&q, pos)?;
+        let k = rope.apply(&k, pos)?;
         let v = heads(self.v_proj.forward(x)?, self.kv_heads)?;
         let (k, v) = cache.update(k, v)?;
         let o = attention(&q, &k, &v, self.scale, pos)?;
@@ -184,10 +216,11 @@ impl Llama {
     }
 
     /// Build from `config.json` and weights (strict: the caller checks for leftovers).
+    /// Architectures sharing these layers call this after their own `sanitize`.
     pub fn load(cfg: &Json, file: &Path, w: &mut Weights) -> Result<Self, LlmError> {
         let c = Config::from_json(cfg, file)?;
         Self::sanitize(w);
-        let rope = Rope::from_config(cfg, c.head_dim, file)?;
+        let rope = Rope::from_config(cfg, c.rope_dims, file)?;
         let h = c.hidden_size;
         let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let blocks = (0..c.num_layers)

@@ -2,7 +2,12 @@
 //! `model_type`), the architecture table, and the pieces they share: the KV cache, RoPE
 //! variants, attention masks.
 
+pub mod gemma3;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 use crate::error::LlmError;
 use mlx_common::Weights;
@@ -40,10 +45,36 @@ pub struct Architecture {
 }
 
 /// The architecture table. A model type not listed here is rejected before any download.
-pub const ARCHITECTURES: &[Architecture] = &[Architecture {
-    model_type: "llama",
-    load: llama::load,
-}];
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        model_type: "llama",
+        load: llama::load,
+    },
+    Architecture {
+        model_type: "mistral",
+        load: mistral::load,
+    },
+    Architecture {
+        model_type: "qwen2",
+        load: qwen2::load,
+    },
+    Architecture {
+        model_type: "qwen3",
+        load: qwen3::load,
+    },
+    Architecture {
+        model_type: "phi3",
+        load: phi3::load,
+    },
+    Architecture {
+        model_type: "gemma3",
+        load: gemma3::load,
+    },
+    Architecture {
+        model_type: "gemma3_text",
+        load: gemma3::load,
+    },
+];
 
 /// Whether `model_type` can be loaded.
 pub fn supports(model_type: &str) -> bool {
@@ -135,12 +166,39 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// From a config's `rope_theta`, `rope_scaling` and the rotary dimensions.
+    /// From a config's RoPE settings: `rope_theta` + `rope_scaling` (transformers 4), or a
+    /// flat `rope_parameters` table (transformers 5). `dims` = rotary dimensions.
     pub fn from_config(cfg: &Json, dims: i32, file: &Path) -> Result<Self, LlmError> {
-        let base = cfg
-            .get("rope_theta")
-            .and_then(Json::as_f64)
-            .unwrap_or(10_000.0) as f32;
+        match cfg
+            .get("rope_parameters")
+            .filter(|p| p.get("rope_theta").is_some())
+        {
+            Some(p) => {
+                let base = p
+                    .get("rope_theta")
+                    .and_then(Json::as_f64)
+                    .unwrap_or(10_000.0);
+                Self::from_params(base, Some(p), dims, file)
+            }
+            None => Self::from_params(
+                cfg.get("rope_theta")
+                    .and_then(Json::as_f64)
+                    .unwrap_or(10_000.0),
+                cfg.get("rope_scaling"),
+                dims,
+                file,
+            ),
+        }
+    }
+
+    /// From a base and a scaling table (`rope_type`/`type`: default, linear, llama3).
+    pub fn from_params(
+        base: f64,
+        scaling: Option<&Json>,
+        dims: i32,
+        file: &Path,
+    ) -> Result<Self, LlmError> {
+        let base = base as f32;
         let mut rope = Rope {
             dims,
             base,
@@ -148,7 +206,7 @@ impl Rope {
             freqs: None,
             traditional: false,
         };
-        let Some(s) = cfg.get("rope_scaling").filter(|s| !s.is_null()) else {
+        let Some(s) = scaling.filter(|s| !s.is_null()) else {
             return Ok(rope);
         };
         let ty = s
@@ -252,6 +310,38 @@ pub fn attention(
         ),
         Positions::Shared(_) => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
     }
+}
+
+/// Attention where a query only sees the last `window` positions (itself included), on
+/// top of the causal / padding masks; `None` or a window covering every key is plain
+/// [`attention`].
+pub fn attention_windowed(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    pos: &Positions,
+    window: Option<i32>,
+) -> mlx_rs::error::Result<Array> {
+    let (l, s) = (q.shape()[2], k.shape()[2]);
+    let Some(window) = window.filter(|w| *w < s) else {
+        return attention(q, k, v, scale, pos);
+    };
+    // Query i sits at key index s - l + i; it sees keys j with q - window < j <= q.
+    let mut m = vec![-1e9f32; (l * s) as usize];
+    for i in 0..l {
+        let qpos = s - l + i;
+        for j in (qpos - window + 1).max(0)..=qpos {
+            m[(i * s + j) as usize] = 0.0;
+        }
+    }
+    let mut mask = Array::from_slice(&m, &[1, 1, l, s]).as_dtype(q.dtype())?;
+    if let Positions::PerRow { mask: rows, .. } = pos {
+        // Both must allow a key. A padding query's own position stays allowed by both,
+        // so no row is fully masked.
+        mask = rows.add(&mask)?;
+    }
+    fast::scaled_dot_product_attention(q, k, v, scale, &mask, None)
 }
 
 /// Read a JSON number field as i32, with the key named on error.
