@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up (idempotent), build the host and plugins, then
-# embed a few sentences with the default embedding model through the embed plugin.
+# chat with the default model (SmolLM2-135M-Instruct) through the llm plugin, and embed a
+# few sentences with the default embedding model through the embed plugin.
+#   scripts/demo.sh                      # a one-shot answer + embeddings
+#   scripts/demo.sh "Your question"      # ask your own question
+#   scripts/demo.sh --chat               # interactive multi-turn chat
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-cargo build --release --locked -p mlxengine -p mlxengine-embed
+cargo build --release --locked -p mlxengine -p mlxengine-embed -p mlxengine-llm
 bin=target/release/mlxengine
+if [ "${1:-}" = "--chat" ]; then
+  exec "$bin" chat
+fi
 "$bin" plugins
+echo
+question=${1:-What is the capital of France? Answer in one sentence, then name two famous places there.}
+echo "> $question"
+"$bin" generate --chat --max-tokens 96 "$question"
 echo
 "$bin" embed --model all-minilm-l6-v2 \
   "A man is eating food." \
   "A man is eating a piece of bread." \
-  "The girl is carrying a baby." \
-  "${@:-A child holds an infant.}"
+  "The girl is carrying a baby."

@@ -89,7 +89,7 @@ fn streamed_multibyte_text_equals_the_final_text() {
     let streamed: String = events.iter().map(|ev| ev.text.as_str()).collect();
     let text = out.outputs[0].text.as_str();
     assert!(
-        text.chars().any(|c| !c.is_ascii()),
+        !text.is_ascii(),
         "expected non-ASCII output, got {text:?}"
     );
     assert_eq!(streamed, text);

@@ -38,10 +38,13 @@ pub trait CausalLm: Send {
     fn eos_ids(&self) -> Vec<u32>;
 }
 
+/// Builds a model from config.json (as JSON, with its path for messages) and weights.
+pub type LoadFn = fn(&Json, &Path, &mut Weights) -> Result<Box<dyn CausalLm>, LlmError>;
+
 /// An architecture: its `model_type` and how to build it from config.json + weights.
 pub struct Architecture {
     pub model_type: &'static str,
-    pub load: fn(&Json, &Path, &mut Weights) -> Result<Box<dyn CausalLm>, LlmError>,
+    pub load: LoadFn,
 }
 
 /// The architecture table. A model type not listed here is rejected before any download.
