@@ -29,13 +29,9 @@ target/release/mlxengine add --id bench-f32 --kind llm --architecture llama --pa
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "model: SmolLM2-135M-Instruct (f32), chat prompt, greedy, $N new tokens, $RUNS runs (median)"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ours_dec=(); ours_pre=()
-for i in $(seq "$RUNS"); do
-  out=$(target/release/mlxengine generate --model bench-f32 --chat --json --max-tokens "$N" "$PROMPT")
-  ours_dec+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"])')")
-  ours_pre+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tps"])')")
-done
+ours=$(target/release/mlxengine bench --model bench-f32 --chat --prompt "$PROMPT" --max-tokens "$N" --runs "$RUNS" --json)
+od=$(echo "$ours" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"]["median"])')
+op=$(echo "$ours" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tps"]["median"])')
 peer=$(LD_PRELOAD=$OPENBLAS "$VENV/bin/python" - "$HF" "$N" "$RUNS" "$PROMPT" <<'PY'
 import sys, statistics
 from mlx_lm import load, stream_generate
@@ -43,6 +39,8 @@ path, n, runs, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.arg
 model, tok = load(path)
 text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
 dec, pre = [], []
+for _ in stream_generate(model, tok, text, max_tokens=8):  # warm-up, as ours
+    pass
 for _ in range(runs):
     last = None
     for r in stream_generate(model, tok, text, max_tokens=n):
@@ -51,7 +49,6 @@ for _ in range(runs):
 print(statistics.median(dec), statistics.median(pre))
 PY
 )
-od=$(printf '%s\n' "${ours_dec[@]}" | median); op=$(printf '%s\n' "${ours_pre[@]}" | median)
 pd=${peer% *}; pp=${peer#* }
 printf '%-28s %12s %12s\n' "" "decode tok/s" "prefill tok/s"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (mlx-llm plugin)" "$od" "$op"

@@ -88,10 +88,7 @@ fn streamed_multibyte_text_equals_the_final_text() {
     let (out, events) = run(&e, &req);
     let streamed: String = events.iter().map(|ev| ev.text.as_str()).collect();
     let text = out.outputs[0].text.as_str();
-    assert!(
-        !text.is_ascii(),
-        "expected non-ASCII output, got {text:?}"
-    );
+    assert!(!text.is_ascii(), "expected non-ASCII output, got {text:?}");
     assert_eq!(streamed, text);
     assert_eq!(
         events.len(),
@@ -415,4 +412,81 @@ fn cli_import_then_generate_from_the_hf_layout() {
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}
+
+#[test]
+fn registry_system_prompt_applies_when_the_user_gives_none() {
+    let e = engine();
+    let mut entry = ModelEntry::new(
+        "pirate",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(smollm_dir()),
+    );
+    entry.system_prompt = Some("You are a pirate.".into());
+    e.add_model(entry).unwrap();
+    let prompt_tokens = |id: &str, input: TextInput| {
+        e.generate(id, &request(vec![input], 1), &mut |_| {
+            StreamControl::Continue
+        })
+        .unwrap()
+        .outputs[0]
+            .prompt_tokens
+    };
+    let default = prompt_tokens("smol", chat("Hi"));
+    let pirate = prompt_tokens("pirate", chat("Hi"));
+    assert_ne!(
+        default, pirate,
+        "the registry's system prompt replaces the template's default"
+    );
+    let explicit = TextInput {
+        prompt: "".into(),
+        messages: vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "You are a pirate.".into(),
+                images: Default::default(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+                images: Default::default(),
+            },
+        ]
+        .into(),
+    };
+    assert_eq!(prompt_tokens("smol", explicit.clone()), pirate);
+    // A system message from the user wins over the registry's.
+    let mut own = explicit;
+    own.messages[0].content = "Be brief.".into();
+    assert_ne!(prompt_tokens("pirate", own), pirate);
+}
+
+#[test]
+fn cli_chat_keeps_history_and_obeys_commands() {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(["chat", "--max-tokens", "8"])
+        .env("MLXENGINE_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/reset\nWhat is the capital of France?\n/exit\nnever sent\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.matches("The capital of France is Paris.").count(),
+        2,
+        "{out}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(history cleared)"));
 }

@@ -65,6 +65,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Interactive multi-turn chat (`/reset` clears the history, `/exit` quits).
     Chat(ChatArgs),
+    /// Measure generation speed: a warm-up, then several runs in this process
+    /// (median and min–max of time to first token, prefill and decode speed, peak memory).
+    Bench(BenchArgs),
     /// Convert a GGUF file to a Hugging Face layout directory (safetensors + config +
     /// tokenizer files).
     Import {
@@ -184,6 +187,30 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Registry id of a language model (default: the registry's default LLM).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// Prompt text (default: a synthetic prompt of about --prompt-tokens tokens).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Send the prompt through the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Length of the synthetic prompt, in words (≈ tokens).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// New tokens per run.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    /// Measured runs (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct ChatArgs {
     /// Registry id of a language model (default: the registry's default LLM).
     #[arg(long, short)]
@@ -259,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
         Command::Generate(args) => cmd_generate(&engine(&cli)?, args),
         Command::Chat(args) => cmd_chat(&engine(&cli)?, args),
+        Command::Bench(args) => cmd_bench(&engine(&cli)?, args),
         Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
@@ -670,6 +698,99 @@ fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::LLM)?,
+    };
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    const WORDS: [&str; 16] = [
+        "the", "river", "carried", "old", "stories", "past", "quiet", "towns", "where", "people",
+        "still", "remember", "long", "summer", "nights", "and",
+    ];
+    let prompt = a.prompt.clone().unwrap_or_else(|| {
+        (0..a.prompt_tokens.max(1))
+            .map(|i| WORDS[i % WORDS.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let input = if a.chat {
+        TextInput {
+            prompt: "".into(),
+            messages: vec![message("user", &prompt)].into(),
+        }
+    } else {
+        TextInput {
+            prompt: prompt.as_str().into(),
+            messages: Default::default(),
+        }
+    };
+    let sampling = SamplingArgs {
+        max_tokens: a.max_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop: vec![],
+    };
+    let req = sampling.request(vec![input], false);
+    let mut noop = |_: &plugin_api::text::StreamEvent| StreamControl::Continue;
+    let load_start = std::time::Instant::now();
+    let warm = engine.generate(&model, &sampling_short(&req), &mut noop)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        runs.push(engine.generate(&model, &req, &mut noop)?);
+    }
+    let stat = |f: &dyn Fn(&plugin_api::text::GenerateResponse) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let ttft = stat(&|r| r.stats.time_to_first_token_ms);
+    let pre = stat(&|r| r.stats.prefill_tokens_per_s);
+    let dec = stat(&|r| r.stats.decode_tokens_per_s);
+    let mem = stat(&|r| r.stats.peak_memory_bytes as f64);
+    let prompt_tokens = runs[0].stats.prompt_tokens;
+    let generated = runs[0].stats.generated_tokens;
+    if a.json {
+        let j = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
+        return print_json(&json!({
+            "model": model, "runs": a.runs, "prompt_tokens": prompt_tokens, "generated_tokens": generated,
+            "load_and_warmup_ms": load_ms, "warmup_prompt_tokens": warm.stats.prompt_tokens,
+            "ttft_ms": j(ttft), "prefill_tps": j(pre), "decode_tps": j(dec), "peak_memory_bytes": j(mem),
+        }));
+    }
+    println!("{model}: {prompt_tokens} prompt tokens, {generated} generated, {} runs after a warm-up (median, min–max)", a.runs);
+    println!(
+        "  time to first token  {:>9.1} ms    ({:.1}–{:.1})",
+        ttft.0, ttft.1, ttft.2
+    );
+    println!(
+        "  prefill              {:>9.1} tok/s ({:.1}–{:.1})",
+        pre.0, pre.1, pre.2
+    );
+    println!(
+        "  decode               {:>9.1} tok/s ({:.1}–{:.1})",
+        dec.0, dec.1, dec.2
+    );
+    println!("  peak memory          {:>9}", human_bytes(mem.0 as u64));
+    Ok(())
+}
+
+/// The warm-up request: same prompt, few new tokens.
+fn sampling_short(req: &GenerateRequest) -> GenerateRequest {
+    let mut r = req.clone();
+    r.max_tokens = r.max_tokens.min(8);
+    r
 }
 
 fn cmd_import(src: &std::path::Path, dst: &std::path::Path) -> Result<()> {

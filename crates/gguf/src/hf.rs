@@ -144,7 +144,6 @@ pub fn config(g: &Gguf) -> Result<Json, GgufError> {
 
 /// `config.json` and the dequantized tensors under HF names.
 pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
-    let cfg = config(g)?;
     if let Some((ty, tensor)) = g.unsupported_types().into_iter().next() {
         return Err(GgufError::UnsupportedQuant {
             file: g.path.clone(),
@@ -152,6 +151,7 @@ pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
             ty,
         });
     }
+    let cfg = config(g)?;
     let heads = cfg["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
     let mut out = Vec::with_capacity(g.tensors.len());

@@ -214,6 +214,7 @@ pub fn generate(
     let mut cache: Vec<KvCache> = (0..model.layers()).map(|_| KvCache::default()).collect();
     let mut logits = None;
     let mut q0 = 0;
+    let prefill_start = Instant::now();
     while q0 < longest {
         let l = PREFILL_CHUNK.min(longest - q0);
         let chunk = ids.index((.., (q0 as i32)..((q0 + l) as i32)));
@@ -337,7 +338,8 @@ pub fn generate(
 
     let prompt_tokens: u64 = seqs.iter().map(|s| s.prompt_len as u64).sum();
     let generated_tokens: u64 = seqs.iter().map(|s| s.generated.len() as u64).sum();
-    let prefill_s = prefill_done.duration_since(started).as_secs_f64();
+    // Prompt processing only (template and tokenization are in the time to first token).
+    let prefill_s = prefill_done.duration_since(prefill_start).as_secs_f64();
     let first = first_token.unwrap_or(done);
     let decode_s = done.duration_since(first).as_secs_f64();
     let decoded_after_first = generated_tokens.saturating_sub(b as u64);

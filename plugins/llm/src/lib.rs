@@ -92,7 +92,9 @@ impl Plugin for LlmPlugin {
             if let Some(file) = loader::gguf_file(Path::new(m.path.as_str())) {
                 if let Ok(g) = gguf::Gguf::open(&file) {
                     if let Some((ty, _)) = g.unsupported_types().into_iter().next() {
-                        return no(format!("unsupported quant type {ty} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0)"));
+                        return no(format!(
+                            "unsupported quant type {ty} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; use the ggml backend)"
+                        ));
                     }
                 }
             }
