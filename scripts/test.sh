@@ -8,5 +8,5 @@ scripts/setup.sh
 cargo fmt --all -- --check
 # The integration tests load the plugin dylibs from target/release: build them first.
 cargo build --release --locked --workspace
-cargo test --release --locked --workspace "$@"
+cargo test --release --locked --workspace --no-fail-fast "$@"
 echo "[test] all passed in $(( $(date +%s) - start )) s" >&2

@@ -101,7 +101,7 @@ fn models_and_info() {
     let m = &v["models"][0];
     assert_eq!(m["id"], "all-minilm-l6-v2");
     assert_eq!(m["local"], true);
-    let o = run(home.path(), &["models", "--kind", "llm", "--json"]);
+    let o = run(home.path(), &["models", "--kind", "diffusion", "--json"]);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["models"],
         serde_json::json!([])
