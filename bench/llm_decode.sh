@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Decode/prefill speed of MLXEngine's llm plugin next to mlx-lm on the same weights and
-# machine, in one run. mlx-lm (pinned) is installed into a cache venv; both use MLX 0.32.4
-# on CPU with OpenBLAS. Weights: the default model's GGUF dequantized to float32 by
-# `mlxengine import` (mlx-lm does not read GGUF), so both run identical f32 weights.
+# Decode/prefill speed of MLXEngine's two llm providers next to the tools people would
+# otherwise use, in one run on this machine:
+#   - MLX provider vs mlx-lm 0.32.2 (same MLX 0.32.4 on CPU with OpenBLAS) on the default
+#     model's GGUF dequantized to float32 by `mlxengine import` (mlx-lm reads no GGUF);
+#   - ggml provider vs llama.cpp's own llama-bench (built from the same vendored llama.cpp
+#     sources, native CPU flags, same threads) on the Q4_1 GGUF itself.
+# Peers are installed into the cache (a venv; a llama.cpp build dir), never into the repo.
 #   bench/llm_decode.sh [max_tokens=128] [runs=3]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,7 +13,7 @@ N=${1:-128}
 RUNS=${2:-3}
 CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
 scripts/setup.sh
-cargo build --release --locked -q -p mlxengine -p mlxengine-llm
+cargo build --release --locked -q -p mlxengine -p mlxengine-llm -p mlxengine-llm-ggml
 VENV=$CACHE/bench-venv
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import mlx_lm" 2>/dev/null; then
   python3 -m venv "$VENV"
@@ -50,7 +53,27 @@ print(statistics.median(dec), statistics.median(pre))
 PY
 )
 pd=${peer% *}; pp=${peer#* }
+GGUF=$(ls "$CACHE"/models/smollm2-135m-instruct/*.gguf)
+THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 0 ] || THREADS=$(nproc)
+gg=$(target/release/mlxengine bench --model smollm2-135m-instruct --backend ggml --prompt-tokens 128 --max-tokens "$N" --runs "$RUNS" --json)
+gd=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"]["median"])')
+gp=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tps"]["median"])')
+# llama.cpp's own figures: llama-bench from the vendored sources of llama-cpp-sys-2.
+LB=$CACHE/llama.cpp-build/bin/llama-bench
+if [ ! -x "$LB" ]; then
+  SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -1)
+  cmake -S "$SRC" -B "$CACHE/llama.cpp-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF >/dev/null
+  cmake --build "$CACHE/llama.cpp-build" --target llama-bench -j "$(nproc)" >/dev/null
+fi
+lb=$("$LB" -m "$GGUF" -p 128 -n "$N" -t "$THREADS" -r "$RUNS" -o json)
+lp=$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_prompt"] > 0][0])')
+ld=$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_gen"] > 0][0])')
 printf '%-28s %12s %12s\n' "" "decode tok/s" "prefill tok/s"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (mlx-llm plugin)" "$od" "$op"
 printf '%-28s %12.1f %12.1f\n' "mlx-lm 0.32.2" "$pd" "$pp"
-printf '%-28s %12.2f %12.2f\n' "ratio (ours / mlx-lm)" "$(echo "$od / $pd" | bc -l)" "$(echo "$op / $pp" | bc -l)"
+printf '%-28s %12.2f %12.2f\n' "ratio MLX provider / mlx-lm" "$(echo "$od / $pd" | bc -l)" "$(echo "$op / $pp" | bc -l)"
+echo "Q4_1 GGUF, $THREADS threads, 128-token prompt:"
+printf '%-28s %12.1f %12.1f\n' "MLXEngine (ggml-llm plugin)" "$gd" "$gp"
+printf '%-28s %12.1f %12.1f\n' "llama.cpp llama-bench" "$ld" "$lp"
+printf '%-28s %12.2f %12.2f\n' "ratio ggml provider / llama" "$(echo "$gd / $ld" | bc -l)" "$(echo "$gp / $lp" | bc -l)"

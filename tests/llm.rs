@@ -334,6 +334,8 @@ fn cli_generate_json_on_the_default_model_matches_the_reference() {
         home.path(),
         &[
             "generate",
+            "--backend",
+            "mlx",
             "--chat",
             "--json",
             "--max-tokens",
@@ -467,7 +469,7 @@ fn cli_chat_keeps_history_and_obeys_commands() {
     use std::io::Write;
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-        .args(["chat", "--max-tokens", "8"])
+        .args(["chat", "--backend", "mlx", "--max-tokens", "8"])
         .env("MLXENGINE_HOME", home.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

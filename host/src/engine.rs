@@ -147,7 +147,20 @@ impl Engine {
 
     /// Every plugin's verdict on `entry` for a request needing `features`.
     pub fn candidates(&self, entry: &ModelEntry, features: Features) -> Vec<Candidate> {
-        let spec = self.spec(entry, None);
+        self.candidates_on(entry, features, None)
+    }
+
+    /// As [`candidates`](Self::candidates), with a backend override (`"mlx"`, `"ggml"`, a
+    /// plugin name or backend name) replacing the registry's `backend` pin.
+    pub fn candidates_on(
+        &self,
+        entry: &ModelEntry,
+        features: Features,
+        backend: Option<&str>,
+    ) -> Vec<Candidate> {
+        // Probes see the local file when there is one (format, quantization types).
+        let path = self.local_path(entry).ok();
+        let spec = self.spec(entry, path.as_ref());
         self.plugins
             .plugins
             .iter()
@@ -180,9 +193,14 @@ impl Engine {
                     return no(format!("lacks feature(s) {}", missing.names().join(", ")));
                 }
                 let probe = probe(p, &self.device, Some(spec.clone()));
-                if let Some(pin) = &entry.backend {
-                    if pin != d.name.as_str() && pin != &probe.backend {
-                        return no(format!("registry pins backend `{pin}`"));
+                if let Some(pin) = backend.or(entry.backend.as_deref()) {
+                    if !pin_matches(pin, d.name.as_str(), probe.backend.as_str()) {
+                        let by = if backend.is_some() {
+                            "--backend"
+                        } else {
+                            "the registry"
+                        };
+                        return no(format!("{by} pins backend `{pin}`"));
                     }
                 }
                 Candidate {
@@ -201,7 +219,17 @@ impl Engine {
         entry: &ModelEntry,
         features: Features,
     ) -> Result<&PluginHandle, HostError> {
-        let cands = self.candidates(entry, features);
+        self.select_on(entry, features, None)
+    }
+
+    /// As [`select`](Self::select), with a backend override.
+    pub fn select_on(
+        &self,
+        entry: &ModelEntry,
+        features: Features,
+        backend: Option<&str>,
+    ) -> Result<&PluginHandle, HostError> {
+        let cands = self.candidates_on(entry, features, backend);
         let best = cands.iter().filter(|c| c.score > 0).max_by_key(|c| c.score);
         match best {
             Some(c) => Ok(self
@@ -314,11 +342,27 @@ impl Engine {
         kind: ModelKind,
         features: Features,
     ) -> Result<Arc<LoadedModel>, HostError> {
+        self.load_on(id, kind, features, None)
+    }
+
+    /// As [`load`](Self::load), on the backend `backend` when given (`"mlx"`, `"ggml"`,
+    /// a plugin or backend name); loaded copies are kept per backend.
+    pub fn load_on(
+        &self,
+        id: &str,
+        kind: ModelKind,
+        features: Features,
+        backend: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, HostError> {
+        let key = match backend {
+            Some(b) => format!("{id}@{b}"),
+            None => id.to_owned(),
+        };
         if let Some(m) = self
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id)
+            .get(&key)
         {
             return Ok(m.clone());
         }
@@ -330,7 +374,7 @@ impl Engine {
                 wanted: kind,
             });
         }
-        let plugin = self.select(&entry, entry.features.union(features))?;
+        let plugin = self.select_on(&entry, entry.features.union(features), backend)?;
         let path = self.local_path(&entry)?;
         let req = LoadRequest {
             model: self.spec(&entry, Some(&path)),
@@ -354,7 +398,7 @@ impl Engine {
             info,
         });
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map.entry(id.to_owned()).or_insert(loaded).clone())
+        Ok(map.entry(key).or_insert(loaded).clone())
     }
 
     /// Drop the engine's reference to a loaded model (freed once no request uses it).
@@ -374,6 +418,17 @@ impl Engine {
         req: &GenerateRequest,
         on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
     ) -> Result<GenerateResponse, HostError> {
+        self.generate_on(id, None, req, on_event)
+    }
+
+    /// As [`generate`](Self::generate), on the backend `backend` when given.
+    pub fn generate_on(
+        &self,
+        id: &str,
+        backend: Option<&str>,
+        req: &GenerateRequest,
+        on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+    ) -> Result<GenerateResponse, HostError> {
         let mut needs = Features::NONE;
         if req.stream {
             needs = needs.union(Features::STREAMING);
@@ -381,7 +436,7 @@ impl Engine {
         if req.inputs.len() > 1 {
             needs = needs.union(Features::BATCHING);
         }
-        let m = self.load(id, ModelKind::LLM, needs)?;
+        let m = self.load_on(id, ModelKind::LLM, needs, backend)?;
         let missing = needs.missing_from(
             self.plugins
                 .get(&m.plugin)
@@ -407,6 +462,16 @@ impl Engine {
                 plugin: m.plugin.clone(),
                 error,
             })
+    }
+
+    /// Name of the plugin serving a loaded model (`None` if not loaded).
+    pub fn served_by(&self, id: &str, backend: Option<&str>) -> Option<String> {
+        let key = backend.map_or_else(|| id.to_owned(), |b| format!("{id}@{b}"));
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .map(|m| m.plugin.clone())
     }
 
     /// The registry's default model of `kind` (`default = true`), else the only one.
@@ -440,6 +505,13 @@ impl Engine {
                 error,
             })
     }
+}
+
+/// Whether a backend pin (`"mlx"`, `"ggml"`, `"mlx-llm"`, `"ggml-cpu"`, ...) names this
+/// plugin or its backend.
+pub fn pin_matches(pin: &str, plugin: &str, backend: &str) -> bool {
+    let family = format!("{pin}-");
+    pin == plugin || pin == backend || plugin.starts_with(&family) || backend.starts_with(&family)
 }
 
 /// Adapts a Rust closure to the ABI's `TokenSink`.

@@ -176,6 +176,9 @@ struct GenerateArgs {
     /// Send the prompt as a user chat message through the model's chat template.
     #[arg(long)]
     chat: bool,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    backend: Option<String>,
     /// System prompt (implies --chat).
     #[arg(long)]
     system: Option<String>,
@@ -206,6 +209,9 @@ struct BenchArgs {
     /// Measured runs (after one warm-up).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    backend: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -218,6 +224,9 @@ struct ChatArgs {
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    backend: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -612,7 +621,7 @@ fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
     };
     let req = a.sampling.request(vec![input], !a.json);
     let mut out = std::io::stdout().lock();
-    let res = engine.generate(&model, &req, &mut |ev| {
+    let res = engine.generate_on(&model, a.backend.as_deref(), &req, &mut |ev| {
         let ok = write!(out, "{}", ev.text).and_then(|_| out.flush()).is_ok();
         // A closed stdout (e.g. `| head`) stops the generation.
         if ok {
@@ -628,6 +637,7 @@ fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
             "model": model, "text": o.text.as_str(), "token_ids": o.tokens.as_slice(),
             "prompt_tokens": o.prompt_tokens, "generated_tokens": o.tokens.len(),
             "finish_reason": o.finish.name(), "ttft_ms": s.time_to_first_token_ms,
+            "backend": engine.served_by(&model, a.backend.as_deref()),
             "prefill_tps": s.prefill_tokens_per_s, "decode_tps": s.decode_tokens_per_s,
             "peak_memory_bytes": s.peak_memory_bytes,
         }));
@@ -683,7 +693,7 @@ fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
         };
         let req = a.sampling.request(vec![input], true);
         let mut out = std::io::stdout().lock();
-        let res = engine.generate(&model, &req, &mut |ev| {
+        let res = engine.generate_on(&model, a.backend.as_deref(), &req, &mut |ev| {
             let _ = write!(out, "{}", ev.text).and_then(|_| out.flush());
             StreamControl::Continue
         });
@@ -744,11 +754,12 @@ fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
     let req = sampling.request(vec![input], false);
     let mut noop = |_: &plugin_api::text::StreamEvent| StreamControl::Continue;
     let load_start = std::time::Instant::now();
-    let warm = engine.generate(&model, &sampling_short(&req), &mut noop)?;
+    let backend = a.backend.as_deref();
+    let warm = engine.generate_on(&model, backend, &sampling_short(&req), &mut noop)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let mut runs = Vec::new();
     for _ in 0..a.runs {
-        runs.push(engine.generate(&model, &req, &mut noop)?);
+        runs.push(engine.generate_on(&model, backend, &req, &mut noop)?);
     }
     let stat = |f: &dyn Fn(&plugin_api::text::GenerateResponse) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -764,12 +775,17 @@ fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
     if a.json {
         let j = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
         return print_json(&json!({
-            "model": model, "runs": a.runs, "prompt_tokens": prompt_tokens, "generated_tokens": generated,
+            "model": model, "backend": engine.served_by(&model, backend), "runs": a.runs,
+            "prompt_tokens": prompt_tokens, "generated_tokens": generated,
             "load_and_warmup_ms": load_ms, "warmup_prompt_tokens": warm.stats.prompt_tokens,
             "ttft_ms": j(ttft), "prefill_tps": j(pre), "decode_tps": j(dec), "peak_memory_bytes": j(mem),
         }));
     }
-    println!("{model}: {prompt_tokens} prompt tokens, {generated} generated, {} runs after a warm-up (median, min–max)", a.runs);
+    println!(
+        "{model} on {}: {prompt_tokens} prompt tokens, {generated} generated, {} runs after a warm-up (median, min–max)",
+        engine.served_by(&model, backend).unwrap_or_default(),
+        a.runs
+    );
     println!(
         "  time to first token  {:>9.1} ms    ({:.1}–{:.1})",
         ttft.0, ttft.1, ttft.2

@@ -15,6 +15,7 @@ use plugin_api::text::{
     StreamControl, StreamEvent, TextInput,
 };
 use std::time::Instant;
+use textgen::TextStream;
 
 /// Prompt tokens processed per forward pass during prefill.
 pub const PREFILL_CHUNK: usize = 512;
@@ -70,33 +71,9 @@ struct Seq {
     generated: Vec<u32>,
     logprobs: Vec<f32>,
     decoder: StreamDecoder,
-    text: String,
-    emitted: usize,
+    text: TextStream,
     finish: FinishReason,
     sampler: Sampler,
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
-fn holdback(text: &str, stops: &[String]) -> usize {
-    stops
-        .iter()
-        .flat_map(|s| {
-            (1..s.len())
-                .rev()
-                .filter(move |k| s.is_char_boundary(*k))
-                .map(move |k| &s[..k])
-        })
-        .filter(|p| text.ends_with(p))
-        .map(str::len)
-        .max()
-        .unwrap_or(0)
-}
-
-fn floor_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 /// Additive attention mask (B, 1, L, S) for left-padded rows: a query sees keys at or
@@ -177,7 +154,6 @@ pub fn generate(
         .map(|s| s.to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let max_stop = stops.iter().map(String::len).max().unwrap_or(0);
     let fallback_seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
     let b = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -195,8 +171,7 @@ pub fn generate(
                 generated: Vec::new(),
                 logprobs: Vec::new(),
                 decoder: StreamDecoder::default(),
-                text: String::new(),
-                emitted: 0,
+                text: TextStream::default(),
                 finish: FinishReason::NONE,
                 sampler: Sampler::new(&params, fallback_seed.wrapping_add(i as u64)),
             }
@@ -262,35 +237,25 @@ pub fn generate(
             if req.logprobs {
                 seq.logprobs.push(logprob);
             }
-            if lm.tokenizer.eos_ids.contains(&token) {
+            let stopped = if lm.tokenizer.eos_ids.contains(&token) {
+                seq.text.push(&seq.decoder.flush(&lm.tokenizer)?, &stops);
                 seq.finish = FinishReason::STOP;
-                seq.text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
+                true
             } else {
-                seq.text.push_str(&seq.decoder.push(&lm.tokenizer, token)?);
+                let mut delta = seq.decoder.push(&lm.tokenizer, token)?;
                 let at_limit =
                     seq.generated.len() >= req.max_tokens as usize || seq.context.len() >= ctx;
                 if at_limit {
-                    seq.text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
+                    delta.push_str(&seq.decoder.flush(&lm.tokenizer)?);
                 }
-                let from = floor_boundary(&seq.text, seq.emitted.saturating_sub(max_stop));
-                if let Some(cut) = stops
-                    .iter()
-                    .filter_map(|s| seq.text[from..].find(s.as_str()).map(|i| from + i))
-                    .min()
-                {
-                    seq.text.truncate(cut);
+                if seq.text.push(&delta, &stops) {
                     seq.finish = FinishReason::STOP;
                 } else if at_limit {
                     seq.finish = FinishReason::LENGTH;
                 }
-            }
-            let end = if seq.finish == FinishReason::NONE {
-                seq.text.len() - holdback(&seq.text, &stops)
-            } else {
-                seq.text.len()
+                seq.finish != FinishReason::NONE
             };
-            let delta = seq.text[seq.emitted.min(end)..end].to_owned();
-            seq.emitted = seq.emitted.max(end);
+            let delta = seq.text.take(stopped, &stops);
             if req.stream {
                 let ev = StreamEvent {
                     index: row as u32,
@@ -362,7 +327,7 @@ pub fn generate(
     let outputs = seqs
         .into_iter()
         .map(|s| GenerateOutput {
-            text: s.text.into(),
+            text: s.text.into_text().into(),
             tokens: s.generated.into(),
             logprobs: s.logprobs.into(),
             finish: s.finish,
@@ -370,18 +335,4 @@ pub fn generate(
         })
         .collect();
     Ok(GenerateResponse { outputs, stats })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holdback_keeps_possible_stop_prefixes() {
-        let stops = vec!["<end>".to_owned(), "STOP".to_owned()];
-        assert_eq!(holdback("hello <en", &stops), 3);
-        assert_eq!(holdback("hello ST", &stops), 2);
-        assert_eq!(holdback("hello", &stops), 0);
-        assert_eq!(holdback("日本", &["本当".to_owned()]), "本".len());
-    }
 }

@@ -90,12 +90,26 @@ impl Plugin for LlmPlugin {
                 ));
             }
             if let Some(file) = loader::gguf_file(Path::new(m.path.as_str())) {
-                if let Ok(g) = gguf::Gguf::open(&file) {
-                    if let Some((ty, _)) = g.unsupported_types().into_iter().next() {
-                        return no(format!(
-                            "unsupported quant type {ty} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; use the ggml backend)"
-                        ));
+                match gguf::Gguf::open(&file) {
+                    Ok(g) => {
+                        let bad: Vec<String> = g
+                            .unsupported_types()
+                            .into_iter()
+                            .map(|(ty, _)| ty)
+                            .collect();
+                        if !bad.is_empty() {
+                            return no(format!(
+                                "unsupported quant type {} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; use the ggml backend)",
+                                bad.join(", ")
+                            ));
+                        }
+                        if let Err(e) = gguf::hf::model_type(&g) {
+                            return no(format!(
+                                "{e} for GGUF files in the MLX provider; use the ggml backend"
+                            ));
+                        }
                     }
+                    Err(e) => return no(e.to_string()),
                 }
             }
         }

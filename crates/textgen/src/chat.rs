@@ -1,0 +1,130 @@
+//! Chat templates: the model's own Jinja template, rendered with minijinja configured as
+//! transformers configures Jinja (trim/lstrip blocks, Python string methods,
+//! `raise_exception`, `strftime_now`).
+
+/// A chat message for template rendering.
+#[derive(serde::Serialize)]
+pub struct Message<'a> {
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+/// Render `messages` with the model's Jinja chat template (minijinja with Python-style
+/// methods, `raise_exception`, `strftime_now`), ending with the generation prompt.
+/// `bos_token` / `eos_token` are the texts the template may print.
+pub fn render_chat(
+    template: &str,
+    messages: &[Message<'_>],
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| {
+        // Date only matters to templates that print "today"; use UTC without a tz crate.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let days = (secs / 86_400) as i64;
+        let (y, m, d) = civil_from_days(days);
+        const MONTHS: [&str; 12] = [
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
+        ];
+        fmt.replace("%Y", &y.to_string())
+            .replace("%m", &format!("{m:02}"))
+            .replace("%d", &format!("{d:02}"))
+            .replace("%B", MONTHS[(m - 1) as usize])
+            .replace("%b", &MONTHS[(m - 1) as usize][..3])
+    });
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| format!("chat template does not parse: {e}"))?;
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    })
+    .map_err(|e| format!("chat template: {e}"))
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_chatml_template_with_python_methods() {
+        let t = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let out = render_chat(
+            t,
+            &[Message {
+                role: "user",
+                content: " Hi ",
+            }],
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let py = "{{ messages[0].content.strip().upper() }}";
+        assert_eq!(
+            render_chat(
+                py,
+                &[Message {
+                    role: "user",
+                    content: " a "
+                }],
+                "",
+                ""
+            )
+            .unwrap(),
+            "A"
+        );
+    }
+
+    #[test]
+    fn raise_exception_becomes_an_error() {
+        let t = "{{ raise_exception('roles must alternate') }}";
+        let e = render_chat(t, &[], "", "").unwrap_err();
+        assert!(e.contains("roles must alternate"), "{e}");
+    }
+}

@@ -1,0 +1,10 @@
+//! What every `llm` provider (MLX, ggml, …) needs besides its compute backend, so they
+//! behave the same: the model's Jinja chat template rendered like transformers does,
+//! stop strings that may span tokens (held back while they could still match), and
+//! UTF-8 assembly of byte-level token pieces.
+
+mod chat;
+mod stop;
+
+pub use chat::{render_chat, Message};
+pub use stop::{holdback, TextStream, Utf8Pieces};
