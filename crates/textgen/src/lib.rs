@@ -4,7 +4,9 @@
 //! UTF-8 assembly of byte-level token pieces.
 
 mod chat;
+mod sequence;
 mod stop;
 
 pub use chat::{render_chat, Message};
+pub use sequence::{cancel_running, stats, SeqOutput, Timings};
 pub use stop::{holdback, TextStream, Utf8Pieces};

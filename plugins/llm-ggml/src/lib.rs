@@ -16,10 +16,7 @@ use llama_cpp_2::{
     token::LlamaToken,
 };
 use plugin_api::{
-    text::{
-        FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, GenerationStats,
-        StreamControl, StreamEvent, TextInput,
-    },
+    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput},
     ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
     ProbeRequest,
 };
@@ -30,7 +27,7 @@ use std::{
     sync::{Mutex, OnceLock},
     time::Instant,
 };
-use textgen::{Message, TextStream, Utf8Pieces};
+use textgen::{cancel_running, Message, SeqOutput, Timings, Utf8Pieces};
 
 /// GGUF `general.architecture` values this provider advertises (llama.cpp reads many
 /// more; these are the ones the registry and tests use).
@@ -245,14 +242,11 @@ struct GgmlModel {
 struct Seq {
     prompt: Vec<LlamaToken>,
     pos: i32,
-    generated: Vec<u32>,
-    logprobs: Vec<f32>,
     pieces: Utf8Pieces,
-    text: TextStream,
-    finish: FinishReason,
     sampler: LlamaSampler,
     /// Index of this sequence's logits in the last decoded batch.
     logits_at: i32,
+    out: SeqOutput,
 }
 
 fn sampler(req: &GenerateRequest, n_vocab: i32, row: u64, fallback: u64) -> LlamaSampler {
@@ -442,12 +436,9 @@ impl LoadedModel for GgmlModel {
                 s.accept_many(prompt.iter());
                 Seq {
                     pos: 0,
+                    out: SeqOutput::new(prompt.len()),
                     prompt,
-                    generated: Vec::new(),
-                    logprobs: Vec::new(),
                     pieces: Utf8Pieces::default(),
-                    text: TextStream::default(),
-                    finish: FinishReason::NONE,
                     sampler: s,
                     logits_at: 0,
                 }
@@ -457,7 +448,7 @@ impl LoadedModel for GgmlModel {
         // Prefill each sequence; its logits for the next token are sampled right after.
         let mut batch = LlamaBatch::new(PREFILL_CHUNK.max(b), b as i32);
         let prefill_start = Instant::now();
-        let mut first: Vec<Option<LlamaToken>> = vec![None; b];
+        let mut first: Vec<Option<(LlamaToken, Option<f32>)>> = vec![None; b];
         for (i, seq) in seqs.iter_mut().enumerate() {
             let n = seq.prompt.len();
             for (c, chunk) in seq.prompt.chunks(PREFILL_CHUNK).enumerate() {
@@ -474,89 +465,53 @@ impl LoadedModel for GgmlModel {
             seq.pos = n as i32;
             seq.logits_at = batch.n_tokens() - 1;
             let tok = seq.sampler.sample(&ctx, seq.logits_at);
-            if req.logprobs {
-                seq.logprobs.push(log_softmax_at(
-                    ctx.get_logits_ith(seq.logits_at),
-                    tok.0 as usize,
-                ));
-            }
-            first[i] = Some(tok);
+            let lp = req
+                .logprobs
+                .then(|| log_softmax_at(ctx.get_logits_ith(seq.logits_at), tok.0 as usize));
+            first[i] = Some((tok, lp));
         }
         let prefill_s = prefill_start.elapsed().as_secs_f64();
         let first_token_at = Instant::now();
-        let mut pending: Vec<Option<LlamaToken>> = first;
+        let mut pending = first;
         let mut cancelled = false;
         loop {
             // Account the tokens sampled in the previous step.
             for (row, seq) in seqs.iter_mut().enumerate() {
-                let Some(tok) = pending[row].take() else {
+                let Some((tok, logprob)) = pending[row].take() else {
                     continue;
                 };
-                seq.generated.push(tok.0 as u32);
-                let is_eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
-                let stopped = if is_eos {
-                    seq.text.push(&seq.pieces.flush(), &stops);
-                    seq.finish = FinishReason::STOP;
-                    true
+                let eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
+                let last = seq.out.tokens.len() + 1 >= req.max_tokens as usize
+                    || seq.pos as usize + 1 >= ctx_train;
+                let mut text = if eos {
+                    String::new()
                 } else {
-                    let mut delta = seq.pieces.push(&vocab.token_to_piece(tok, false, None));
-                    let at_limit = seq.generated.len() >= req.max_tokens as usize
-                        || seq.pos as usize + 1 >= ctx_train;
-                    if at_limit {
-                        delta.push_str(&seq.pieces.flush());
-                    }
-                    if seq.text.push(&delta, &stops) {
-                        seq.finish = FinishReason::STOP;
-                    } else if at_limit {
-                        seq.finish = FinishReason::LENGTH;
-                    }
-                    seq.finish != FinishReason::NONE
+                    seq.pieces.push(&vocab.token_to_piece(tok, false, None))
                 };
-                let delta = seq.text.take(stopped, &stops);
-                if req.stream {
-                    let ev = StreamEvent {
-                        index: row as u32,
-                        token: tok.0 as u32,
-                        text: delta.into(),
-                        logprob: seq.logprobs.last().copied().unwrap_or(0.0),
-                        finish: seq.finish,
-                    };
-                    if sink(&ev) == StreamControl::Stop {
-                        cancelled = true;
-                        break;
-                    }
+                if eos || last {
+                    text.push_str(&seq.pieces.flush());
+                }
+                let ev = seq
+                    .out
+                    .accept(row, tok.0 as u32, logprob, &text, eos, last, &stops);
+                if req.stream && sink(&ev) == StreamControl::Stop {
+                    cancelled = true;
+                    break;
                 }
             }
             if cancelled {
-                for (row, seq) in seqs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(_, s)| s.finish == FinishReason::NONE)
-                {
-                    seq.finish = FinishReason::CANCELLED;
-                    let ev = StreamEvent {
-                        index: row as u32,
-                        token: seq.generated.last().copied().unwrap_or(0),
-                        text: "".into(),
-                        logprob: 0.0,
-                        finish: FinishReason::CANCELLED,
-                    };
-                    let _ = sink(&ev);
-                }
+                cancel_running(seqs.iter_mut().map(|s| &mut s.out), sink);
                 break;
             }
-            if seqs.iter().all(|s| s.finish != FinishReason::NONE) {
+            if seqs.iter().all(|s| !s.out.running()) {
                 break;
             }
             // One decode step for every running sequence.
             batch.clear();
-            for (row, seq) in seqs
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, s)| s.finish == FinishReason::NONE)
-            {
+            for (row, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| s.out.running()) {
                 let last = LlamaToken(
-                    *seq.generated
+                    *seq.out
+                        .tokens
                         .last()
                         .expect("running sequences have a token") as i32,
                 );
@@ -568,56 +523,28 @@ impl LoadedModel for GgmlModel {
             }
             ctx.decode(&mut batch)
                 .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
-            for (row, seq) in seqs
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, s)| s.finish == FinishReason::NONE)
-            {
+            for (row, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| s.out.running()) {
                 let tok = seq.sampler.sample(&ctx, seq.logits_at);
-                if req.logprobs {
-                    seq.logprobs.push(log_softmax_at(
-                        ctx.get_logits_ith(seq.logits_at),
-                        tok.0 as usize,
-                    ));
-                }
-                pending[row] = Some(tok);
+                let lp = req
+                    .logprobs
+                    .then(|| log_softmax_at(ctx.get_logits_ith(seq.logits_at), tok.0 as usize));
+                pending[row] = Some((tok, lp));
             }
         }
         drop(ctx);
         let done = Instant::now();
-        let prompt_tokens: u64 = seqs.iter().map(|s| s.prompt.len() as u64).sum();
-        let generated_tokens: u64 = seqs.iter().map(|s| s.generated.len() as u64).sum();
-        let decode_s = done.duration_since(first_token_at).as_secs_f64();
-        let stats = GenerationStats {
-            prompt_tokens,
-            generated_tokens,
-            prefill_tokens_per_s: if prefill_s > 0.0 {
-                prompt_tokens as f64 / prefill_s
-            } else {
-                0.0
-            },
-            decode_tokens_per_s: if decode_s > 0.0 {
-                generated_tokens.saturating_sub(b as u64) as f64 / decode_s
-            } else {
-                0.0
-            },
-            time_to_first_token_ms: first_token_at.duration_since(started).as_secs_f64() * 1e3,
-            peak_memory_bytes: peak_rss(),
+        let timings = Timings {
+            started,
+            prefill_s,
+            first_token: first_token_at,
+            done,
         };
-        let outputs = seqs
-            .into_iter()
-            .map(|s| GenerateOutput {
-                prompt_tokens: s.prompt.len() as u32,
-                text: s.text.into_text().into(),
-                tokens: s.generated.into(),
-                logprobs: if req.logprobs {
-                    s.logprobs.into()
-                } else {
-                    Default::default()
-                },
-                finish: s.finish,
-            })
-            .collect();
+        let stats = textgen::stats(
+            &seqs.iter().map(|s| &s.out).collect::<Vec<_>>(),
+            &timings,
+            peak_rss(),
+        );
+        let outputs = seqs.into_iter().map(|s| s.out.into_output()).collect();
         Ok(GenerateResponse { outputs, stats })
     }
 }

@@ -10,12 +10,9 @@ use crate::{
     tokenizer::{render_chat, Message, StreamDecoder},
 };
 use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
-use plugin_api::text::{
-    FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, GenerationStats,
-    StreamControl, StreamEvent, TextInput,
-};
+use plugin_api::text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput};
 use std::time::Instant;
-use textgen::TextStream;
+use textgen::{cancel_running, SeqOutput, Timings};
 
 /// Prompt tokens processed per forward pass during prefill.
 pub const PREFILL_CHUNK: usize = 512;
@@ -66,14 +63,11 @@ pub fn prompt_ids(
 }
 
 struct Seq {
+    /// Prompt and generated tokens (repetition penalty context).
     context: Vec<u32>,
-    prompt_len: usize,
-    generated: Vec<u32>,
-    logprobs: Vec<f32>,
     decoder: StreamDecoder,
-    text: TextStream,
-    finish: FinishReason,
     sampler: Sampler,
+    out: SeqOutput,
 }
 
 /// Additive attention mask (B, 1, L, S) for left-padded rows: a query sees keys at or
@@ -167,13 +161,9 @@ pub fn generate(
             params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
             Seq {
                 context: p.clone(),
-                prompt_len: p.len(),
-                generated: Vec::new(),
-                logprobs: Vec::new(),
                 decoder: StreamDecoder::default(),
-                text: TextStream::default(),
-                finish: FinishReason::NONE,
                 sampler: Sampler::new(&params, fallback_seed.wrapping_add(i as u64)),
+                out: SeqOutput::new(p.len()),
             }
         })
         .collect();
@@ -219,13 +209,8 @@ pub fn generate(
         let width = all.len() / b;
         let mut next = vec![0i32; b];
         for (row, seq) in seqs.iter_mut().enumerate() {
-            next[row] = seq
-                .generated
-                .last()
-                .or(seq.context.last())
-                .copied()
-                .unwrap_or(0) as i32;
-            if seq.finish != FinishReason::NONE {
+            next[row] = seq.context.last().copied().unwrap_or(0) as i32;
+            if !seq.out.running() {
                 continue;
             }
             let mut row_logits = all[row * width..row * width + vocab.min(width)].to_vec();
@@ -233,60 +218,36 @@ pub fn generate(
             first_token.get_or_insert_with(Instant::now);
             next[row] = token as i32;
             seq.context.push(token);
-            seq.generated.push(token);
-            if req.logprobs {
-                seq.logprobs.push(logprob);
-            }
-            let stopped = if lm.tokenizer.eos_ids.contains(&token) {
-                seq.text.push(&seq.decoder.flush(&lm.tokenizer)?, &stops);
-                seq.finish = FinishReason::STOP;
-                true
+            let eos = lm.tokenizer.eos_ids.contains(&token);
+            let last =
+                seq.out.tokens.len() + 1 >= req.max_tokens as usize || seq.context.len() >= ctx;
+            let mut text = if eos {
+                String::new()
             } else {
-                let mut delta = seq.decoder.push(&lm.tokenizer, token)?;
-                let at_limit =
-                    seq.generated.len() >= req.max_tokens as usize || seq.context.len() >= ctx;
-                if at_limit {
-                    delta.push_str(&seq.decoder.flush(&lm.tokenizer)?);
-                }
-                if seq.text.push(&delta, &stops) {
-                    seq.finish = FinishReason::STOP;
-                } else if at_limit {
-                    seq.finish = FinishReason::LENGTH;
-                }
-                seq.finish != FinishReason::NONE
+                seq.decoder.push(&lm.tokenizer, token)?
             };
-            let delta = seq.text.take(stopped, &stops);
-            if req.stream {
-                let ev = StreamEvent {
-                    index: row as u32,
-                    token,
-                    text: delta.into(),
-                    logprob,
-                    finish: seq.finish,
-                };
-                if sink(&ev) == StreamControl::Stop {
-                    cancelled = true;
-                    break;
-                }
+            if eos || last {
+                text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
+            }
+            let ev = seq.out.accept(
+                row,
+                token,
+                req.logprobs.then_some(logprob),
+                &text,
+                eos,
+                last,
+                &stops,
+            );
+            if req.stream && sink(&ev) == StreamControl::Stop {
+                cancelled = true;
+                break;
             }
         }
         if cancelled {
-            for (row, seq) in seqs.iter_mut().enumerate() {
-                if seq.finish == FinishReason::NONE {
-                    seq.finish = FinishReason::CANCELLED;
-                    let ev = StreamEvent {
-                        index: row as u32,
-                        token: seq.generated.last().copied().unwrap_or(0),
-                        text: "".into(),
-                        logprob: 0.0,
-                        finish: FinishReason::CANCELLED,
-                    };
-                    let _ = sink(&ev);
-                }
-            }
+            cancel_running(seqs.iter_mut().map(|s| &mut s.out), sink);
             break;
         }
-        if seqs.iter().all(|s| s.finish != FinishReason::NONE) {
+        if seqs.iter().all(|s| !s.out.running()) {
             break;
         }
         let step = Array::from_slice(&next, &[b as i32, 1]);
@@ -301,38 +262,19 @@ pub fn generate(
     drop(cache);
     let done = Instant::now();
 
-    let prompt_tokens: u64 = seqs.iter().map(|s| s.prompt_len as u64).sum();
-    let generated_tokens: u64 = seqs.iter().map(|s| s.generated.len() as u64).sum();
-    // Prompt processing only (template and tokenization are in the time to first token).
-    let prefill_s = prefill_done.duration_since(prefill_start).as_secs_f64();
-    let first = first_token.unwrap_or(done);
-    let decode_s = done.duration_since(first).as_secs_f64();
-    let decoded_after_first = generated_tokens.saturating_sub(b as u64);
-    let stats = GenerationStats {
-        prompt_tokens,
-        generated_tokens,
-        prefill_tokens_per_s: if prefill_s > 0.0 {
-            prompt_tokens as f64 / prefill_s
-        } else {
-            0.0
-        },
-        decode_tokens_per_s: if decode_s > 0.0 {
-            decoded_after_first as f64 / decode_s
-        } else {
-            0.0
-        },
-        time_to_first_token_ms: first.duration_since(started).as_secs_f64() * 1e3,
-        peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+    let timings = Timings {
+        started,
+        // Prompt processing only (template and tokenization are in the time to first token).
+        prefill_s: prefill_done.duration_since(prefill_start).as_secs_f64(),
+        first_token: first_token.unwrap_or(done),
+        done,
     };
-    let outputs = seqs
-        .into_iter()
-        .map(|s| GenerateOutput {
-            text: s.text.into_text().into(),
-            tokens: s.generated.into(),
-            logprobs: s.logprobs.into(),
-            finish: s.finish,
-            prompt_tokens: s.prompt_len as u32,
-        })
-        .collect();
+    let peak = mlx_rs::memory::peak_memory().unwrap_or(0) as u64;
+    let stats = textgen::stats(
+        &seqs.iter().map(|s| &s.out).collect::<Vec<_>>(),
+        &timings,
+        peak,
+    );
+    let outputs = seqs.into_iter().map(|s| s.out.into_output()).collect();
     Ok(GenerateResponse { outputs, stats })
 }
