@@ -3,8 +3,9 @@
 # otherwise use, in one run on this machine:
 #   - MLX provider vs mlx-lm 0.32.2 (same MLX 0.32.4 on CPU with OpenBLAS) on the default
 #     model's GGUF dequantized to float32 by `mlxengine import` (mlx-lm reads no GGUF);
-#   - ggml provider vs llama.cpp's own llama-bench (built from the same vendored llama.cpp
-#     sources, native CPU flags, same threads) on the Q4_1 GGUF itself.
+#   - ggml provider vs llama.cpp itself through llama-cpp-python 0.3.36 (built from its
+#     PyPI sdist with native CPU flags; same threads, same 128-token prompt) on the Q4_1
+#     GGUF itself.
 # Peers are installed into the cache (a venv; a llama.cpp build dir), never into the repo.
 #   bench/llm_decode.sh [max_tokens=128] [runs=3]
 set -euo pipefail
@@ -15,9 +16,11 @@ CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
 scripts/setup.sh
 cargo build --release --locked -q -p mlxengine -p mlxengine-llm -p mlxengine-llm-ggml
 VENV=$CACHE/bench-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import mlx_lm" 2>/dev/null; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import mlx_lm, llama_cpp" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" "$VENV/bin/pip" install -q --no-binary llama-cpp-python \
+    "llama-cpp-python==0.3.36"
 fi
 HF=$CACHE/bench/smollm2-135m-instruct-f32
 if [ ! -d "$HF" ]; then
@@ -58,22 +61,33 @@ THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 
 gg=$(target/release/mlxengine bench --model smollm2-135m-instruct --backend ggml --prompt-tokens 128 --max-tokens "$N" --runs "$RUNS" --json)
 gd=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"]["median"])')
 gp=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tps"]["median"])')
-# llama.cpp's own figures: llama-bench from the vendored sources of llama-cpp-sys-2.
-LB=$CACHE/llama.cpp-build/bin/llama-bench
-if [ ! -x "$LB" ]; then
-  SRC=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -1)
-  cmake -S "$SRC" -B "$CACHE/llama.cpp-build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF >/dev/null
-  cmake --build "$CACHE/llama.cpp-build" --target llama-bench -j "$(nproc)" >/dev/null
-fi
-lb=$("$LB" -m "$GGUF" -p 128 -n "$N" -t "$THREADS" -r "$RUNS" -o json)
-lp=$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_prompt"] > 0][0])')
-ld=$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_gen"] > 0][0])')
+# llama.cpp's own figures, through llama-cpp-python (median of RUNS after a warm-up).
+lc=$("$VENV/bin/python" - "$GGUF" "$N" "$RUNS" "$THREADS" <<'PY'
+import sys, time, statistics
+from llama_cpp import Llama
+path, n, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+words = "the river carried old stories past quiet towns where people still remember long summer nights and".split()
+llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+prompt = llm.tokenize(" ".join(words[i % len(words)] for i in range(128)).encode(), add_bos=False)
+def run(m):
+    llm.reset()
+    t0 = time.perf_counter(); llm.eval(prompt); t1 = time.perf_counter()
+    for i in range(m):
+        tok = llm.sample(temp=0.0)
+        llm.eval([tok])
+    t2 = time.perf_counter()
+    return len(prompt) / (t1 - t0), m / (t2 - t1)
+run(8)
+res = [run(n) for _ in range(runs)]
+print(statistics.median(r[1] for r in res), statistics.median(r[0] for r in res))
+PY
+)
+ld=${lc% *}; lp=${lc#* }
 printf '%-28s %12s %12s\n' "" "decode tok/s" "prefill tok/s"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (mlx-llm plugin)" "$od" "$op"
 printf '%-28s %12.1f %12.1f\n' "mlx-lm 0.32.2" "$pd" "$pp"
 printf '%-28s %12.2f %12.2f\n' "ratio MLX provider / mlx-lm" "$(echo "$od / $pd" | bc -l)" "$(echo "$op / $pp" | bc -l)"
 echo "Q4_1 GGUF, $THREADS threads, 128-token prompt:"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (ggml-llm plugin)" "$gd" "$gp"
-printf '%-28s %12.1f %12.1f\n' "llama.cpp llama-bench" "$ld" "$lp"
+printf '%-28s %12.1f %12.1f\n' "llama.cpp (llama-cpp-python)" "$ld" "$lp"
 printf '%-28s %12.2f %12.2f\n' "ratio ggml provider / llama" "$(echo "$gd / $ld" | bc -l)" "$(echo "$gp / $lp" | bc -l)"
