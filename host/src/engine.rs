@@ -10,7 +10,8 @@ use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut};
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
     text::{
-        GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink, TokenSink_TO,
+        GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink,
+        TokenSink_TO,
     },
     DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginError,
     Probe, ProbeRequest,
@@ -429,6 +430,18 @@ impl Engine {
         req: &GenerateRequest,
         on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
     ) -> Result<GenerateResponse, HostError> {
+        let m = self.load_for_generate(id, backend, req)?;
+        self.generate_with(&m, req, &mut ClosureSink(on_event))
+    }
+
+    /// Load (once) the model that will serve `req`, checking that its plugin has the
+    /// features the request needs.
+    pub fn load_for_generate(
+        &self,
+        id: &str,
+        backend: Option<&str>,
+        req: &GenerateRequest,
+    ) -> Result<Arc<LoadedModel>, HostError> {
         let mut needs = Features::NONE;
         if req.stream {
             needs = needs.union(Features::STREAMING);
@@ -437,11 +450,7 @@ impl Engine {
             needs = needs.union(Features::BATCHING);
         }
         let m = self.load_on(id, ModelKind::LLM, needs, backend)?;
-        let missing = needs.missing_from(
-            self.plugins
-                .get(&m.plugin)
-                .map_or(Features::NONE, |p| p.descriptor.features),
-        );
+        let missing = needs.missing_from(self.features_of(&m));
         if missing != Features::NONE {
             return Err(HostError::NoPlugin {
                 id: id.to_owned(),
@@ -452,13 +461,32 @@ impl Engine {
                 ),
             });
         }
-        let mut sink = ClosureSink(on_event);
+        Ok(m)
+    }
+
+    /// Features of the plugin serving a loaded model.
+    pub fn features_of(&self, m: &LoadedModel) -> Features {
+        self.plugins
+            .get(&m.plugin)
+            .map_or(Features::NONE, |p| p.descriptor.features)
+    }
+
+    /// Run a generation call on a loaded model with a full sink (stream events, finished
+    /// sequences, and requests joining the batch when the plugin has
+    /// [`Features::CONTINUOUS_BATCHING`]).
+    pub fn generate_with(
+        &self,
+        m: &LoadedModel,
+        req: &GenerateRequest,
+        sink: &mut dyn GenerateSink,
+    ) -> Result<GenerateResponse, HostError> {
+        let mut sink = AbiSink(sink);
         let sink = TokenSink_TO::from_ptr(RMut::new(&mut sink), TD_Opaque);
         m.model
             .generate(req, sink)
             .into_result()
             .map_err(|error| HostError::Plugin {
-                id: id.to_owned(),
+                id: m.entry.id.clone(),
                 plugin: m.plugin.clone(),
                 error,
             })
@@ -514,14 +542,50 @@ pub fn pin_matches(pin: &str, plugin: &str, backend: &str) -> bool {
     pin == plugin || pin == backend || plugin.starts_with(&family) || backend.starts_with(&family)
 }
 
-/// Adapts a Rust closure to the ABI's `TokenSink`.
+/// The host's side of a generation call: what a plugin streams back, and (continuous
+/// batching) the requests that may join the running batch. See the ABI's `TokenSink`.
+pub trait GenerateSink {
+    /// A stream event; [`StreamControl::Stop`] cancels the event's request.
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl;
+    /// A request to join the running batch, if one waits.
+    fn poll_join(&mut self) -> Option<GenerateRequest> {
+        None
+    }
+    /// Sequence `index` ended with `output`.
+    fn finished(&mut self, _index: u32, _output: &GenerateOutput) {}
+    /// The request last returned by `poll_join` was refused.
+    fn rejected(&mut self, _error: &PluginError) {}
+}
+
+/// Adapts a Rust closure over stream events to a [`GenerateSink`].
 struct ClosureSink<'a>(&'a mut dyn FnMut(&StreamEvent) -> StreamControl);
 
-impl TokenSink for ClosureSink<'_> {
+impl GenerateSink for ClosureSink<'_> {
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl {
+        (self.0)(ev)
+    }
+}
+
+/// Adapts a [`GenerateSink`] to the ABI's `TokenSink`. A panic in the host's callbacks
+/// must not unwind into the plugin: it stops the request instead.
+struct AbiSink<'a>(&'a mut dyn GenerateSink);
+
+fn no_unwind<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+impl TokenSink for AbiSink<'_> {
     fn on_event(&mut self, event: &StreamEvent) -> StreamControl {
-        // A panic in the host's callback must not unwind into the plugin: stop instead.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(event)))
-            .unwrap_or(StreamControl::Stop)
+        no_unwind(StreamControl::Stop, || self.0.event(event))
+    }
+    fn poll_join(&mut self) -> ROption<GenerateRequest> {
+        no_unwind(None, || self.0.poll_join()).into()
+    }
+    fn on_finished(&mut self, index: u32, output: &GenerateOutput) {
+        no_unwind((), || self.0.finished(index, output))
+    }
+    fn on_rejected(&mut self, error: &PluginError) {
+        no_unwind((), || self.0.rejected(error))
     }
 }
 

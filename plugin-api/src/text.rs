@@ -1,5 +1,6 @@
 //! Text generation (`llm`) and vision-language (`vlm`) requests.
 
+use crate::PluginError;
 use abi_stable::{
     sabi_trait,
     sabi_types::RMut,
@@ -147,16 +148,39 @@ pub struct StreamEvent {
 pub enum StreamControl {
     /// Keep generating.
     Continue,
-    /// Stop every sequence of this request and free its cache.
+    /// Stop every sequence of the request this event belongs to (the call's own request,
+    /// or a request that joined it) and free its cache.
     Stop,
 }
 
-/// The host's receiver of streamed events.
+/// The host's receiver of streamed events, and (for providers with
+/// [`Features::CONTINUOUS_BATCHING`](crate::Features::CONTINUOUS_BATCHING)) the source of
+/// requests that join a running batch.
+///
+/// Indices: the call's own inputs are `0..inputs.len()`; the inputs of each joined request
+/// take the next indices, in the order the requests joined.
 #[sabi_trait]
 pub trait TokenSink {
-    /// Called for each event; return [`StreamControl::Stop`] to cancel.
+    /// Called for each event; return [`StreamControl::Stop`] to cancel the event's request.
     #[sabi(last_prefix_field)]
     fn on_event(&mut self, event: &StreamEvent) -> StreamControl;
+
+    /// Between decode steps, a provider with free room asks for another request to join
+    /// the running batch. `None`: nothing waiting. Requests that join are answered only
+    /// through this sink (events, [`on_finished`](Self::on_finished)), never in the
+    /// call's response.
+    fn poll_join(&mut self) -> ROption<GenerateRequest> {
+        ROption::RNone
+    }
+
+    /// A sequence ended (any reason); its whole output. Called for every sequence, the
+    /// call's own included, before the call returns.
+    fn on_finished(&mut self, _index: u32, _output: &GenerateOutput) {}
+
+    /// The request last returned by [`poll_join`](Self::poll_join) was refused (invalid,
+    /// or no room for it now: [`ErrorKind::RESOURCE_EXHAUSTED`](crate::ErrorKind)); it took
+    /// no indices. The provider asks for no more joins during this call.
+    fn on_rejected(&mut self, _error: &PluginError) {}
 }
 
 /// A borrowed [`TokenSink`] crossing the ABI.

@@ -93,9 +93,11 @@ impl Features {
     pub const STREAMING: Self = Self(1 << 7);
     /// Several inputs served together in one call.
     pub const BATCHING: Self = Self(1 << 8);
+    /// Requests can join a running batch between decode steps (`TokenSink::poll_join`).
+    pub const CONTINUOUS_BATCHING: Self = Self(1 << 9);
 
     /// Names used in `registry.toml`, the CLI and `plugins --json`.
-    pub const NAMES: [(&'static str, Self); 9] = [
+    pub const NAMES: [(&'static str, Self); 10] = [
         ("lora_adapters", Self::LORA_ADAPTERS),
         ("quantization", Self::QUANTIZATION),
         ("vision_language", Self::VISION_LANGUAGE),
@@ -105,6 +107,7 @@ impl Features {
         ("multi_modal_input", Self::MULTI_MODAL_INPUT),
         ("streaming", Self::STREAMING),
         ("batching", Self::BATCHING),
+        ("continuous_batching", Self::CONTINUOUS_BATCHING),
     ];
 
     /// Union of two sets.

@@ -20,7 +20,9 @@ use plugin_api::{
     image::{ImageRequest, ImageResponse},
     lora::{AdapterRequest, AdapterResponse},
     quant::{QuantizeReport, QuantizeRequest},
-    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSinkMut},
+    text::{
+        GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSinkMut,
+    },
     ErrorKind, LoadRequest, ModelInfo, PluginDescriptor, PluginError, Probe, ProbeRequest,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,11 +65,12 @@ pub trait LoadedModel: Send + Sync + 'static {
     fn embed(&self, _req: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
         Err(PluginError::unsupported("embeddings"))
     }
-    /// Text generation; `sink` receives stream events and may stop the generation.
+    /// Text generation; `sink` receives stream events (and may stop the generation),
+    /// finished sequences and, for continuous batching, requests that join.
     fn generate(
         &self,
         _req: &GenerateRequest,
-        _sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+        _sink: &mut dyn Sink,
     ) -> Result<GenerateResponse, PluginError> {
         Err(PluginError::unsupported("text generation"))
     }
@@ -78,6 +81,44 @@ pub trait LoadedModel: Send + Sync + 'static {
     /// LoRA adapters.
     fn adapter(&self, _req: &AdapterRequest) -> Result<AdapterResponse, PluginError> {
         Err(PluginError::unsupported("LoRA adapters"))
+    }
+}
+
+/// The plugin's side of the host's `TokenSink`, in plain Rust.
+pub trait Sink {
+    /// A stream event; [`StreamControl::Stop`] cancels the event's request.
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl;
+    /// A request to join the running batch, if one waits (continuous batching).
+    fn poll_join(&mut self) -> Option<GenerateRequest> {
+        None
+    }
+    /// Sequence `index` ended with `output`.
+    fn finished(&mut self, _index: u32, _output: &GenerateOutput) {}
+    /// The last joined request was refused; no more joins this call.
+    fn rejected(&mut self, _error: &PluginError) {}
+}
+
+impl Sink for TokenSinkMut<'_> {
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl {
+        self.on_event(ev)
+    }
+    fn poll_join(&mut self) -> Option<GenerateRequest> {
+        self.poll_join().into_option()
+    }
+    fn finished(&mut self, index: u32, output: &GenerateOutput) {
+        self.on_finished(index, output)
+    }
+    fn rejected(&mut self, error: &PluginError) {
+        self.on_rejected(error)
+    }
+}
+
+/// A [`Sink`] from a closure over stream events (tests, examples, simple hosts).
+pub struct FnSink<F>(pub F);
+
+impl<F: FnMut(&StreamEvent) -> StreamControl> Sink for FnSink<F> {
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl {
+        (self.0)(ev)
     }
 }
 
@@ -111,7 +152,7 @@ impl plugin_api::Model for Guarded {
         req: &GenerateRequest,
         mut sink: TokenSinkMut<'_>,
     ) -> RResult<GenerateResponse, PluginError> {
-        guard(|| self.0.generate(req, &mut |ev| sink.on_event(ev)))
+        guard(|| self.0.generate(req, &mut sink))
     }
     fn generate_image(&self, req: &ImageRequest) -> RResult<ImageResponse, PluginError> {
         guard(|| self.0.generate_image(req))

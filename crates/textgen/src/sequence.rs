@@ -69,6 +69,17 @@ impl SeqOutput {
         }
     }
 
+    /// The output so far (the final one once it stopped running).
+    pub fn output(&self) -> GenerateOutput {
+        GenerateOutput {
+            text: self.text.text().into(),
+            tokens: self.tokens.as_slice().into(),
+            logprobs: self.logprobs.as_slice().into(),
+            finish: self.finish,
+            prompt_tokens: self.prompt_tokens as u32,
+        }
+    }
+
     /// The final output.
     pub fn into_output(self) -> GenerateOutput {
         GenerateOutput {

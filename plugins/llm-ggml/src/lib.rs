@@ -8,7 +8,7 @@
 //! it over MLX on CPU-only machines.
 
 use llama_cpp_2::{
-    context::params::LlamaContextParams,
+    context::{params::LlamaContextParams, LlamaContext},
     llama_backend::LlamaBackend,
     llama_batch::LlamaBatch,
     model::{params::LlamaModelParams, LlamaModel},
@@ -16,18 +16,20 @@ use llama_cpp_2::{
     token::LlamaToken,
 };
 use plugin_api::{
-    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput},
+    text::{
+        FinishReason, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput,
+    },
     ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
     ProbeRequest,
 };
-use plugin_sdk::{LoadedModel, Plugin};
+use plugin_sdk::{LoadedModel, Plugin, Sink};
 use std::{
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
     time::Instant,
 };
-use textgen::{cancel_running, Message, SeqOutput, Timings, Utf8Pieces};
+use textgen::{Message, SeqOutput, Timings, Utf8Pieces};
 
 /// GGUF `general.architecture` values this provider advertises (llama.cpp reads many
 /// more; these are the ones the registry and tests use).
@@ -52,6 +54,12 @@ const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "metal", feature = 
 
 /// Prompt tokens per `decode` call during prefill.
 const PREFILL_CHUNK: usize = 512;
+
+/// Sequences decoded together (llama.cpp sequence ids of the persistent context).
+const MAX_SEQS: usize = 16;
+
+/// Smallest KV cache (tokens over all sequences), so requests can join a running batch.
+const MIN_KV_CELLS: usize = 4096;
 
 fn backend() -> Result<&'static LlamaBackend, PluginError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -126,6 +134,7 @@ impl Plugin for GgmlPlugin {
             formats: plugin_sdk::rstrings(&["gguf"]),
             features: Features::STREAMING
                 .union(Features::BATCHING)
+                .union(Features::CONTINUOUS_BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
                 .union(Features::QUANTIZATION),
         }
@@ -221,9 +230,19 @@ impl Plugin for GgmlPlugin {
             add_bos,
             extra_eos,
             threads: physical_cores() as i32,
-            model: Mutex::new(model),
+            ctx: Mutex::new(None),
+            model: Box::new(model),
         }))
     }
+}
+
+/// The persistent llama.cpp context (its KV cache is shared by the sequences of a call).
+struct Ctx {
+    ctx: LlamaContext<'static>,
+    /// KV cells (tokens, over all sequences).
+    cells: usize,
+    /// Sequence ids.
+    seqs: usize,
 }
 
 struct GgmlModel {
@@ -236,17 +255,38 @@ struct GgmlModel {
     add_bos: bool,
     extra_eos: Vec<LlamaToken>,
     threads: i32,
-    model: Mutex<LlamaModel>,
+    /// Declared before `model`, which it borrows: dropped first.
+    ctx: Mutex<Option<Ctx>>,
+    /// Boxed so its address is stable for the context's borrow.
+    model: Box<LlamaModel>,
 }
 
+/// One sequence of a call: the call's own inputs and those of joined requests.
 struct Seq {
+    /// Index in events (own inputs first, then joined ones in joining order).
+    index: u32,
+    /// Request it belongs to (0: the call's own).
+    group: usize,
+    /// llama.cpp sequence id.
+    slot: i32,
     prompt: Vec<LlamaToken>,
+    /// Prompt tokens decoded so far.
+    fed: usize,
+    /// Position of the next token.
     pos: i32,
+    /// KV cells reserved (prompt + max tokens, capped by the context).
+    cells: usize,
     pieces: Utf8Pieces,
     sampler: LlamaSampler,
-    /// Index of this sequence's logits in the last decoded batch.
-    logits_at: i32,
+    /// Index of this sequence's logits in the batch just decoded.
+    logits_at: Option<i32>,
     out: SeqOutput,
+}
+
+/// A request served by a call: its own, or one that joined.
+struct Group {
+    req: GenerateRequest,
+    stops: Vec<String>,
 }
 
 fn sampler(req: &GenerateRequest, n_vocab: i32, row: u64, fallback: u64) -> LlamaSampler {
@@ -353,9 +393,121 @@ impl GgmlModel {
     }
 }
 
+impl GgmlModel {
+    /// Validate and tokenize `req`: its prompts and the KV cells it needs (prompt plus
+    /// max tokens per input, capped by the context length).
+    fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<Vec<LlamaToken>>, usize), PluginError> {
+        let bad = |msg: String| err(ErrorKind::INVALID_REQUEST, &self.id, msg);
+        if req.inputs.is_empty() {
+            return Err(bad("the request has no inputs".into()));
+        }
+        if req.max_tokens == 0 {
+            return Err(bad("max_tokens must be at least 1".into()));
+        }
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let prompts = req
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| self.prompt_tokens(&self.model, inp, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.len() >= ctx_train {
+                return Err(bad(format!(
+                    "input #{i}: the prompt has {} tokens, the model's context is {ctx_train}",
+                    p.len()
+                )));
+            }
+        }
+        let need = prompts
+            .iter()
+            .map(|p| (p.len() + req.max_tokens as usize).min(ctx_train))
+            .sum();
+        Ok((prompts, need))
+    }
+
+    /// The sequences of `req` (group `group`, indices from `base`, slots taken from `free`).
+    fn sequences(
+        &self,
+        req: &GenerateRequest,
+        prompts: Vec<Vec<LlamaToken>>,
+        group: usize,
+        base: u32,
+        free: &mut Vec<i32>,
+        seed: u64,
+    ) -> Vec<Seq> {
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let n_vocab = self.model.n_vocab();
+        prompts
+            .into_iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let mut sampler = sampler(req, n_vocab, i as u64, seed);
+                sampler.accept_many(prompt.iter());
+                Seq {
+                    index: base + i as u32,
+                    group,
+                    slot: free.pop().expect("the caller checked for free slots"),
+                    cells: (prompt.len() + req.max_tokens as usize).min(ctx_train),
+                    fed: 0,
+                    pos: 0,
+                    out: SeqOutput::new(prompt.len()),
+                    prompt,
+                    pieces: Utf8Pieces::default(),
+                    sampler,
+                    logits_at: None,
+                }
+            })
+            .collect()
+    }
+
+    /// The persistent context, (re)created when it has fewer than `cells` KV cells or
+    /// `seqs` sequence ids; its KV cache cleared.
+    fn context<'a>(
+        &self,
+        slot: &'a mut Option<Ctx>,
+        cells: usize,
+        seqs: usize,
+    ) -> Result<&'a mut Ctx, PluginError> {
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.cells < cells || c.seqs < seqs)
+        {
+            *slot = None; // free the old KV cache first
+        }
+        if slot.is_none() {
+            let cells = cells.max(MIN_KV_CELLS).div_ceil(256) * 256;
+            let seqs = seqs.max(MAX_SEQS);
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(cells as u32))
+                .with_n_batch((PREFILL_CHUNK + seqs) as u32)
+                .with_n_ubatch((PREFILL_CHUNK + seqs) as u32)
+                .with_n_seq_max(seqs as u32)
+                .with_kv_unified(true)
+                .with_n_threads(self.threads)
+                .with_n_threads_batch(self.threads);
+            let model: &LlamaModel = &self.model;
+            // SAFETY: the context borrows the boxed model, which never moves and outlives
+            // it: `ctx` is declared before `model` in `GgmlModel`, so it is dropped first.
+            let model: &'static LlamaModel = unsafe { &*(model as *const LlamaModel) };
+            let ctx = model.new_context(backend()?, params).map_err(|e| {
+                err(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    &self.id,
+                    format!("llama.cpp context of {cells} cells: {e}"),
+                )
+            })?;
+            *slot = Some(Ctx { ctx, cells, seqs });
+        }
+        let c = slot.as_mut().expect("set above");
+        c.ctx.clear_kv_cache();
+        Ok(c)
+    }
+}
+
 impl LoadedModel for GgmlModel {
     fn info(&self) -> ModelInfo {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let m = &self.model;
         ModelInfo {
             id: self.id.as_str().into(),
             kind: ModelKind::LLM,
@@ -372,116 +524,126 @@ impl LoadedModel for GgmlModel {
     fn generate(
         &self,
         req: &GenerateRequest,
-        sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+        sink: &mut dyn Sink,
     ) -> Result<GenerateResponse, PluginError> {
         let started = Instant::now();
-        let bad = |msg: String| err(ErrorKind::INVALID_REQUEST, &self.id, msg);
-        if req.inputs.is_empty() {
-            return Err(bad("the request has no inputs".into()));
-        }
-        if req.max_tokens == 0 {
-            return Err(bad("max_tokens must be at least 1".into()));
-        }
-        let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        let ctx_train = model.n_ctx_train() as usize;
-        let prompts = req
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, inp)| self.prompt_tokens(&model, inp, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, p) in prompts.iter().enumerate() {
-            if p.len() >= ctx_train {
-                return Err(bad(format!(
-                    "input #{i}: the prompt has {} tokens, the model's context is {ctx_train}",
-                    p.len()
-                )));
-            }
-        }
-        let b = prompts.len();
-        let per_seq = prompts
-            .iter()
-            .map(|p| (p.len() + req.max_tokens as usize).min(ctx_train))
-            .max()
-            .unwrap_or(1);
-        let per_seq = per_seq.div_ceil(256) * 256;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new((per_seq * b) as u32))
-            .with_n_batch(PREFILL_CHUNK as u32)
-            .with_n_ubatch(PREFILL_CHUNK as u32)
-            .with_n_seq_max(b as u32)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let mut ctx = model.new_context(backend()?, params).map_err(|e| {
-            err(
-                ErrorKind::RESOURCE_EXHAUSTED,
-                &self.id,
-                format!("llama.cpp context: {e}"),
-            )
-        })?;
-        let vocab = model.vocab();
-        let n_vocab = model.n_vocab();
-        let stops: Vec<String> = req
-            .stop
-            .iter()
-            .map(|s| s.to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let fallback_seed = started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
-        let mut seqs: Vec<Seq> = prompts
-            .into_iter()
-            .enumerate()
-            .map(|(i, prompt)| {
-                let mut s = sampler(req, n_vocab, i as u64, fallback_seed);
-                s.accept_many(prompt.iter());
-                Seq {
-                    pos: 0,
-                    out: SeqOutput::new(prompt.len()),
-                    prompt,
-                    pieces: Utf8Pieces::default(),
-                    sampler: s,
-                    logits_at: 0,
-                }
-            })
-            .collect();
-
-        // Prefill each sequence; its logits for the next token are sampled right after.
-        let mut batch = LlamaBatch::new(PREFILL_CHUNK.max(b), b as i32);
+        let seed = started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let (prompts, need) = self.prepare(req)?;
+        let own = prompts.len();
+        let mut guard = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = self.context(&mut guard, need, own)?;
+        let mut free: Vec<i32> = (0..ctx.seqs as i32).rev().collect();
+        let mut live = self.sequences(req, prompts, 0, 0, &mut free, seed);
+        let mut cells_free = ctx.cells - need;
+        let ctx = &mut ctx.ctx;
+        let stops_of = |r: &GenerateRequest| -> Vec<String> {
+            r.stop
+                .iter()
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let mut groups = vec![Group {
+            req: req.clone(),
+            stops: stops_of(req),
+        }];
+        let mut next_index = own as u32;
+        let mut done: Vec<Seq> = Vec::with_capacity(own);
+        let mut joins_open = true;
+        let vocab = self.model.vocab();
+        let mut batch = LlamaBatch::new(PREFILL_CHUNK + MAX_SEQS.max(own), 1);
         let prefill_start = Instant::now();
-        let mut first: Vec<Option<(LlamaToken, Option<f32>)>> = vec![None; b];
-        for (i, seq) in seqs.iter_mut().enumerate() {
-            let n = seq.prompt.len();
-            for (c, chunk) in seq.prompt.chunks(PREFILL_CHUNK).enumerate() {
-                batch.clear();
-                for (j, t) in chunk.iter().enumerate() {
-                    let pos = c * PREFILL_CHUNK + j;
+        let mut first_token_at: Option<Instant> = None;
+
+        loop {
+            // Requests waiting at the host join while there is room.
+            while joins_open && !free.is_empty() {
+                let Some(joined) = sink.poll_join() else {
+                    break;
+                };
+                let group = groups.len();
+                let admitted = self.prepare(&joined).and_then(|(prompts, need)| {
+                    if prompts.len() > free.len() || need > cells_free {
+                        return Err(err(
+                            ErrorKind::RESOURCE_EXHAUSTED,
+                            &self.id,
+                            format!(
+                                "no room in the running batch: needs {} sequence(s) and {need} KV cells; {} and {cells_free} free",
+                                prompts.len(),
+                                free.len()
+                            ),
+                        ));
+                    }
+                    cells_free -= need;
+                    Ok(self.sequences(&joined, prompts, group, next_index, &mut free, seed))
+                });
+                match admitted {
+                    Ok(seqs) => {
+                        next_index += seqs.len() as u32;
+                        live.extend(seqs);
+                        groups.push(Group {
+                            stops: stops_of(&joined),
+                            req: joined,
+                        });
+                    }
+                    Err(e) => {
+                        sink.rejected(&e);
+                        joins_open = false;
+                    }
+                }
+            }
+            if live.is_empty() {
+                break;
+            }
+
+            // One decode call: the next token of every generating sequence, then prompt
+            // chunks of the sequences still reading their prompt.
+            batch.clear();
+            for seq in live.iter_mut().filter(|s| s.fed == s.prompt.len()) {
+                let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
+                seq.logits_at = Some(batch.n_tokens());
+                batch
+                    .add(last, seq.pos, &[seq.slot], true)
+                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
+                seq.pos += 1;
+            }
+            let mut budget = PREFILL_CHUNK;
+            for seq in live.iter_mut().filter(|s| s.fed < s.prompt.len()) {
+                let take = budget.min(seq.prompt.len() - seq.fed);
+                if take == 0 {
+                    break;
+                }
+                for j in seq.fed..seq.fed + take {
+                    let end = j + 1 == seq.prompt.len();
+                    if end {
+                        seq.logits_at = Some(batch.n_tokens());
+                    }
                     batch
-                        .add(*t, pos as i32, &[i as i32], pos == n - 1)
+                        .add(seq.prompt[j], j as i32, &[seq.slot], end)
                         .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
                 }
-                ctx.decode(&mut batch)
-                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+                seq.fed += take;
+                seq.pos = seq.fed as i32;
+                budget -= take;
             }
-            seq.pos = n as i32;
-            seq.logits_at = batch.n_tokens() - 1;
-            let tok = seq.sampler.sample(&ctx, seq.logits_at);
-            let lp = req
-                .logprobs
-                .then(|| log_softmax_at(ctx.get_logits_ith(seq.logits_at), tok.0 as usize));
-            first[i] = Some((tok, lp));
-        }
-        let prefill_s = prefill_start.elapsed().as_secs_f64();
-        let first_token_at = Instant::now();
-        let mut pending = first;
-        let mut cancelled = false;
-        loop {
-            // Account the tokens sampled in the previous step.
-            for (row, seq) in seqs.iter_mut().enumerate() {
-                let Some((tok, logprob)) = pending[row].take() else {
+            ctx.decode(&mut batch)
+                .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+
+            // Sample, account and stream each sequence that produced logits.
+            let mut stop_groups: Vec<usize> = Vec::new();
+            for seq in live.iter_mut() {
+                let Some(at) = seq.logits_at.take() else {
                     continue;
                 };
+                let g = &groups[seq.group];
+                let tok = seq.sampler.sample(ctx, at);
+                let logprob = g
+                    .req
+                    .logprobs
+                    .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
                 let eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
-                let last = seq.out.tokens.len() + 1 >= req.max_tokens as usize
+                let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
                     || seq.pos as usize + 1 >= ctx_train;
                 let mut text = if eos {
                     String::new()
@@ -491,60 +653,76 @@ impl LoadedModel for GgmlModel {
                 if eos || last {
                     text.push_str(&seq.pieces.flush());
                 }
-                let ev = seq
-                    .out
-                    .accept(row, tok.0 as u32, logprob, &text, eos, last, &stops);
-                if req.stream && sink(&ev) == StreamControl::Stop {
-                    cancelled = true;
-                    break;
+                let ev = seq.out.accept(
+                    seq.index as usize,
+                    tok.0 as u32,
+                    logprob,
+                    &text,
+                    eos,
+                    last,
+                    &g.stops,
+                );
+                if g.req.stream && sink.event(&ev) == StreamControl::Stop {
+                    stop_groups.push(seq.group);
                 }
             }
-            if cancelled {
-                cancel_running(seqs.iter_mut().map(|s| &mut s.out), sink);
-                break;
+            if first_token_at.is_none()
+                && live
+                    .iter()
+                    .chain(&done)
+                    .filter(|s| s.group == 0)
+                    .all(|s| !s.out.tokens.is_empty())
+            {
+                first_token_at = Some(Instant::now());
             }
-            if seqs.iter().all(|s| !s.out.running()) {
-                break;
+            // Cancel the requests whose sink said stop.
+            for seq in live.iter_mut() {
+                if stop_groups.contains(&seq.group) && seq.out.running() {
+                    seq.out.finish = FinishReason::CANCELLED;
+                    let ev = StreamEvent {
+                        index: seq.index,
+                        token: seq.out.tokens.last().copied().unwrap_or(0),
+                        text: "".into(),
+                        logprob: 0.0,
+                        finish: FinishReason::CANCELLED,
+                    };
+                    let _ = sink.event(&ev);
+                }
             }
-            // One decode step for every running sequence.
-            batch.clear();
-            for (row, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| s.out.running()) {
-                let last = LlamaToken(
-                    *seq.out
-                        .tokens
-                        .last()
-                        .expect("running sequences have a token") as i32,
-                );
-                seq.logits_at = batch.n_tokens();
-                batch
-                    .add(last, seq.pos, &[row as i32], true)
-                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
-                seq.pos += 1;
+            // Retire finished sequences: report them, free their slot and KV cells.
+            let mut i = 0;
+            while i < live.len() {
+                if live[i].out.running() {
+                    i += 1;
+                    continue;
+                }
+                let seq = live.swap_remove(i);
+                sink.finished(seq.index, &seq.out.output());
+                let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
+                free.push(seq.slot);
+                cells_free += seq.cells;
+                if seq.group == 0 {
+                    done.push(seq);
+                }
             }
-            ctx.decode(&mut batch)
-                .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
-            for (row, seq) in seqs.iter_mut().enumerate().filter(|(_, s)| s.out.running()) {
-                let tok = seq.sampler.sample(&ctx, seq.logits_at);
-                let lp = req
-                    .logprobs
-                    .then(|| log_softmax_at(ctx.get_logits_ith(seq.logits_at), tok.0 as usize));
-                pending[row] = Some((tok, lp));
-            }
+            // Keep the batch order stable (by index) so results do not depend on retirements.
+            live.sort_by_key(|s| s.index);
         }
-        drop(ctx);
-        let done = Instant::now();
+        let done_at = Instant::now();
+        let first_token = first_token_at.unwrap_or(done_at);
         let timings = Timings {
             started,
-            prefill_s,
-            first_token: first_token_at,
-            done,
+            prefill_s: first_token.duration_since(prefill_start).as_secs_f64(),
+            first_token,
+            done: done_at,
         };
+        done.sort_by_key(|s| s.index);
         let stats = textgen::stats(
-            &seqs.iter().map(|s| &s.out).collect::<Vec<_>>(),
+            &done.iter().map(|s| &s.out).collect::<Vec<_>>(),
             &timings,
             peak_rss(),
         );
-        let outputs = seqs.into_iter().map(|s| s.out.into_output()).collect();
+        let outputs = done.into_iter().map(|s| s.out.into_output()).collect();
         Ok(GenerateResponse { outputs, stats })
     }
 }

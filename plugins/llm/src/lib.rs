@@ -18,7 +18,7 @@ pub use loader::{LoadOptions, Loaded};
 use mlx_common::{dtype_name, mlx_backend, parse_dtype};
 use mlx_rs::Dtype;
 use plugin_api::{
-    text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent},
+    text::{GenerateRequest, GenerateResponse},
     ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
     ProbeRequest,
 };
@@ -192,14 +192,21 @@ impl LoadedModel for LlmModel {
     fn generate(
         &self,
         req: &GenerateRequest,
-        sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+        sink: &mut dyn plugin_sdk::Sink,
     ) -> Result<GenerateResponse, PluginError> {
         let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        generate::generate(&m, self.system_prompt.as_deref(), req, sink).map_err(|e| {
+        let resp = generate::generate(&m, self.system_prompt.as_deref(), req, &mut |ev| {
+            sink.event(ev)
+        })
+        .map_err(|e| {
             let mut p = PluginError::from(e);
             p.message = format!("model `{}`: {}", self.id, p.message).into();
             p
-        })
+        })?;
+        for (i, out) in resp.outputs.iter().enumerate() {
+            sink.finished(i as u32, out);
+        }
+        Ok(resp)
     }
 }
 
