@@ -402,6 +402,19 @@ impl Engine {
         Ok(map.entry(key).or_insert(loaded).clone())
     }
 
+    /// Keys of the loaded models (`id`, or `id@backend` when loaded on a pinned backend).
+    pub fn loaded_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Drop the engine's reference to a loaded model (freed once no request uses it).
     pub fn unload(&self, id: &str) -> bool {
         self.loaded

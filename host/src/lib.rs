@@ -8,6 +8,7 @@ pub mod device;
 pub mod engine;
 pub mod plugins;
 pub mod registry;
+pub mod server;
 
 pub use engine::{Candidate, Engine, HostError, LoadedModel};
 pub use plugins::{PluginHandle, PluginSet};

@@ -80,6 +80,42 @@ enum Command {
     Add(AddArgs),
     /// Remove a model from your runtime registry.
     Remove { model: String },
+    /// Serve the registry's models over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to bind; 127.0.0.1 serves this machine only.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "MLXENGINE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Load these models before accepting requests (`default` = the default LLM).
+    #[arg(long, value_delimiter = ',')]
+    preload: Vec<String>,
+    /// Requests waiting per model before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Seconds a request may take, queueing included.
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_body_mb: usize,
+    /// Unload models unused for this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    idle_unload: u64,
+    /// Seconds in-flight requests may run on after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    shutdown_timeout: u64,
+    /// max_tokens for requests that set none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: u32,
 }
 
 #[derive(Args)]
@@ -299,6 +335,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
+        Command::Serve(a) => mlxengine::server::serve(
+            engine(&cli)?,
+            mlxengine::server::ServeOptions {
+                host: a.host.clone(),
+                port: a.port,
+                api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+                preload: a.preload.clone(),
+                max_queue: a.max_queue,
+                request_timeout: std::time::Duration::from_secs(a.request_timeout),
+                max_body: a.max_body_mb << 20,
+                idle_unload: (a.idle_unload > 0)
+                    .then(|| std::time::Duration::from_secs(a.idle_unload)),
+                shutdown_timeout: std::time::Duration::from_secs(a.shutdown_timeout),
+                default_max_tokens: a.default_max_tokens,
+            },
+        ),
     }
 }
 

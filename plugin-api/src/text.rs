@@ -177,9 +177,10 @@ pub trait TokenSink {
     /// call's own included, before the call returns.
     fn on_finished(&mut self, _index: u32, _output: &GenerateOutput) {}
 
-    /// The request last returned by [`poll_join`](Self::poll_join) was refused (invalid,
-    /// or no room for it now: [`ErrorKind::RESOURCE_EXHAUSTED`](crate::ErrorKind)); it took
-    /// no indices. The provider asks for no more joins during this call.
+    /// The request last returned by [`poll_join`](Self::poll_join) was refused; it took no
+    /// indices. With [`ErrorKind::RESOURCE_EXHAUSTED`](crate::ErrorKind) (no room now) the
+    /// host keeps it first in line and the provider asks again only after a sequence
+    /// ends; with any other kind the request is invalid and the host answers it.
     fn on_rejected(&mut self, _error: &PluginError) {}
 }
 

@@ -94,7 +94,8 @@ pub trait Sink {
     }
     /// Sequence `index` ended with `output`.
     fn finished(&mut self, _index: u32, _output: &GenerateOutput) {}
-    /// The last joined request was refused; no more joins this call.
+    /// The last joined request was refused (`RESOURCE_EXHAUSTED`: ask again only after a
+    /// sequence ends).
     fn rejected(&mut self, _error: &PluginError) {}
 }
 

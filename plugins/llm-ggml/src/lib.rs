@@ -588,8 +588,9 @@ impl LoadedModel for GgmlModel {
                         });
                     }
                     Err(e) => {
+                        // No room: ask again once a sequence retires.
+                        joins_open = e.kind != ErrorKind::RESOURCE_EXHAUSTED;
                         sink.rejected(&e);
-                        joins_open = false;
                     }
                 }
             }
@@ -701,6 +702,7 @@ impl LoadedModel for GgmlModel {
                 let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
                 free.push(seq.slot);
                 cells_free += seq.cells;
+                joins_open = true;
                 if seq.group == 0 {
                     done.push(seq);
                 }

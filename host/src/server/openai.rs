@@ -1,0 +1,535 @@
+//! OpenAI's wire format: request bodies, errors, and their mapping onto plugin-api
+//! requests.
+
+use crate::engine::HostError;
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use plugin_api::{
+    text::{ChatMessage, GenerateRequest, SamplingParams, TextInput},
+    ErrorKind, PluginError,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// OpenAI error type (`invalid_request_error`, `server_error`, ...).
+    pub kind: &'static str,
+    /// Machine-readable code (`model_not_found`, ...).
+    pub code: Option<&'static str>,
+    /// The request field at fault.
+    pub param: Option<String>,
+    /// Seconds for the `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            code: None,
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400, naming the field.
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            message.into(),
+        );
+        if !param.is_empty() {
+            e.param = Some(param.to_owned());
+        }
+        e
+    }
+
+    /// 404 for an unknown model.
+    pub fn model_not_found(id: &str, known: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{id}` does not exist (registered: {known})"),
+        );
+        e.code = Some("model_not_found");
+        e.param = Some("model".into());
+        e
+    }
+
+    /// 429: the model's queue is full.
+    pub fn queue_full(model: &str, max: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("model `{model}` has {max} requests waiting already; retry later"),
+        );
+        e.code = Some("queue_full");
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 503 while shutting down or not ready.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message);
+        e.retry_after = Some(5);
+        e
+    }
+
+    /// 408: the request's time ran out.
+    pub fn timeout() -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            "the request ran past its time limit (--request-timeout) and was cancelled",
+        );
+        e.code = Some("timeout");
+        e
+    }
+
+    /// 500.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// 401.
+    pub fn unauthorized() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "missing or wrong API key: send `Authorization: Bearer <key>`",
+        );
+        e.code = Some("invalid_api_key");
+        e
+    }
+
+    /// 404 for an unknown path.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no endpoint {method} {path}"),
+        )
+    }
+
+    /// From a plugin's error for `model`.
+    pub fn from_plugin(model: &str, e: &PluginError) -> Self {
+        let msg = format!("model `{model}`: {}", e.message);
+        match e.kind {
+            ErrorKind::INVALID_REQUEST => {
+                let mut err = Self::invalid("", msg);
+                if e.message.contains("context is") {
+                    err.code = Some("context_length_exceeded");
+                    err.param = Some("messages".into());
+                }
+                err
+            }
+            ErrorKind::UNSUPPORTED => Self::invalid("", msg),
+            ErrorKind::NOT_FOUND => Self::new(StatusCode::NOT_FOUND, "invalid_request_error", msg),
+            ErrorKind::RESOURCE_EXHAUSTED => Self::unavailable(msg),
+            _ => Self::internal(msg),
+        }
+    }
+
+    /// From a host error.
+    pub fn from_host(e: &HostError) -> Self {
+        match e {
+            HostError::UnknownModel { id, known } => Self::model_not_found(id, known),
+            HostError::WrongKind { .. } | HostError::NoPlugin { .. } => {
+                Self::invalid("model", e.to_string())
+            }
+            HostError::NotLocal { .. } => Self::unavailable(e.to_string()),
+            HostError::Plugin { id, error, .. } => Self::from_plugin(id, error),
+            _ => Self::internal(e.to_string()),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+/// Parse a JSON body into `T`, naming the field at fault.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
+    from_value(v, "")
+}
+
+/// Deserialize `v` (found at `prefix` in the body) into `T`, naming the field at fault.
+fn from_value<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let param = match (prefix, path.as_str()) {
+            (p, ".") => p.to_owned(),
+            ("", q) => q.to_owned(),
+            (p, q) if q.starts_with('[') => format!("{p}{q}"),
+            (p, q) => format!("{p}.{q}"),
+        };
+        let inner = e.into_inner();
+        let msg = if param.is_empty() {
+            format!("bad request body: {inner}")
+        } else {
+            format!("field `{param}`: {inner}")
+        };
+        ApiError::invalid(&param, msg)
+    })
+}
+
+/// Split a JSON object body into one required field (`field`) and the [`Common`]
+/// parameters, each parsed with the path of a bad field in its error.
+fn split<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    field: &str,
+) -> Result<(T, Common), ApiError> {
+    let mut v: Value = parse(body)?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::invalid("", "the body must be a JSON object"))?;
+    let inner = obj
+        .remove(field)
+        .ok_or_else(|| ApiError::invalid(field, format!("missing field `{field}`")))?;
+    Ok((from_value(inner, field)?, from_value(v, "")?))
+}
+
+/// `stop`: one string or a list.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string, or a list of typed parts.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One content part.
+#[derive(Deserialize, Debug)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// One chat message.
+#[derive(Deserialize, Debug)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// `stream_options`.
+#[derive(Deserialize, Debug, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Parameters shared by chat and text completions.
+#[derive(Deserialize, Debug, Default)]
+pub struct Common {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub stop: Option<Stop>,
+    pub seed: Option<u64>,
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logprobs: Option<Value>,
+    pub top_logprobs: Option<u32>,
+    /// Extensions (llama.cpp / vLLM names).
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// Not supported: refused when set.
+    pub tools: Option<Value>,
+    pub logit_bias: Option<Value>,
+    pub best_of: Option<u32>,
+    #[serde(default)]
+    pub echo: bool,
+    pub suffix: Option<String>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub common: Common,
+}
+
+impl ChatRequest {
+    /// Parse a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let (messages, common) = split(body, "messages")?;
+        Ok(Self { messages, common })
+    }
+}
+
+/// `prompt` of a text completion.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<Value>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub common: Common,
+}
+
+impl CompletionRequest {
+    /// Parse a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let (prompt, common) = split(body, "prompt")?;
+        Ok(Self { prompt, common })
+    }
+}
+
+/// `input` of an embedding request.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+    Tokens(Vec<Value>),
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Deserialize, Debug)]
+pub struct EmbeddingRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub input: EmbedInput,
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<u32>,
+}
+
+/// `POST /v1/models/load` and `/v1/models/unload`.
+#[derive(Deserialize, Debug)]
+pub struct ModelAction {
+    pub model: String,
+}
+
+/// Most choices (`n`) per request.
+pub const MAX_N: u32 = 16;
+
+impl Common {
+    /// Whether per-token log-probabilities were asked for.
+    pub fn wants_logprobs(&self) -> bool {
+        match &self.logprobs {
+            Some(Value::Bool(b)) => *b,
+            // Completions: `logprobs: N` (the chosen token's is always given; no alternatives).
+            Some(Value::Number(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// The plugin-api request for `inputs` (each repeated `n` times), checking every
+    /// field. `default_max_tokens` applies when the client sets no limit.
+    pub fn to_request(
+        &self,
+        inputs: Vec<TextInput>,
+        default_max_tokens: u32,
+    ) -> Result<GenerateRequest, ApiError> {
+        let refuse = |param: &str, what: &str| {
+            Err(ApiError::invalid(
+                param,
+                format!("`{param}` is not supported by this server ({what})"),
+            ))
+        };
+        if self.tools.is_some() {
+            return refuse("tools", "no tool calling yet");
+        }
+        if self.logit_bias.as_ref().is_some_and(|v| !v.is_null()) {
+            return refuse("logit_bias", "not implemented");
+        }
+        if self.best_of.unwrap_or(1) != 1 {
+            return refuse("best_of", "only 1");
+        }
+        if self.echo {
+            return refuse("echo", "prompts are not echoed");
+        }
+        if self.suffix.is_some() {
+            return refuse("suffix", "no fill-in-the-middle");
+        }
+        if self.top_logprobs.unwrap_or(0) > 0 {
+            return refuse("top_logprobs", "only the chosen token's log-probability");
+        }
+        let n = self.n.unwrap_or(1);
+        if n == 0 || n > MAX_N {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N} (got {n})"),
+            ));
+        }
+        let range = |param: &str, v: Option<f32>, lo: f32, hi: f32| match v {
+            Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be between {lo} and {hi} (got {x})"),
+            )),
+            _ => Ok(()),
+        };
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        range("min_p", self.min_p, 0.0, 1.0)?;
+        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        range("repetition_penalty", self.repetition_penalty, 0.0, 10.0)?;
+        let max_tokens = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .unwrap_or(default_max_tokens);
+        if max_tokens == 0 {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "`max_tokens` must be at least 1",
+            ));
+        }
+        let stop: Vec<String> = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 {
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` takes at most 4 sequences",
+            ));
+        }
+        let mut all = Vec::with_capacity(inputs.len() * n as usize);
+        for input in inputs {
+            for _ in 0..n {
+                all.push(input.clone());
+            }
+        }
+        Ok(GenerateRequest {
+            inputs: all.into(),
+            sampling: SamplingParams {
+                // OpenAI's default temperature is 1.
+                temperature: self.temperature.unwrap_or(1.0),
+                top_k: self.top_k.unwrap_or(0),
+                top_p: self.top_p.unwrap_or(1.0),
+                min_p: self.min_p.unwrap_or(0.0),
+                repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+                presence_penalty: self.presence_penalty.unwrap_or(0.0),
+                frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+                seed: self.seed.into(),
+            },
+            max_tokens,
+            stop: stop.into_iter().map(Into::into).collect(),
+            logprobs: self.wants_logprobs(),
+            stream: true,
+            adapter: None.into(),
+            options: "".into(),
+        })
+    }
+}
+
+/// Chat messages as plugin-api messages. Image parts need a vision-language model
+/// (`vlm_ok`); anything else that is not text is refused, naming the part.
+pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>, ApiError> {
+    if msgs.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must hold at least one message",
+        ));
+    }
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                r @ ("system" | "user" | "assistant" | "tool") => r,
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        format!("unknown role `{other}` (system, developer, user, assistant, tool)"),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        let param = format!("messages[{i}].content[{j}]");
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            ("text", None) => {
+                                return Err(ApiError::invalid(
+                                    &param,
+                                    "a text part needs `text`",
+                                ))
+                            }
+                            ("image_url" | "input_image", _) if !vlm_ok => {
+                                return Err(ApiError::invalid(
+                                    &param,
+                                    "image content parts need a vision-language (vlm) model; this model reads text only",
+                                ))
+                            }
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    &param,
+                                    format!("content parts of type `{kind}` are not supported"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage {
+                role: role.into(),
+                content: content.into(),
+                images: Default::default(),
+            })
+        })
+        .collect()
+}

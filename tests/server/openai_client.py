@@ -1,0 +1,380 @@
+"""Drive `mlxengine serve` with the official `openai` client (and raw HTTP where the
+client hides what is checked). Run by tests/server.rs:
+
+    python openai_client.py SCENARIO BASE_URL [ARGS...]
+
+Each scenario asserts what it checks and prints one JSON line of results that the Rust
+test compares with the CLI. A failed check exits non-zero with the reason.
+"""
+
+import base64
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+SCENARIO, BASE = sys.argv[1], sys.argv[2].rstrip("/")
+ARGS = sys.argv[3:]
+KEY = os.environ.get("MLXENGINE_TEST_KEY", "none")
+client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
+LLM = "smollm2-135m-instruct"
+QUESTION = "What is the capital of France?"
+
+
+def http(method, path, body=None, headers=None, raw=None):
+    """(status, headers, parsed JSON or text) of one request, errors included."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    h = {"content-type": "application/json"}
+    h.update(headers or {})
+    req = urllib.request.Request(BASE + path, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            status, hdrs, text = r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, hdrs, text = e.code, dict(e.headers), e.read().decode()
+    try:
+        return status, hdrs, json.loads(text)
+    except ValueError:
+        return status, hdrs, text
+
+
+def metrics():
+    status, _, text = http("GET", "/metrics")
+    assert status == 200, status
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    return fams
+
+
+def sample(fams, family, sample_name=None, **labels):
+    f = fams.get(family)
+    if f is None:
+        return 0.0
+    total = 0.0
+    for s in f.samples:
+        if sample_name and s.name != sample_name:
+            continue
+        if all(s.labels.get(k) == v for k, v in labels.items()):
+            total += s.value
+    return total
+
+
+def chat_stream(messages, **kw):
+    stream = client.chat.completions.create(model=LLM, messages=messages, stream=True, **kw)
+    text, finish, usage, roles = "", None, None, 0
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.role:
+                roles += 1
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    return text, finish, usage, roles
+
+
+def scenario_api():
+    msgs = [{"role": "user", "content": QUESTION}]
+    r = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, seed=7, max_tokens=24)
+    assert r.object == "chat.completion" and r.model == LLM, r
+    c = r.choices[0]
+    assert c.message.role == "assistant" and c.finish_reason in ("stop", "length"), c
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    text, finish, usage, roles = chat_stream(
+        msgs, temperature=0, seed=7, max_tokens=24, stream_options={"include_usage": True}
+    )
+    assert text == c.message.content, (text, c.message.content)
+    assert finish == c.finish_reason and roles == 1, (finish, roles)
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+    # n > 1 with a seed: n choices, each reproducible.
+    rn = client.chat.completions.create(model=LLM, messages=msgs, temperature=0.8, seed=3, n=3, max_tokens=12)
+    assert [ch.index for ch in rn.choices] == [0, 1, 2]
+    rn2 = client.chat.completions.create(model=LLM, messages=msgs, temperature=0.8, seed=3, n=3, max_tokens=12)
+    assert [ch.message.content for ch in rn.choices] == [ch.message.content for ch in rn2.choices]
+    # Logprobs of the chosen tokens.
+    rl = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=5, logprobs=True)
+    lps = rl.choices[0].logprobs.content
+    assert len(lps) == rl.usage.completion_tokens and all(t.logprob <= 0 for t in lps), lps
+    # Stop strings.
+    rs = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=24, stop=["Paris"])
+    assert "Paris" not in rs.choices[0].message.content
+    # Text completions, plain and streamed.
+    cp = client.completions.create(model=LLM, prompt="The capital of France is", temperature=0, max_tokens=12)
+    assert cp.object == "text_completion" and cp.choices[0].text, cp
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(
+            model=LLM, prompt="The capital of France is", temperature=0, max_tokens=12, stream=True
+        )
+        if ch.choices
+    )
+    assert streamed == cp.choices[0].text, (streamed, cp.choices[0].text)
+    # Embeddings: float and base64 agree.
+    texts = ["A man is eating food.", "A man is eating a piece of bread."]
+    e = client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    assert [d.index for d in e.data] == [0, 1] and len(e.data[0].embedding) == 384
+    assert e.usage.prompt_tokens > 0
+    status, _, b = http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": texts[0], "encoding_format": "base64"})
+    assert status == 200, b
+    vec = struct.unpack("<384f", base64.b64decode(b["data"][0]["embedding"]))
+    assert max(abs(x - y) for x, y in zip(vec, e.data[0].embedding)) < 1e-6
+    # Models.
+    ids = [m.id for m in client.models.list().data]
+    assert LLM in ids and "all-minilm-l6-v2" in ids, ids
+    assert client.models.retrieve(LLM).id == LLM
+    print(json.dumps({
+        "chat": c.message.content,
+        "chat_finish": c.finish_reason,
+        "completion": cp.choices[0].text,
+        "embedding": e.data[0].embedding,
+    }))
+
+
+def scenario_errors():
+    checks = []
+
+    def expect(status_want, resp, code=None, param=None, what=""):
+        status, hdrs, body = resp
+        assert status == status_want, (what, status, body)
+        assert isinstance(body, dict) and "error" in body, (what, body)
+        err = body["error"]
+        assert err["message"] and err["type"], (what, err)
+        if code:
+            assert err["code"] == code, (what, err)
+        if param:
+            assert err["param"] == param, (what, err)
+        checks.append(what)
+        return hdrs, err
+
+    ok = {"model": LLM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    expect(400, http("POST", "/v1/chat/completions", raw=b"{not json"), what="bad json")
+    expect(404, http("POST", "/v1/chat/completions", dict(ok, model="no-such-model")), code="model_not_found", param="model", what="unknown model")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, temperature="hot")), param="temperature", what="wrong type")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, temperature=7)), param="temperature", what="out of range")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, messages=[])), param="messages", what="no messages")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, n=0)), param="n", what="n=0")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])),
+        param="messages[0].content[1]", what="image part to a text model")
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, model="all-minilm-l6-v2")), param="model", what="embed model for chat")
+    long_prompt = "hello " * 9000
+    expect(400, http("POST", "/v1/chat/completions", dict(ok, messages=[{"role": "user", "content": long_prompt}])),
+           code="context_length_exceeded", what="too-long prompt")
+    expect(400, http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": [1, 2, 3]}), param="input", what="token input")
+    expect(413, http("POST", "/v1/embeddings", raw=b'{"input": "' + b"x" * (9 << 20) + b'"}'), what="body too large")
+    expect(404, http("GET", "/v1/nowhere"), what="unknown route")
+    expect(405, http("GET", "/v1/chat/completions"), what="wrong method")
+    expect(404, http("GET", "/v1/models/../../etc/passwd"), what="path as model id")
+    # The openai client surfaces the same errors as typed exceptions.
+    try:
+        client.chat.completions.create(model="no-such-model", messages=ok["messages"])
+        raise AssertionError("unknown model accepted")
+    except openai.NotFoundError as e:
+        assert "no-such-model" in str(e)
+    # Still serving.
+    r = client.chat.completions.create(model=LLM, messages=ok["messages"], max_tokens=2)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    fams = metrics()
+    assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/chat/completions", status="400") >= 7
+    print(json.dumps({"checked": checks}))
+
+
+def scenario_auth():
+    key = ARGS[0]
+    assert http("GET", "/health")[0] == 200, "health needs no key"
+    for path in ("/v1/models", "/metrics", "/ready"):
+        status, _, body = http("GET", path)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", (path, status, body)
+        assert key not in json.dumps(body)
+    status, _, _ = http("GET", "/v1/models", headers={"authorization": "Bearer wrong"})
+    assert status == 401
+    status, _, _ = http("GET", "/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert status == 200
+    ok = openai.OpenAI(base_url=BASE + "/v1", api_key=key, max_retries=0)
+    assert ok.models.list().data
+    print(json.dumps({"ok": True}))
+
+
+def run_concurrent(prompts, max_tokens):
+    results = [None] * len(prompts)
+    errors = []
+
+    def one(i):
+        try:
+            text, finish, usage, _ = chat_stream(
+                [{"role": "user", "content": prompts[i]}], temperature=0, max_tokens=max_tokens,
+                stream_options={"include_usage": True})
+            results[i] = (text, finish, usage.completion_tokens)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {i}: {e!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors, time.time() - t0
+
+
+PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
+
+
+def scenario_concurrency():
+    max_tokens = int(ARGS[0]) if ARGS else 32
+    # Serial first (one client at a time), then all 16 at once.
+    t0 = time.time()
+    serial = []
+    for p in PROMPTS:
+        text, finish, usage, _ = chat_stream([{"role": "user", "content": p}], temperature=0,
+                                             max_tokens=max_tokens, stream_options={"include_usage": True})
+        serial.append((text, finish, usage.completion_tokens))
+    serial_s = time.time() - t0
+    results, errors, conc_s = run_concurrent(PROMPTS, max_tokens)
+    assert not errors, errors
+    assert all(r is not None and r[0] and r[1] in ("stop", "length") for r in results), results
+    tokens = sum(r[2] for r in results)
+    same = sum(1 for a, b in zip(results, serial) if a[0] == b[0])
+
+    def common_words(a, b):
+        n = 0
+        for x, y in zip(a.split(), b.split()):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    prefix = min(common_words(a[0], b[0]) for a, b in zip(results, serial))
+    fams = metrics()
+    assert sample(fams, "mlxengine_active_generations", model=LLM) == 0
+    print(json.dumps({
+        "clients": len(PROMPTS), "tokens": tokens, "serial_s": serial_s, "concurrent_s": conc_s,
+        "serial_tok_s": sum(r[2] for r in serial) / serial_s, "concurrent_tok_s": tokens / conc_s,
+        "same_as_serial": same, "min_common_words": prefix,
+        "mismatches": [[a[0], b[0]] for a, b in zip(results, serial) if a[0] != b[0]],
+    }))
+
+
+def scenario_disconnect():
+    before = metrics()
+    cancelled0 = sample(before, "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total", reason="disconnect")
+    stream = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Count from 1 to 500."}],
+                                            temperature=0, max_tokens=400, stream=True)
+    seen = 0
+    for _ in stream:
+        seen += 1
+        if seen == 3:
+            break
+    stream.close()
+    # The slot is freed: no active generation, one more disconnect-cancel, and fewer tokens
+    # than asked for.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        fams = metrics()
+        active = sample(fams, "mlxengine_active_generations", model=LLM)
+        cancelled = sample(fams, "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total", reason="disconnect")
+        if active == 0 and cancelled == cancelled0 + 1:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"slot not freed: active={active} cancelled={cancelled} (was {cancelled0})")
+    generated = sample(fams, "mlxengine_generated_tokens", "mlxengine_generated_tokens_total", model=LLM)
+    assert generated < 400, generated
+    # And the server still answers.
+    r = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert r.choices[0].message.content is not None
+    print(json.dumps({"generated_before_cancel": generated}))
+
+
+def scenario_overload():
+    # --max-queue 1 and more clients than the batch has slots: some get 429 + Retry-After.
+    statuses, retry_after = [], []
+    lock = threading.Lock()
+
+    def one(i):
+        status, hdrs, body = http("POST", "/v1/chat/completions", {
+            "model": LLM, "messages": [{"role": "user", "content": f"Tell a long story number {i}."}],
+            "max_tokens": 120, "temperature": 0})
+        with lock:
+            statuses.append(status)
+            if status == 429:
+                assert body["error"]["type"] == "rate_limit_error", body
+                retry_after.append(hdrs.get("Retry-After") or hdrs.get("retry-after"))
+            else:
+                assert status == 200, (status, body)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(28)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(429) > 0 and statuses.count(200) >= 2, statuses
+    assert all(r == "1" for r in retry_after), retry_after
+    fams = metrics()
+    assert sample(fams, "mlxengine_rejected_requests", "mlxengine_rejected_requests_total", reason="queue_full") == statuses.count(429)
+    print(json.dumps({"ok": statuses.count(200), "rejected": statuses.count(429)}))
+
+
+def scenario_timeout():
+    status, _, body = http("POST", "/v1/chat/completions", {
+        "model": LLM, "messages": [{"role": "user", "content": "Count from 1 to 500."}], "max_tokens": 500})
+    assert status == 408 and body["error"]["code"] == "timeout", (status, body)
+    fams = metrics()
+    assert sample(fams, "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total", reason="timeout") >= 1
+    assert sample(fams, "mlxengine_active_generations", model=LLM) == 0
+    print(json.dumps({"ok": True}))
+
+
+def scenario_metrics():
+    client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    client.embeddings.create(model="all-minilm-l6-v2", input="hi")
+    status, hdrs, _ = http("GET", "/metrics")
+    assert status == 200 and hdrs["content-type"].startswith("text/plain"), hdrs
+    fams = metrics()
+    for name in ("mlxengine_requests", "mlxengine_queue_depth", "mlxengine_active_generations",
+                 "mlxengine_prompt_tokens", "mlxengine_generated_tokens", "mlxengine_time_to_first_token_seconds",
+                 "mlxengine_token_latency_seconds", "mlxengine_model_load_seconds", "mlxengine_memory_resident_bytes"):
+        assert name in fams, (name, sorted(fams))
+    assert fams["mlxengine_time_to_first_token_seconds"].type == "histogram"
+    assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/embeddings", status="200") == 1
+    assert sample(fams, "mlxengine_generated_tokens", "mlxengine_generated_tokens_total", model=LLM) >= 1
+    assert sample(fams, "mlxengine_time_to_first_token_seconds", "mlxengine_time_to_first_token_seconds_count", model=LLM) == 1
+    assert sample(fams, "mlxengine_memory_resident_bytes") > 10e6
+    status, _, body = http("GET", "/ready")
+    assert status == 200 and body["status"] == "ready", body
+    # Admin: unload and load again.
+    status, _, body = http("POST", "/v1/models/unload", {"model": LLM})
+    assert status == 200 and body["unloaded"] is True, body
+    status, _, body = http("POST", "/v1/models/load", {"model": LLM})
+    assert status == 200 and body["loaded"] is True and body["plugin"] == "ggml-llm", body
+    status, _, body = http("POST", "/v1/models/load", {"model": "nope"})
+    assert status == 404, body
+    print(json.dumps({"families": len(fams)}))
+
+
+def scenario_shutdown():
+    pid = int(ARGS[0])
+    stream = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Count from 1 to 100."}],
+                                            temperature=0, max_tokens=60, stream=True)
+    finish, text = None, ""
+    for i, chunk in enumerate(stream):
+        if i == 1:
+            os.kill(pid, signal.SIGTERM)
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    # The in-flight request finished normally within the deadline.
+    assert finish == "length", (finish, text)
+    print(json.dumps({"finish": finish}))
+
+
+globals()["scenario_" + SCENARIO]()
