@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Server throughput: aggregate tokens/s and latency percentiles of `mlxengine serve` for
+# 1, 4 and 16 concurrent streaming clients (continuous batching) on the default model.
+#
+#   bench/server.sh [MAX_TOKENS] [REQUESTS_PER_CLIENT]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-64}
+R=${2:-2}
+CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+scripts/setup.sh
+cargo build --release --locked -q -p mlxengine -p mlxengine-embed -p mlxengine-llm -p mlxengine-llm-ggml
+home=$(mktemp -d); log=$home/server.log
+MLXENGINE_HOME=$home target/release/mlxengine serve --port 0 --preload default 2>"$log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$home"' EXIT
+for _ in $(seq 600); do grep -q "listening on" "$log" && break; sleep 0.1; done
+url=$(sed -n 's/^mlxengine: listening on //p' "$log")
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "server: $url, model smollm2-135m-instruct (ggml provider), $N tokens per request, $R requests per client"
+"$CACHE/test-venv/bin/python" bench/server_load.py "$url" smollm2-135m-instruct "$N" 1,4,16 "$R"
