@@ -7,11 +7,15 @@
 #     PyPI sdist with native CPU flags; same threads, same 128-token prompt) on the Q4_1
 #     GGUF itself.
 # Peers are installed into the cache (a venv; a llama.cpp build dir), never into the repo.
-#   bench/llm_decode.sh [max_tokens=128] [runs=3]
+# The ggml comparison alternates ours and llama.cpp for ROUNDS rounds and reports the
+# median of the per-round ratios, so load from other tenants of a shared machine hits
+# both sides alike.
+#   bench/llm_decode.sh [max_tokens=128] [runs=3] [rounds=5]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-128}
 RUNS=${2:-3}
+ROUNDS=${3:-5}
 CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
 scripts/setup.sh
 cargo build --release --locked -q -p mlxengine -p mlxengine-llm -p mlxengine-llm-ggml
@@ -58,11 +62,7 @@ PY
 pd=${peer% *}; pp=${peer#* }
 GGUF=$(ls "$CACHE"/models/smollm2-135m-instruct/*.gguf)
 THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 0 ] || THREADS=$(nproc)
-gg=$(target/release/mlxengine bench --model smollm2-135m-instruct --backend ggml --prompt-tokens 128 --max-tokens "$N" --runs "$RUNS" --json)
-gd=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"]["median"])')
-gp=$(echo "$gg" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tps"]["median"])')
-# llama.cpp's own figures, through llama-cpp-python (median of RUNS after a warm-up).
-lc=$("$VENV/bin/python" - "$GGUF" "$N" "$RUNS" "$THREADS" <<'PY'
+cat > "$home/llama_cpp_bench.py" <<'PY'
 import sys, time, statistics
 from llama_cpp import Llama
 path, n, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -81,8 +81,19 @@ run(8)
 res = [run(n) for _ in range(runs)]
 print(statistics.median(r[1] for r in res), statistics.median(r[0] for r in res))
 PY
-)
-ld=${lc% *}; lp=${lc#* }
+rounds=""
+for r in $(seq "$ROUNDS"); do
+  gg=$(target/release/mlxengine bench --model smollm2-135m-instruct --backend ggml --prompt-tokens 128 --max-tokens "$N" --runs "$RUNS" --json \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["decode_tps"]["median"], d["prefill_tps"]["median"])')
+  lc=$("$VENV/bin/python" "$home/llama_cpp_bench.py" "$GGUF" "$N" "$RUNS" "$THREADS")
+  rounds="$rounds$gg $lc
+"
+done
+read -r gd gp ld lp rd rp <<<"$(printf '%s' "$rounds" | python3 -c '
+import sys, statistics as st
+rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
+med = lambda i: st.median(r[i] for r in rows)
+print(med(0), med(1), med(2), med(3), st.median(r[0] / r[2] for r in rows), st.median(r[1] / r[3] for r in rows))')"
 printf '%-28s %12s %12s\n' "" "decode tok/s" "prefill tok/s"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (mlx-llm plugin)" "$od" "$op"
 printf '%-28s %12.1f %12.1f\n' "mlx-lm 0.32.2" "$pd" "$pp"
@@ -90,4 +101,6 @@ printf '%-28s %12.2f %12.2f\n' "ratio MLX provider / mlx-lm" "$(echo "$od / $pd"
 echo "Q4_1 GGUF, $THREADS threads, 128-token prompt:"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (ggml-llm plugin)" "$gd" "$gp"
 printf '%-28s %12.1f %12.1f\n' "llama.cpp (llama-cpp-python)" "$ld" "$lp"
-printf '%-28s %12.2f %12.2f\n' "ratio ggml provider / llama" "$(echo "$gd / $ld" | bc -l)" "$(echo "$gp / $lp" | bc -l)"
+printf '%-28s %12.2f %12.2f\n' "ratio ggml provider / llama" "$rd" "$rp"
+echo "(medians over $ROUNDS alternating rounds; ratio = median of per-round ratios)"
+printf '%s' "$rounds" | awk '{printf "  round %d: ggml provider %.1f / %.1f, llama.cpp %.1f / %.1f\n", NR, $1, $2, $3, $4}'
