@@ -126,6 +126,9 @@ def scenario_api():
     assert status == 200, b
     vec = struct.unpack("<384f", base64.b64decode(b["data"][0]["embedding"]))
     assert max(abs(x - y) for x, y in zip(vec, e.data[0].embedding)) < 1e-6
+    # A K-quant GGUF (Gemma 3 270M, Q4_K_M; its GGUF has no chat template) completes text.
+    g = client.completions.create(model="gemma3-270m", prompt="The capital of France is", temperature=0, max_tokens=16)
+    assert "France" in g.choices[0].text and g.usage.completion_tokens == 16, g.choices[0].text
     # Models.
     ids = [m.id for m in client.models.list().data]
     assert LLM in ids and "all-minilm-l6-v2" in ids, ids

@@ -124,7 +124,11 @@ impl ApiError {
 
     /// From a plugin's error for `model`.
     pub fn from_plugin(model: &str, e: &PluginError) -> Self {
-        let msg = format!("model `{model}`: {}", e.message);
+        let msg = if e.message.starts_with("model `") {
+            e.message.to_string()
+        } else {
+            format!("model `{model}`: {}", e.message)
+        };
         match e.kind {
             ErrorKind::INVALID_REQUEST => {
                 let mut err = Self::invalid("", msg);
