@@ -210,6 +210,27 @@ fn metrics_parse_as_prometheus_text_and_admin_endpoints_work() {
 }
 
 #[test]
+fn idle_models_are_unloaded_and_reload_on_demand() {
+    let server = Server::start(&["--idle-unload", "1"]);
+    scenario(&server, "idle", &[], &[]);
+}
+
+#[test]
+fn a_budget_for_one_model_swaps_two_on_demand() {
+    // SmolLM2 needs ~235 MB and Gemma 3 270M ~435 MB on ggml (`mlxengine info`).
+    let server = Server::start(&["--memory-budget", "520MB"]);
+    let r = scenario(&server, "swap", &[], &[]);
+    eprintln!("swap: {r}");
+}
+
+#[test]
+fn a_model_over_the_budget_is_refused_and_nothing_is_loaded() {
+    let server = Server::start(&["--memory-budget", "200MB"]);
+    let r = scenario(&server, "over_budget", &[], &[]);
+    eprintln!("over budget: {r}");
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let mut server = Server::start(&["--preload", "default", "--shutdown-timeout", "30"]);
     let r = scenario(&server, "shutdown", &[&server.pid().to_string()], &[]);

@@ -77,3 +77,74 @@ fn memory() -> (u64, u64) {
     }
     (total, avail)
 }
+
+/// Resident memory of this process now, in bytes (Linux; 0 elsewhere).
+pub fn rss_now() -> u64 {
+    status_kb("VmRSS:")
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
+pub fn rss_peak() -> u64 {
+    status_kb("VmHWM:")
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)
+                    .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Physical CPU cores (distinct `physical id`/`core id` pairs of `/proc/cpuinfo`), else
+/// the logical count.
+pub fn physical_cores() -> usize {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut cores = std::collections::HashSet::new();
+    let mut phys = "";
+    for line in cpuinfo.lines() {
+        if let Some(v) = line.strip_prefix("physical id") {
+            phys = v.trim_start_matches([' ', '\t', ':']);
+        } else if let Some(v) = line.strip_prefix("core id") {
+            cores.insert(format!("{phys}/{}", v.trim_start_matches([' ', '\t', ':'])));
+        }
+    }
+    if cores.is_empty() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cores.len()
+    }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), if known.
+pub fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+}
+
+/// BLAS libraries mapped into this process (after plugins are loaded: what MLX's CPU
+/// matmuls will use), from `/proc/self/maps`, symlinks resolved.
+pub fn blas_libraries() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains("blas") || p.contains("Accelerate"))
+        .map(|p| {
+            std::fs::canonicalize(p)
+                .map(|c| c.display().to_string())
+                .unwrap_or_else(|_| p.to_owned())
+        })
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
+}

@@ -1,7 +1,7 @@
 //! The engine: registry + plugins + device, and the dispatch of requests to plugins.
 
 use crate::{
-    device,
+    device, fit,
     plugins::{PluginHandle, PluginSet},
     registry::{ModelEntry, Registry, RegistryError, Source},
 };
@@ -47,6 +47,10 @@ pub enum HostError {
         "no default `{kind}` model: {count} registered, none has `default = true`; pass --model"
     )]
     NoDefault { kind: ModelKind, count: usize },
+    #[error("model `{id}`: cannot estimate its memory: {reason}")]
+    Estimate { id: String, reason: String },
+    #[error("{0}")]
+    OverBudget(String),
     #[error("model `{id}` (plugin `{plugin}`): {error}")]
     Plugin {
         id: String,
@@ -65,6 +69,8 @@ pub struct LoadedModel {
     pub model: ModelBox,
     /// Facts the plugin reported after loading.
     pub info: ModelInfo,
+    /// Memory estimated at admission (0 when it could not be estimated).
+    pub estimate_bytes: u64,
 }
 
 /// One plugin's answer for one model, as shown by `mlxengine info`.
@@ -86,17 +92,48 @@ pub struct Engine {
     plugins: PluginSet,
     device: DeviceInfo,
     loaded: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    /// Last use of each loaded model (for least-recently-used eviction).
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
+    budget: std::sync::atomic::AtomicU64,
 }
 
+/// Share of the available memory the default budget allows.
+pub const DEFAULT_BUDGET_FRACTION: f64 = 0.8;
+
 impl Engine {
-    /// An engine over `registry` and `plugins`, probing this device.
+    /// An engine over `registry` and `plugins`, probing this device. Its memory budget is
+    /// [`DEFAULT_BUDGET_FRACTION`] of the memory available now (see
+    /// [`set_memory_budget`](Self::set_memory_budget)).
     pub fn new(registry: Registry, plugins: PluginSet) -> Self {
+        let device = device::probe();
+        let budget = (device.available_memory as f64 * DEFAULT_BUDGET_FRACTION) as u64;
         Self {
             registry: RwLock::new(registry),
             plugins,
-            device: device::probe(),
+            device,
             loaded: Mutex::default(),
+            last_used: Mutex::default(),
+            budget: std::sync::atomic::AtomicU64::new(if budget == 0 { u64::MAX } else { budget }),
         }
+    }
+
+    /// Memory the loaded models may take together, in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.budget.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Set the memory budget (`--memory-budget`, `MLXENGINE_MEMORY_BUDGET`).
+    pub fn set_memory_budget(&self, bytes: u64) {
+        self.budget
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Estimated bytes of the loaded models, and their keys.
+    pub fn memory_in_use(&self) -> (u64, Vec<String>) {
+        let map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<String> = map.keys().cloned().collect();
+        keys.sort();
+        (map.values().map(|m| m.estimate_bytes).sum(), keys)
     }
 
     /// The registry (read access).
@@ -365,6 +402,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
+            self.touch(&key);
             return Ok(m.clone());
         }
         let entry = self.entry(id)?;
@@ -377,10 +415,13 @@ impl Engine {
         }
         let plugin = self.select_on(&entry, entry.features.union(features), backend)?;
         let path = self.local_path(&entry)?;
+        let (entry, estimate_bytes) = self.admit(entry, plugin, &key)?;
         let req = LoadRequest {
             model: self.spec(&entry, Some(&path)),
             device: self.device.clone(),
-            memory_budget: 0,
+            memory_budget: self
+                .memory_budget()
+                .saturating_sub(self.memory_in_use().0),
         };
         let started = std::time::Instant::now();
         let model = (plugin.module.load_model())(&req)
@@ -397,9 +438,146 @@ impl Engine {
             plugin: plugin.descriptor.name.to_string(),
             model,
             info,
+            estimate_bytes,
         });
+        self.touch(&key);
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(key).or_insert(loaded).clone())
+    }
+
+    fn touch(&self, key: &str) {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), std::time::Instant::now());
+    }
+
+    /// Admission control: check the model's estimate against the budget, choosing the
+    /// MLX load dtype (float32 when it fits, else bfloat16) and unloading idle models,
+    /// least recently used first, to make room. Returns the entry to load (its dtype
+    /// possibly chosen) and its estimate.
+    fn admit(
+        &self,
+        mut entry: ModelEntry,
+        plugin: &PluginHandle,
+        key: &str,
+    ) -> Result<(ModelEntry, u64), HostError> {
+        let budget = self.memory_budget();
+        let (_, est) = match self.estimate(&entry, plugin, None, 1) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(model = %entry.id, "no memory estimate, loading unchecked: {e}");
+                return Ok((entry, 0));
+            }
+        };
+        let mut need = est.total_bytes;
+        let mut note = String::new();
+        let mlx_cpu_auto = entry.dtype.is_none()
+            && plugin.descriptor.name.as_str() == "mlx-llm"
+            && est.weights_as == "float32";
+        let (in_use, _) = self.memory_in_use();
+        if mlx_cpu_auto && in_use + need > budget {
+            // Float32 is the fastest on CPU but does not fit: half the weights' memory.
+            let mut half = entry.clone();
+            half.dtype = Some("bfloat16".into());
+            if let Ok((_, e)) = self.estimate(&half, plugin, None, 1) {
+                note = format!(
+                    " (float32 would need {}; bfloat16 chosen)",
+                    fit::human(need)
+                );
+                need = e.total_bytes;
+                entry = half;
+            }
+        }
+        loop {
+            let (in_use, keys) = self.memory_in_use();
+            if in_use + need <= budget {
+                if !note.is_empty() {
+                    tracing::info!(model = %entry.id, "{}", note.trim());
+                }
+                return Ok((entry, need));
+            }
+            if self.evict_lru(key).is_none() {
+                let mut would_fit = Vec::new();
+                if mlx_cpu_auto && entry.dtype.is_none() {
+                    would_fit.push("--dtype bfloat16".to_owned());
+                }
+                if !keys.is_empty() {
+                    would_fit.push(format!("unloading {}", keys.join(", ")));
+                }
+                would_fit.push("a smaller quantization of the model".to_owned());
+                return Err(HostError::OverBudget(format!(
+                    "model `{}` needs about {} (weights {} as {}, KV cache {} for {} tokens, runtime {}){note}, \
+                     but the memory budget is {} with {} in use by loaded models{}; \
+                     set --memory-budget (or MLXENGINE_MEMORY_BUDGET) higher, or try {}",
+                    entry.id,
+                    fit::human(need),
+                    fit::human(est.weights_bytes),
+                    est.weights_as,
+                    fit::human(est.kv_cache_bytes),
+                    est.context,
+                    fit::human(est.runtime_bytes),
+                    fit::human(budget),
+                    fit::human(in_use),
+                    if keys.is_empty() { String::new() } else { format!(" ({})", keys.join(", ")) },
+                    would_fit.join(", or "),
+                )));
+            }
+        }
+    }
+
+    /// Unload the least recently used model that no request holds (never `keep`).
+    /// Returns its key.
+    pub fn evict_lru(&self, keep: &str) -> Option<String> {
+        let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let used = self.last_used.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = map
+            .iter()
+            .filter(|(k, m)| k.as_str() != keep && Arc::strong_count(m) == 1)
+            .min_by_key(|(k, _)| used.get(k.as_str()).copied())
+            .map(|(k, _)| k.clone())?;
+        map.remove(&victim);
+        tracing::info!(model = %victim, "unloaded (least recently used) to make room");
+        Some(victim)
+    }
+
+    /// Facts and memory estimate of model `entry` served by `plugin` for `batch`
+    /// sequences of `context` tokens (default: the working context the engine admits
+    /// models with, [`WORKING_CONTEXT`] tokens, one sequence).
+    pub fn estimate(
+        &self,
+        entry: &ModelEntry,
+        plugin: &PluginHandle,
+        context: Option<u64>,
+        batch: u64,
+    ) -> Result<(fit::Facts, fit::Estimate), HostError> {
+        let path = self.local_path(entry)?;
+        let facts = fit::facts(&path, entry.kind).map_err(|e| HostError::Estimate {
+            id: entry.id.clone(),
+            reason: e,
+        })?;
+        let probe = probe(plugin, &self.device, Some(self.spec(entry, Some(&path))));
+        let ctx = context.unwrap_or_else(|| working_context(entry, &facts));
+        let est = fit::estimate(
+            &facts,
+            plugin.descriptor.name.as_str(),
+            probe.backend.as_str(),
+            entry.dtype.as_deref(),
+            ctx,
+            batch,
+        );
+        Ok((facts, est))
+    }
+
+    /// `plugin`'s probe of this device (no model).
+    pub fn probe_device(&self, plugin: &PluginHandle) -> Probe {
+        probe(plugin, &self.device, None)
+    }
+
+    /// `plugin`'s probe for model `entry` (with its local path when it has one).
+    pub fn probe_model(&self, plugin: &PluginHandle, entry: &ModelEntry) -> Probe {
+        let path = self.local_path(entry).ok();
+        probe(plugin, &self.device, Some(self.spec(entry, path.as_ref())))
     }
 
     /// Keys of the loaded models (`id`, or `id@backend` when loaded on a pinned backend).
@@ -507,12 +685,17 @@ impl Engine {
 
     /// Name of the plugin serving a loaded model (`None` if not loaded).
     pub fn served_by(&self, id: &str, backend: Option<&str>) -> Option<String> {
+        self.loaded_model(id, backend).map(|m| m.plugin.clone())
+    }
+
+    /// A loaded model (`None` if not loaded).
+    pub fn loaded_model(&self, id: &str, backend: Option<&str>) -> Option<Arc<LoadedModel>> {
         let key = backend.map_or_else(|| id.to_owned(), |b| format!("{id}@{b}"));
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            .map(|m| m.plugin.clone())
+            .cloned()
     }
 
     /// The registry's default model of `kind` (`default = true`), else the only one.
@@ -546,6 +729,22 @@ impl Engine {
                 error,
             })
     }
+}
+
+/// Tokens per sequence a model is admitted for when no request says otherwise.
+pub const WORKING_CONTEXT: u64 = 2048;
+
+/// The context a model is admitted for: [`WORKING_CONTEXT`], or less when the model's
+/// own (or the registry's) context is shorter.
+pub fn working_context(entry: &ModelEntry, facts: &fit::Facts) -> u64 {
+    let mut c = WORKING_CONTEXT;
+    if facts.context_length > 0 {
+        c = c.min(facts.context_length);
+    }
+    if let Some(r) = entry.context_length {
+        c = c.min(u64::from(r));
+    }
+    c
 }
 
 /// Whether a backend pin (`"mlx"`, `"ggml"`, `"mlx-llm"`, `"ggml-cpu"`, ...) names this

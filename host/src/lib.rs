@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod engine;
+pub mod fit;
 pub mod plugins;
 pub mod registry;
 pub mod server;

@@ -34,6 +34,15 @@ struct Cli {
     /// Extra registry file merged over the shipped one (repeatable).
     #[arg(long = "registry", global = true, value_name = "FILE")]
     registries: Vec<PathBuf>,
+    /// Memory the loaded models may take together (`4GB`, `512MB`; default: 80% of the
+    /// memory available at start). Loading beyond it is refused with what would fit.
+    #[arg(
+        long,
+        global = true,
+        env = "MLXENGINE_MEMORY_BUDGET",
+        value_name = "SIZE"
+    )]
+    memory_budget: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +65,18 @@ enum Command {
     /// Show a model: registry entry, local files, and which plugin would serve it.
     Info {
         model: String,
+        /// Tokens per sequence for the memory estimate (default: 2048 or the model's context).
+        #[arg(long)]
+        context: Option<u64>,
+        /// Sequences decoded together, for the memory estimate.
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+        /// Estimate for this provider (`mlx`, `ggml`, a plugin name) instead of the best.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Estimate for this MLX load dtype (float32, bfloat16, float16).
+        #[arg(long)]
+        dtype: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -82,6 +103,20 @@ enum Command {
     Remove { model: String },
     /// Serve the registry's models over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// This machine: CPU, memory (cgroup limits respected), memory budget, BLAS, and each
+    /// plugin's probe.
+    Device {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Registry models that fit this machine, ranked, with estimated memory and speed.
+    Recommend {
+        /// Only models of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -320,14 +355,37 @@ fn main() -> ExitCode {
 fn engine(cli: &Cli) -> Result<Engine> {
     let registry = load_registry(&cli.registries)?;
     let plugins = PluginSet::discover(&plugins::search_dirs(&cli.plugin_dirs));
-    Ok(Engine::new(registry, plugins))
+    let engine = Engine::new(registry, plugins);
+    if let Some(b) = &cli.memory_budget {
+        let bytes =
+            mlxengine::fit::parse_size(b).map_err(|e| anyhow::anyhow!("--memory-budget: {e}"))?;
+        engine.set_memory_budget(bytes);
+    }
+    Ok(engine)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Plugins { json } => cmd_plugins(&engine(&cli)?, *json),
         Command::Models { kind, json } => cmd_models(&engine(&cli)?, kind.as_deref(), *json),
-        Command::Info { model, json } => cmd_info(&engine(&cli)?, model, *json),
+        Command::Info {
+            model,
+            context,
+            batch,
+            backend,
+            dtype,
+            json,
+        } => cmd_info(
+            &engine(&cli)?,
+            model,
+            InfoOpts {
+                context: *context,
+                batch: *batch,
+                backend: backend.as_deref(),
+                dtype: dtype.as_deref(),
+            },
+            *json,
+        ),
         Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
         Command::Generate(args) => cmd_generate(&engine(&cli)?, args),
         Command::Chat(args) => cmd_chat(&engine(&cli)?, args),
@@ -335,6 +393,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
+        Command::Device { json } => cmd_device(&engine(&cli)?, *json),
+        Command::Recommend { kind, json } => cmd_recommend(&engine(&cli)?, kind.as_deref(), *json),
         Command::Serve(a) => mlxengine::server::serve(
             engine(&cli)?,
             mlxengine::server::ServeOptions {
@@ -352,6 +412,180 @@ fn run(cli: Cli) -> Result<()> {
             },
         ),
     }
+}
+
+fn cmd_device(engine: &Engine, as_json: bool) -> Result<()> {
+    use mlxengine::{device, fit::human};
+    let d = engine.device();
+    let probes: Vec<serde_json::Value> = engine
+        .plugins()
+        .plugins
+        .iter()
+        .map(|p| {
+            let pr = engine.probe_device(p);
+            json!({"plugin": p.descriptor.name.as_str(), "score": pr.score,
+                   "backend": pr.backend.as_str(), "reason": pr.reason.as_str()})
+        })
+        .collect();
+    let mlx_backend = probes
+        .iter()
+        .filter_map(|p| p["backend"].as_str())
+        .find(|b| b.starts_with("mlx-"))
+        .map(str::to_owned);
+    let v = json!({
+        "os": d.os.as_str(), "arch": d.arch.as_str(),
+        "cpu": device::cpu_model(),
+        "logical_cores": d.cpu_cores, "physical_cores": device::physical_cores(),
+        "cpu_features": d.cpu_features.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+        "total_memory_bytes": d.total_memory, "available_memory_bytes": d.available_memory,
+        "memory_budget_bytes": engine.memory_budget(),
+        "mlx_backend": mlx_backend,
+        "blas": device::blas_libraries(),
+        "plugins": probes,
+    });
+    if as_json {
+        return print_json(&v);
+    }
+    println!(
+        "{} {} — {}",
+        d.os,
+        d.arch,
+        v["cpu"].as_str().unwrap_or("unknown CPU")
+    );
+    println!(
+        "  cores:   {} physical, {} logical; SIMD: {}",
+        v["physical_cores"],
+        d.cpu_cores,
+        d.cpu_features
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  memory:  {} total, {} available (cgroup limits respected); budget {}",
+        human(d.total_memory),
+        human(d.available_memory),
+        human(engine.memory_budget())
+    );
+    println!(
+        "  MLX:     {}",
+        mlx_backend.as_deref().unwrap_or("no MLX plugin loaded")
+    );
+    println!("  BLAS:    {}", device::blas_libraries().join(", "));
+    for p in &probes {
+        println!(
+            "  plugin {:<10} score {:>3} on {:<9} {}",
+            p["plugin"].as_str().unwrap_or(""),
+            p["score"],
+            p["backend"].as_str().unwrap_or(""),
+            p["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn cmd_recommend(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<()> {
+    use mlxengine::fit::{self, human};
+    let kind = kind
+        .map(|k| ModelKind::from_name(k).with_context(|| format!("unknown kind `{k}`")))
+        .transpose()?;
+    let budget = engine.memory_budget();
+    let cores = mlxengine::device::physical_cores();
+    let entries: Vec<ModelEntry> = engine
+        .registry()
+        .models()
+        .filter(|m| kind.is_none_or(|k| m.kind == k))
+        .cloned()
+        .collect();
+    let mut rows = Vec::new();
+    for m in &entries {
+        let plugin = engine.select_on(m, m.features, m.backend.as_deref());
+        let (plugin_name, backend, est, why) = match plugin {
+            Err(e) => (None, String::new(), None, Some(e.to_string())),
+            Ok(p) => {
+                let backend = engine.probe_model(p, m).backend.to_string();
+                match engine.estimate(m, p, None, 1) {
+                    Ok((_, e)) => (Some(p.descriptor.name.to_string()), backend, Some(e), None),
+                    Err(err) => {
+                        let e = fit::estimate_from_registry(
+                            p.descriptor.name.as_str(),
+                            m.size_bytes,
+                            m.parameters,
+                        );
+                        let why = e.is_none().then(|| err.to_string());
+                        (Some(p.descriptor.name.to_string()), backend, e, why)
+                    }
+                }
+            }
+        };
+        let fits = est.as_ref().is_some_and(|e| e.total_bytes <= budget);
+        let tps = est
+            .as_ref()
+            .filter(|_| m.kind == ModelKind::LLM)
+            .and_then(|e| fit::expected_decode_tps(e, &backend, cores));
+        let reason = match (&est, &why) {
+            (_, Some(w)) => w.clone(),
+            (Some(e), None) if !fits => format!(
+                "needs about {}, more than the memory budget of {} (available {})",
+                human(e.total_bytes),
+                human(budget),
+                human(engine.device().available_memory)
+            ),
+            (Some(e), None) => format!(
+                "about {} of the {} budget",
+                human(e.total_bytes),
+                human(budget)
+            ),
+            (None, None) => "no estimate".into(),
+        };
+        rows.push(json!({
+            "id": m.id, "kind": m.kind.name(), "plugin": plugin_name, "backend": backend,
+            "fits": fits, "estimate_bytes": est.as_ref().map(|e| e.total_bytes),
+            "weights_as": est.as_ref().map(|e| e.weights_as.clone()),
+            "expected_decode_tps": tps,
+            "speed_class": if m.kind == ModelKind::LLM { fit::speed_class(tps) } else { "n/a" },
+            "local": engine.local_path(m).is_ok(),
+            "reason": reason,
+        }));
+    }
+    // Fitting models first; among them, LLMs by expected speed, then smaller first.
+    rows.sort_by(|a, b| {
+        let key = |r: &serde_json::Value| {
+            (
+                !r["fits"].as_bool().unwrap_or(false),
+                -(r["expected_decode_tps"].as_f64().unwrap_or(0.0) as i64),
+                r["estimate_bytes"].as_u64().unwrap_or(u64::MAX),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    if as_json {
+        return print_json(&json!({"budget_bytes": budget, "models": rows}));
+    }
+    println!("memory budget {} ({} physical cores)", human(budget), cores);
+    for r in &rows {
+        let est = r["estimate_bytes"].as_u64().map_or("?".into(), human);
+        let speed = r["expected_decode_tps"]
+            .as_f64()
+            .map_or(String::new(), |t| format!(", ~{t:.0} tok/s"));
+        println!(
+            "{} {:<24} {:<6} {:>8}  {} on {}{} — {}",
+            if r["fits"].as_bool().unwrap_or(false) {
+                "✓"
+            } else {
+                "✗"
+            },
+            r["id"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            est,
+            r["weights_as"].as_str().unwrap_or("?"),
+            r["plugin"].as_str().unwrap_or("no plugin"),
+            speed,
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -497,14 +731,35 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
-    let m = engine.entry(id)?;
+/// What `info`'s memory estimate is for.
+struct InfoOpts<'a> {
+    context: Option<u64>,
+    batch: u64,
+    backend: Option<&'a str>,
+    dtype: Option<&'a str>,
+}
+
+fn cmd_info(engine: &Engine, id: &str, o: InfoOpts<'_>, as_json: bool) -> Result<()> {
+    let mut m = engine.entry(id)?;
+    if let Some(d) = o.dtype {
+        m.dtype = Some(d.to_owned());
+    }
     let local = engine.local_path(&m);
     let cands = engine.candidates(&m, m.features);
-    let chosen = engine
-        .select(&m, m.features)
-        .ok()
-        .map(|p| p.descriptor.name.to_string());
+    let selected = engine.select_on(&m, m.features, o.backend).ok();
+    let chosen = selected.map(|p| p.descriptor.name.to_string());
+    let estimate = selected.map(|p| engine.estimate(&m, p, o.context, o.batch));
+    let budget = engine.memory_budget();
+    let (facts_json, est_json, fits) = match &estimate {
+        Some(Ok((f, e))) => (
+            json!(f),
+            json!(e),
+            json!({"fits": e.total_bytes <= budget, "budget_bytes": budget,
+                   "available_bytes": engine.device().available_memory}),
+        ),
+        Some(Err(err)) => (json!(null), json!({"error": err.to_string()}), json!(null)),
+        None => (json!(null), json!(null), json!(null)),
+    };
     if as_json {
         return print_json(&json!({
             "id": m.id, "name": m.name, "description": m.description, "kind": m.kind.name(),
@@ -515,6 +770,7 @@ fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
             "local_path": local.as_ref().ok(),
             "local_error": local.as_ref().err().map(|e| e.to_string()),
             "plugin": chosen,
+            "facts": facts_json, "estimate": est_json, "fit": fits,
             "candidates": cands.iter().map(|c| json!({
                 "plugin": c.plugin, "score": c.score, "backend": c.backend, "reason": c.reason
             })).collect::<Vec<_>>(),
@@ -547,6 +803,26 @@ fn cmd_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
     match &chosen {
         Some(name) => println!("  served by:     {name}"),
         None => println!("  served by:     no plugin"),
+    }
+    match &estimate {
+        Some(Ok((_, e))) => {
+            let h = mlxengine::fit::human;
+            let budget = engine.memory_budget();
+            println!(
+                "  memory:        ~{} (weights {} as {}, KV cache {} for {}×{} tokens, runtime {}); {} the {} budget",
+                h(e.total_bytes),
+                h(e.weights_bytes),
+                e.weights_as,
+                h(e.kv_cache_bytes),
+                e.batch,
+                e.context,
+                h(e.runtime_bytes),
+                if e.total_bytes <= budget { "fits" } else { "does NOT fit" },
+                h(budget)
+            );
+        }
+        Some(Err(err)) => println!("  memory:        unknown ({err})"),
+        None => {}
     }
     for c in cands {
         println!(
@@ -587,6 +863,7 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
         options: "".into(),
     };
     let started = std::time::Instant::now();
+    let baseline_rss = mlxengine::device::rss_now();
     let out = engine.embed(&args.model, &req)?;
     let dim = out.dim as usize;
     let rows: Vec<&[f32]> = out.data.chunks(dim.max(1)).collect();
@@ -597,13 +874,15 @@ fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             model: &'a str,
             dim: usize,
             embeddings: &'a [&'a [f32]],
+            memory: serde_json::Value,
         }
         println!(
             "{}",
             serde_json::to_string(&Out {
                 model: &args.model,
                 dim,
-                embeddings: &rows
+                embeddings: &rows,
+                memory: memory_json(baseline_rss),
             })?
         );
         return Ok(());
@@ -635,6 +914,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb).max(1e-12)
+}
+
+/// Resident memory before the model was loaded and the process's peak since: what the
+/// model and its request cost (compared with `info`'s estimate).
+fn memory_json(baseline_rss: u64) -> serde_json::Value {
+    let peak = mlxengine::device::rss_peak();
+    json!({
+        "baseline_rss_bytes": baseline_rss,
+        "peak_rss_bytes": peak,
+        "model_peak_bytes": peak.saturating_sub(baseline_rss),
+    })
 }
 
 fn message(role: &str, content: &str) -> ChatMessage {
@@ -673,6 +963,7 @@ fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
     };
     let req = a.sampling.request(vec![input], !a.json);
     let mut out = std::io::stdout().lock();
+    let baseline_rss = mlxengine::device::rss_now();
     let res = engine.generate_on(&model, a.backend.as_deref(), &req, &mut |ev| {
         let ok = write!(out, "{}", ev.text).and_then(|_| out.flush()).is_ok();
         // A closed stdout (e.g. `| head`) stops the generation.
@@ -692,6 +983,8 @@ fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
             "backend": engine.served_by(&model, a.backend.as_deref()),
             "prefill_tps": s.prefill_tokens_per_s, "decode_tps": s.decode_tokens_per_s,
             "peak_memory_bytes": s.peak_memory_bytes,
+            "dtype": engine.loaded_model(&model, a.backend.as_deref()).map(|m| m.info.dtype.to_string()),
+            "memory": memory_json(baseline_rss),
         }));
     }
     println!();

@@ -364,6 +364,51 @@ def scenario_metrics():
     print(json.dumps({"families": len(fams)}))
 
 
+def scenario_idle():
+    # Started with --idle-unload 1: a used model is unloaded after a second without use.
+    client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    client.embeddings.create(model="all-minilm-l6-v2", input="hi")
+    loaded = lambda: sorted(m.id for m in client.models.list().data if m.model_extra.get("loaded"))
+    assert loaded() == ["all-minilm-l6-v2", LLM], loaded()
+    deadline = time.time() + 15
+    while loaded() and time.time() < deadline:
+        time.sleep(0.2)
+    assert loaded() == [], loaded()
+    assert sample(metrics(), "mlxengine_models_loaded") == 0
+    # It loads again on the next request.
+    r = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    print(json.dumps({"ok": True}))
+
+
+def loaded_models():
+    return sorted(m.id for m in client.models.list().data if m.model_extra.get("loaded"))
+
+
+def scenario_swap():
+    # The budget fits either LLM alone, not both: each request swaps the other out.
+    texts = {}
+    for rnd in range(2):
+        for model in (LLM, "gemma3-270m"):
+            r = client.completions.create(model=model, prompt="The capital of France is", temperature=0, max_tokens=12)
+            assert r.choices[0].text, r
+            assert texts.setdefault(model, r.choices[0].text) == r.choices[0].text, (model, rnd)
+            assert loaded_models() == [model], (model, loaded_models())
+    print(json.dumps({"texts": texts}))
+
+
+def scenario_over_budget():
+    status, _, body = http("POST", "/v1/chat/completions", {"model": LLM, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 503 and body["error"]["code"] == "insufficient_memory", (status, body)
+    msg = body["error"]["message"]
+    assert "needs about" in msg and "memory budget" in msg, msg
+    assert loaded_models() == [], loaded_models()
+    # The embedding model fits and still serves.
+    e = client.embeddings.create(model="all-minilm-l6-v2", input="hi")
+    assert len(e.data[0].embedding) == 384
+    print(json.dumps({"message": msg}))
+
+
 def scenario_shutdown():
     pid = int(ARGS[0])
     stream = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Count from 1 to 100."}],

@@ -144,17 +144,31 @@ pub fn config(g: &Gguf) -> Result<Json, GgufError> {
 
 /// `config.json` and the dequantized tensors under HF names.
 pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
+    let mut out = Vec::with_capacity(g.tensors.len());
+    let cfg = for_each_hf_tensor(g, |t| {
+        out.push(t);
+        Ok::<(), GgufError>(())
+    })?;
+    Ok((cfg, out))
+}
+
+/// As [`to_hf`], handing each tensor to `f` as soon as it is converted, so a loader
+/// holds one float32 tensor at a time instead of the whole model.
+pub fn for_each_hf_tensor<E: From<GgufError>>(
+    g: &Gguf,
+    mut f: impl FnMut(HfTensor) -> Result<(), E>,
+) -> Result<Json, E> {
     if let Some((ty, tensor)) = g.unsupported_types().into_iter().next() {
         return Err(GgufError::UnsupportedQuant {
             file: g.path.clone(),
             tensor,
             ty,
-        });
+        }
+        .into());
     }
     let cfg = config(g)?;
     let heads = cfg["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-    let mut out = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         let name = hf_tensor_name(&t.name).ok_or_else(|| GgufError::Invalid {
             file: g.path.clone(),
@@ -175,13 +189,13 @@ pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
         if let (Some(h), [rows, cols]) = (n_heads, t.shape.as_slice()) {
             data = unpermute(&data, *rows, *cols, h);
         }
-        out.push(HfTensor {
+        f(HfTensor {
             name,
             shape: t.shape.clone(),
             data,
-        });
+        })?;
     }
-    Ok((cfg, out))
+    Ok(cfg)
 }
 
 /// Write a GGUF model as an HF-layout directory `dst` (float32 `model.safetensors`,

@@ -153,6 +153,12 @@ impl ApiError {
                 Self::invalid("model", e.to_string())
             }
             HostError::NotLocal { .. } => Self::unavailable(e.to_string()),
+            HostError::OverBudget(msg) => {
+                let mut err = Self::unavailable(msg.clone());
+                err.code = Some("insufficient_memory");
+                err.retry_after = None;
+                err
+            }
             HostError::Plugin { id, error, .. } => Self::from_plugin(id, error),
             _ => Self::internal(e.to_string()),
         }

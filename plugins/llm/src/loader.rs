@@ -96,21 +96,21 @@ fn read_config(path: &Path) -> Result<Json, LlmError> {
 pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
     if let Some(file) = gguf_file(path) {
         let g = Gguf::open(&file)?;
-        let (cfg, hf) = gguf::hf::to_hf(&g)?;
         let tokenizer = TextTokenizer::from_gguf(&g)?;
-        let mut tensors = HashMap::with_capacity(hf.len());
-        for t in hf {
+        let mut tensors = HashMap::with_capacity(g.tensors.len());
+        // One tensor at a time: its float32 data is freed once MLX holds it in the load
+        // dtype, so the peak is the loaded model plus one tensor, not two models.
+        let cfg = gguf::hf::for_each_hf_tensor(&g, |t| -> Result<(), LlmError> {
             let shape: Vec<i32> = t.shape.iter().map(|d| *d as i32).collect();
-            let a = Array::from_slice(&t.data, &shape);
-            tensors.insert(
-                t.name,
-                if opts.dtype == Dtype::Float32 {
-                    a
-                } else {
-                    a.as_dtype(opts.dtype)?
-                },
-            );
-        }
+            let mut a = Array::from_slice(&t.data, &shape);
+            drop(t.data);
+            if opts.dtype != Dtype::Float32 {
+                a = a.as_dtype(opts.dtype)?;
+                a.eval()?;
+            }
+            tensors.insert(t.name, a);
+            Ok(())
+        })?;
         let weights = Weights::from_map(tensors, file.clone(), opts.dtype);
         let model_type = cfg
             .get("model_type")
