@@ -419,9 +419,7 @@ impl Engine {
         let req = LoadRequest {
             model: self.spec(&entry, Some(&path)),
             device: self.device.clone(),
-            memory_budget: self
-                .memory_budget()
-                .saturating_sub(self.memory_in_use().0),
+            memory_budget: self.memory_budget().saturating_sub(self.memory_in_use().0),
         };
         let started = std::time::Instant::now();
         let model = (plugin.module.load_model())(&req)

@@ -78,27 +78,10 @@ pub struct Estimate {
 
 /// Facts of the model at `path` (a file or directory), for `kind`.
 pub fn facts(path: &Path, kind: ModelKind) -> Result<Facts, String> {
-    if let Some(g) = gguf_file(path) {
+    if let Some(g) = gguf::model_file(path) {
         return gguf_facts(&g);
     }
     safetensors_facts(path, kind)
-}
-
-/// The GGUF file a model path names: itself, or the only `.gguf` in a directory.
-pub fn gguf_file(path: &Path) -> Option<PathBuf> {
-    if path.is_file() {
-        return path
-            .extension()
-            .is_some_and(|e| e == "gguf")
-            .then(|| path.to_owned());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    (files.len() == 1).then(|| files.remove(0))
 }
 
 fn gguf_facts(file: &Path) -> Result<Facts, String> {

@@ -28,3 +28,25 @@ pub enum GgufError {
     #[error("GGUF architecture `{arch}` is not supported (supported: {supported})")]
     Architecture { arch: String, supported: String },
 }
+
+/// The GGUF file a model path names: the path itself when it is a `.gguf` file, or the
+/// only `.gguf` in a directory that is not a Hugging Face layout (no `config.json`).
+pub fn model_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    if path.is_file() {
+        return path
+            .extension()
+            .is_some_and(|e| e == "gguf")
+            .then(|| path.to_owned());
+    }
+    if path.join("config.json").is_file() {
+        return None;
+    }
+    let mut ggufs: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    ggufs.sort();
+    (ggufs.len() == 1).then(|| ggufs.remove(0))
+}

@@ -813,6 +813,25 @@ async fn stream(
         .into_response())
 }
 
+/// Queue a generation and answer it, streamed or whole, as `common` asks.
+async fn answer(
+    st: &AppState,
+    frame: Frame,
+    gen: GenerateRequest,
+    common: &openai::Common,
+) -> Result<Response, ApiError> {
+    let rx = submit(st, &frame.model, gen)?;
+    if common.stream {
+        let usage = common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        stream(frame, rx, usage).await
+    } else {
+        collect(frame, rx).await
+    }
+}
+
 async fn chat(State(st): State<St>, body: Result<Bytes, BytesRejection>) -> Response {
     let mut model = String::new();
     let r = async {
@@ -834,17 +853,7 @@ async fn chat(State(st): State<St>, body: Result<Bytes, BytesRejection>) -> Resp
             .to_request(vec![input], st.opts.default_max_tokens)?;
         let n = gen.inputs.len();
         let frame = Frame::new(Shape::Chat, &model, n, n, gen.logprobs);
-        let rx = submit(&st, &model, gen)?;
-        if req.common.stream {
-            let usage = req
-                .common
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage);
-            stream(frame, rx, usage).await
-        } else {
-            collect(frame, rx).await
-        }
+        answer(&st, frame, gen, &req.common).await
     }
     .await;
     labelled(&model, r)
@@ -884,17 +893,7 @@ async fn completions(State(st): State<St>, body: Result<Bytes, BytesRejection>) 
         let gen = req.common.to_request(inputs, st.opts.default_max_tokens)?;
         let n = req.common.n.unwrap_or(1) as usize;
         let frame = Frame::new(Shape::Text, &model, gen.inputs.len(), n, gen.logprobs);
-        let rx = submit(&st, &model, gen)?;
-        if req.common.stream {
-            let usage = req
-                .common
-                .stream_options
-                .as_ref()
-                .is_some_and(|o| o.include_usage);
-            stream(frame, rx, usage).await
-        } else {
-            collect(frame, rx).await
-        }
+        answer(&st, frame, gen, &req.common).await
     }
     .await;
     labelled(&model, r)

@@ -25,7 +25,7 @@ use plugin_api::{
 use plugin_sdk::{LoadedModel, Plugin, Sink};
 use std::{
     num::NonZeroU32,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Mutex, OnceLock},
     time::Instant,
 };
@@ -97,24 +97,6 @@ pub fn physical_cores() -> usize {
     }
 }
 
-/// The GGUF file a model path names: itself, or the only `.gguf` in a directory.
-fn gguf_file(path: &Path) -> Option<PathBuf> {
-    if path.is_file() {
-        return path
-            .extension()
-            .is_some_and(|e| e == "gguf")
-            .then(|| path.to_owned());
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    files.sort();
-    (files.len() == 1).then(|| files.remove(0))
-}
-
 fn err(kind: ErrorKind, model: &str, msg: impl std::fmt::Display) -> PluginError {
     PluginError::new(kind, format!("model `{model}`: {msg}"))
 }
@@ -144,7 +126,7 @@ impl Plugin for GgmlPlugin {
         let backend = if GPU_BUILD { "ggml-gpu" } else { "ggml-cpu" };
         if let Some(m) = req.model.as_ref().into_option() {
             let path = Path::new(m.path.as_str());
-            if !m.path.is_empty() && gguf_file(path).is_none() {
+            if !m.path.is_empty() && gguf::model_file(path).is_none() {
                 return Probe {
                     score: 0,
                     backend: backend.into(),
@@ -172,7 +154,7 @@ impl Plugin for GgmlPlugin {
         let spec = &req.model;
         let id = spec.id.to_string();
         let path = Path::new(spec.path.as_str());
-        let file = gguf_file(path).ok_or_else(|| {
+        let file = gguf::model_file(path).ok_or_else(|| {
             err(
                 ErrorKind::UNSUPPORTED,
                 &id,

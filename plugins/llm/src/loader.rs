@@ -51,26 +51,9 @@ pub fn model_type(path: &Path) -> Result<String, LlmError> {
         })
 }
 
-/// The GGUF file `path` names: itself, or the only `.gguf` of a directory without
-/// config.json.
+/// The GGUF file a model path names (see [`gguf::model_file`]).
 pub fn gguf_file(path: &Path) -> Option<PathBuf> {
-    if path.is_file() {
-        return path
-            .extension()
-            .is_some_and(|e| e == "gguf")
-            .then(|| path.to_owned());
-    }
-    if path.join("config.json").is_file() {
-        return None;
-    }
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    ggufs.sort();
-    (ggufs.len() == 1).then(|| ggufs.remove(0))
+    gguf::model_file(path)
 }
 
 fn config_path(dir: &Path) -> Result<PathBuf, LlmError> {
