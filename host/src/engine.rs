@@ -95,6 +95,7 @@ pub struct Engine {
     /// Last use of each loaded model (for least-recently-used eviction).
     last_used: Mutex<HashMap<String, std::time::Instant>>,
     budget: std::sync::atomic::AtomicU64,
+    dtype_override: Mutex<Option<String>>,
 }
 
 /// Share of the available memory the default budget allows.
@@ -113,6 +114,7 @@ impl Engine {
             device,
             loaded: Mutex::default(),
             last_used: Mutex::default(),
+            dtype_override: Mutex::default(),
             budget: std::sync::atomic::AtomicU64::new(if budget == 0 { u64::MAX } else { budget }),
         }
     }
@@ -126,6 +128,14 @@ impl Engine {
     pub fn set_memory_budget(&self, bytes: u64) {
         self.budget
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Load every model in `dtype` (`--dtype`), overriding the registry and the policy.
+    pub fn set_dtype_override(&self, dtype: Option<String>) {
+        *self
+            .dtype_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = dtype;
     }
 
     /// Estimated bytes of the loaded models, and their keys.
@@ -405,7 +415,15 @@ impl Engine {
             self.touch(&key);
             return Ok(m.clone());
         }
-        let entry = self.entry(id)?;
+        let mut entry = self.entry(id)?;
+        if let Some(d) = self
+            .dtype_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            entry.dtype = Some(d);
+        }
         if entry.kind != kind {
             return Err(HostError::WrongKind {
                 id: id.to_owned(),

@@ -121,6 +121,10 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Address to bind; 127.0.0.1 serves this machine only.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -235,6 +239,10 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Registry id of a language model (default: the registry's default LLM).
     #[arg(long, short)]
     model: Option<String>,
@@ -262,6 +270,10 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct BenchArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Registry id of a language model (default: the registry's default LLM).
     #[arg(long, short)]
     model: Option<String>,
@@ -289,6 +301,10 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ChatArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Registry id of a language model (default: the registry's default LLM).
     #[arg(long, short)]
     model: Option<String>,
@@ -387,16 +403,16 @@ fn run(cli: Cli) -> Result<()> {
             *json,
         ),
         Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
-        Command::Generate(args) => cmd_generate(&engine(&cli)?, args),
-        Command::Chat(args) => cmd_chat(&engine(&cli)?, args),
-        Command::Bench(args) => cmd_bench(&engine(&cli)?, args),
+        Command::Generate(args) => cmd_generate(&with_dtype(engine(&cli)?, &args.dtype), args),
+        Command::Chat(args) => cmd_chat(&with_dtype(engine(&cli)?, &args.dtype), args),
+        Command::Bench(args) => cmd_bench(&with_dtype(engine(&cli)?, &args.dtype), args),
         Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
         Command::Device { json } => cmd_device(&engine(&cli)?, *json),
         Command::Recommend { kind, json } => cmd_recommend(&engine(&cli)?, kind.as_deref(), *json),
         Command::Serve(a) => mlxengine::server::serve(
-            engine(&cli)?,
+            with_dtype(engine(&cli)?, &a.dtype),
             mlxengine::server::ServeOptions {
                 host: a.host.clone(),
                 port: a.port,
@@ -586,6 +602,12 @@ fn cmd_recommend(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<(
         );
     }
     Ok(())
+}
+
+/// The engine with `--dtype` applied to every model it loads.
+fn with_dtype(engine: Engine, dtype: &Option<String>) -> Engine {
+    engine.set_dtype_override(dtype.clone());
+    engine
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {

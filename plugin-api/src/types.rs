@@ -249,7 +249,9 @@ pub struct LoadRequest {
     pub model: ModelSpec,
     /// This machine.
     pub device: DeviceInfo,
-    /// Memory the model may use in bytes (0 = no limit set by the host).
+    /// The host's memory budget for all loaded models together, in bytes (0 = none).
+    /// The host has already checked that this model's estimate fits in what is left;
+    /// plugins use it to bound their runtime's own pools (MLX's memory and cache limits).
     pub memory_budget: u64,
 }
 

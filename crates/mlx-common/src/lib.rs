@@ -26,6 +26,42 @@ pub fn mlx_backend() -> &'static str {
     }
 }
 
+/// Apply the host's memory budget (bytes for all loaded models; 0 = none) to MLX, which
+/// is shared by every MLX plugin of the process: the memory limit is lowered to the
+/// budget and the buffer cache (freed memory kept for reuse) to a tenth of it. Limits
+/// are only ever lowered (MLX's CPU default keeps no cache at all).
+pub fn apply_memory_budget(budget: u64) {
+    if budget == 0 || budget == u64::MAX {
+        return;
+    }
+    use mlx_rs::memory::{set_cache_limit, set_memory_limit};
+    for (set, limit) in [
+        (set_memory_limit as fn(usize) -> mlx_rs::error::Result<usize>, budget as usize),
+        (set_cache_limit, (budget / 10) as usize),
+    ] {
+        if let Ok(prev) = set(limit) {
+            if prev < limit {
+                let _ = set(prev);
+            }
+        }
+    }
+}
+
+/// Return MLX's cached buffers to the system (after a model is dropped).
+pub fn release_cache() {
+    let _ = mlx_rs::memory::clear_cache();
+}
+
+/// Calls [`release_cache`] when dropped: the last field of a loaded model, so its arrays
+/// are freed first.
+pub struct ReleaseCacheOnDrop;
+
+impl Drop for ReleaseCacheOnDrop {
+    fn drop(&mut self) {
+        release_cache();
+    }
+}
+
 /// Parse a dtype name as used in registries and configs.
 pub fn parse_dtype(name: &str) -> Option<mlx_rs::Dtype> {
     use mlx_rs::Dtype;

@@ -84,6 +84,7 @@ impl Plugin for EmbedPlugin {
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
         let spec = &req.model;
+        mlx_common::apply_memory_budget(req.memory_budget);
         let dtype = load_dtype(spec.dtype.as_ref().map(|d| d.as_str()).into_option())?;
         let encoder = Encoder::load(Path::new(spec.path.as_str()), dtype)
             .map_err(|e| PluginError::from(e).with_context(&spec.id))?;
@@ -91,6 +92,7 @@ impl Plugin for EmbedPlugin {
             id: spec.id.to_string(),
             encoder,
             device: req.device.clone(),
+            _release: mlx_common::ReleaseCacheOnDrop,
         }))
     }
 }
@@ -100,6 +102,8 @@ struct LoadedEncoder {
     encoder: Encoder,
     #[allow(dead_code)]
     device: DeviceInfo,
+    /// Last field: dropped after the arrays, then returns MLX's cached buffers.
+    _release: mlx_common::ReleaseCacheOnDrop,
 }
 
 impl LoadedModel for LoadedEncoder {

@@ -131,6 +131,7 @@ impl Plugin for LlmPlugin {
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
         let spec = &req.model;
+        mlx_common::apply_memory_budget(req.memory_budget);
         let ctx = |e: LlmError| {
             let mut p = PluginError::from(e);
             p.message = format!("model `{}`: {}", spec.id, p.message).into();
@@ -159,6 +160,7 @@ impl Plugin for LlmPlugin {
                 .map(|s| s.to_string())
                 .into_option(),
             model: Mutex::new(loaded),
+            _release: mlx_common::ReleaseCacheOnDrop,
         }))
     }
 }
@@ -167,6 +169,8 @@ struct LlmModel {
     id: String,
     system_prompt: Option<String>,
     model: Mutex<Loaded>,
+    /// Last field: dropped after the arrays, then returns MLX's cached buffers.
+    _release: mlx_common::ReleaseCacheOnDrop,
 }
 
 // SAFETY: the MLX arrays inside `Loaded` are only touched while `model`'s mutex is held.
