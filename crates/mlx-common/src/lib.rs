@@ -36,7 +36,10 @@ pub fn apply_memory_budget(budget: u64) {
     }
     use mlx_rs::memory::{set_cache_limit, set_memory_limit};
     for (set, limit) in [
-        (set_memory_limit as fn(usize) -> mlx_rs::error::Result<usize>, budget as usize),
+        (
+            set_memory_limit as fn(usize) -> mlx_rs::error::Result<usize>,
+            budget as usize,
+        ),
         (set_cache_limit, (budget / 10) as usize),
     ] {
         if let Ok(prev) = set(limit) {
