@@ -148,3 +148,26 @@ pub fn blas_libraries() -> Vec<String> {
     libs.dedup();
     libs
 }
+
+/// NVIDIA GPUs (name, total memory in bytes), from `nvidia-smi` when it is installed.
+pub fn nvidia_gpus() -> Vec<(String, u64)> {
+    let Ok(out) = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, mib) = l.rsplit_once(',')?;
+            Some((
+                name.trim().to_owned(),
+                mib.trim().parse::<u64>().ok()? << 20,
+            ))
+        })
+        .collect()
+}

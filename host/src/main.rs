@@ -456,6 +456,7 @@ fn cmd_device(engine: &Engine, as_json: bool) -> Result<()> {
         "total_memory_bytes": d.total_memory, "available_memory_bytes": d.available_memory,
         "memory_budget_bytes": engine.memory_budget(),
         "mlx_backend": mlx_backend,
+        "gpus": device::nvidia_gpus().iter().map(|(n, m)| json!({"name": n, "memory_bytes": m})).collect::<Vec<_>>(),
         "blas": device::blas_libraries(),
         "plugins": probes,
     });
@@ -488,6 +489,9 @@ fn cmd_device(engine: &Engine, as_json: bool) -> Result<()> {
         "  MLX:     {}",
         mlx_backend.as_deref().unwrap_or("no MLX plugin loaded")
     );
+    for (name, mem) in device::nvidia_gpus() {
+        println!("  GPU:     {name}, {}", human(mem));
+    }
     println!("  BLAS:    {}", device::blas_libraries().join(", "));
     for p in &probes {
         println!(
