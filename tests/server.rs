@@ -178,10 +178,11 @@ fn sixteen_concurrent_streams_batch_and_finish() {
     eprintln!("concurrency: {r}");
     assert_eq!(r["clients"], 16);
     // llama.cpp is not batch-invariant: the batch's size changes how activations are
-    // quantized and summed, so greedy texts drift from the serial ones after a while. They
-    // must agree on their opening words (a sequence reading another's KV cache, or a
-    // misrouted token, garbles the text from the start).
-    assert!(r["min_common_words"].as_u64().unwrap() >= 4, "{r}");
+    // quantized and summed, so greedy texts drift from the serial ones after a few words
+    // (reported, not asserted). What must hold is that every answer is about its own
+    // prompt's number: a sequence reading another's KV cache, or a misrouted token, would
+    // answer about another number or garble the text.
+    assert_eq!(r["about_own_number"], 16, "{r}");
 }
 
 #[test]

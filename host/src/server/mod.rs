@@ -821,14 +821,22 @@ async fn answer(
     common: &openai::Common,
 ) -> Result<Response, ApiError> {
     let rx = submit(st, &frame.model, gen)?;
+    // The worker enforces the deadline once the request runs; this bounds the wait in
+    // the queue too (a second of grace lets the worker's own answer win).
+    let deadline = tokio::time::Instant::now() + st.opts.request_timeout + Duration::from_secs(1);
+    let timed_out = |_| ApiError::timeout();
     if common.stream {
         let usage = common
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-        stream(frame, rx, usage).await
+        tokio::time::timeout_at(deadline, stream(frame, rx, usage))
+            .await
+            .map_err(timed_out)?
     } else {
-        collect(frame, rx).await
+        tokio::time::timeout_at(deadline, collect(frame, rx))
+            .await
+            .map_err(timed_out)?
     }
 }
 

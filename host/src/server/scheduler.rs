@@ -216,9 +216,9 @@ impl Scheduler {
                 Err(e) => ApiError::from_host(&e),
             };
             for a in sink.active.drain(..) {
-                let _ = a.job.tx.send(JobMsg::Failed(error.clone()));
                 self.metrics.active(&w.model, -1.0);
                 w.running.fetch_sub(1, Ordering::Relaxed);
+                let _ = a.job.tx.send(JobMsg::Failed(error.clone()));
             }
             *lock(&w.last_used) = Instant::now();
         }
@@ -351,15 +351,19 @@ impl GenerateSink for BatchSink<'_> {
                 output: output.clone(),
             },
         };
-        let _ = a.job.tx.send(msg);
-        if a.finished.iter().all(|f| *f) {
-            let a = self.active.remove(i);
-            if let Some(reason) = a.stopped {
-                metrics.cancelled(model, reason);
-            }
-            metrics.active(model, -1.0);
-            self.worker.running.fetch_sub(1, Ordering::Relaxed);
+        if !a.finished.iter().all(|f| *f) {
+            let _ = a.job.tx.send(msg);
+            return;
         }
+        // The request's last sequence: book-keep first, so a client reading the metrics
+        // right after its answer sees them settled.
+        let a = self.active.remove(i);
+        if let Some(reason) = a.stopped {
+            metrics.cancelled(model, reason);
+        }
+        metrics.active(model, -1.0);
+        self.worker.running.fetch_sub(1, Ordering::Relaxed);
+        let _ = a.job.tx.send(msg);
     }
 
     fn rejected(&mut self, error: &PluginError) {
