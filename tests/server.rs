@@ -13,15 +13,21 @@ use std::{
     time::Duration,
 };
 
-/// A running server on a free port, stopped (SIGKILL) when dropped.
+/// A running server on a free port, stopped (SIGKILL) when dropped. One at a time: the
+/// scenarios measure latency-sensitive behaviour (drains, deadlines) that two servers
+/// competing for two cores would blur.
 struct Server {
     child: Child,
     url: String,
     _home: tempfile::TempDir,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Server {
     fn start(args: &[&str]) -> Self {
+        let guard = ONE_SERVER.lock().unwrap_or_else(|p| p.into_inner());
         let home = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
             .args(["serve", "--port", "0"])
@@ -50,6 +56,7 @@ impl Server {
             child,
             url,
             _home: home,
+            _one_at_a_time: guard,
         }
     }
 
