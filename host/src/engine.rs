@@ -43,6 +43,11 @@ pub enum HostError {
         tried: String,
         hint: String,
     },
+    #[error("model `{id}`: {error}")]
+    Fetch {
+        id: String,
+        error: crate::hub::HubError,
+    },
     #[error(
         "no default `{kind}` model: {count} registered, none has `default = true`; pass --model"
     )]
@@ -331,13 +336,20 @@ impl Engine {
             return Ok(in_models);
         }
         tried.push(in_models);
-        if let Source::Hub { repo, revision, .. } = &entry.source {
+        if let Source::Hub {
+            repo,
+            revision,
+            files,
+        } = &entry.source
+        {
             let repo_dir = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
             let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| revision.clone());
             let snap = repo_dir.join("snapshots").join(commit);
-            if snap.is_dir() {
+            // Whole only when every listed file is there (a failed pull links the files
+            // it finished; the rest stay missing).
+            if snap.is_dir() && files.iter().all(|f| snap.join(f).is_file()) {
                 return Ok(snap);
             }
             tried.push(snap);
@@ -432,7 +444,20 @@ impl Engine {
             });
         }
         let plugin = self.select_on(&entry, entry.features.union(features), backend)?;
-        let path = self.local_path(&entry)?;
+        let path = match self.local_path(&entry) {
+            Ok(p) => p,
+            // A Hub model not downloaded yet: fetch it now (verified, into the HF cache);
+            // with HF_HUB_OFFLINE=1 the error names the missing files.
+            Err(HostError::NotLocal { .. }) if matches!(entry.source, Source::Hub { .. }) => {
+                crate::store::fetch_entry(&entry, &crate::hub::Hub::from_env()).map_err(
+                    |error| HostError::Fetch {
+                        id: entry.id.clone(),
+                        error,
+                    },
+                )?
+            }
+            Err(e) => return Err(e),
+        };
         let (entry, estimate_bytes) = self.admit(entry, plugin, &key)?;
         let req = LoadRequest {
             model: self.spec(&entry, Some(&path)),
@@ -849,15 +874,25 @@ pub fn models_dir() -> PathBuf {
         .unwrap_or_else(|| cache_dir().join("models"))
 }
 
-/// The Hugging Face hub cache: `$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`.
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `<hf_home>/hub`.
 pub fn hf_hub_cache() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
+    match std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
+        Some(d) => d.into(),
+        None => hf_home().join("hub"),
+    }
+}
+
+/// Hugging Face's state folder: `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else
+/// `~/.cache/huggingface` (as `huggingface_hub` resolves it).
+pub fn hf_home() -> PathBuf {
+    if let Some(d) = std::env::var_os("HF_HOME").filter(|d| !d.is_empty()) {
         return d.into();
     }
-    if let Some(d) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(d).join("hub");
-    }
-    home().join(".cache").join("huggingface").join("hub")
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache"))
+        .join("huggingface")
 }
 
 fn home() -> PathBuf {

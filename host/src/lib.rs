@@ -7,9 +7,11 @@
 pub mod device;
 pub mod engine;
 pub mod fit;
+pub mod hub;
 pub mod plugins;
 pub mod registry;
 pub mod server;
+pub mod store;
 
 pub use engine::{Candidate, Engine, HostError, LoadedModel};
 pub use plugins::{PluginHandle, PluginSet};

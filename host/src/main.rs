@@ -1,5 +1,8 @@
 //! `mlxengine`: the command-line front end of the MLXEngine host.
 
+#[path = "cli/hub.rs"]
+mod hub_cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mlxengine::{
@@ -62,7 +65,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a model: registry entry, local files, and which plugin would serve it.
+    /// Show a model: registry entry, local files, and which plugin would serve it; for an
+    /// `owner/name` Hub id that is not registered: its files, what it is, whether it fits.
     Info {
         model: String,
         /// Tokens per sequence for the memory estimate (default: 2048 or the model's context).
@@ -103,6 +107,21 @@ enum Command {
     Remove { model: String },
     /// Serve the registry's models over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Search the Hugging Face Hub for models (id, downloads, architecture, size, support).
+    Search(hub_cli::SearchArgs),
+    /// Download a model from the Hub into the HF cache (verified, resumable) and add it to
+    /// your runtime registry.
+    Pull(hub_cli::PullArgs),
+    /// List the models in the HF cache with their sizes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model's files from the HF cache.
+    Rm {
+        /// `owner/name`.
+        repo: String,
+    },
     /// This machine: CPU, memory (cgroup limits respected), memory budget, BLAS, and each
     /// plugin's probe.
     Device {
@@ -384,6 +403,12 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Plugins { json } => cmd_plugins(&engine(&cli)?, *json),
         Command::Models { kind, json } => cmd_models(&engine(&cli)?, kind.as_deref(), *json),
+        Command::Info { model, json, .. }
+            if !engine(&cli)?.registry().models().any(|m| &m.id == model)
+                && model.contains('/') =>
+        {
+            hub_cli::cmd_hub_info(&engine(&cli)?, model, *json)
+        }
         Command::Info {
             model,
             context,
@@ -411,6 +436,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Remove { model } => cmd_remove(&cli, model),
         Command::Device { json } => cmd_device(&engine(&cli)?, *json),
         Command::Recommend { kind, json } => cmd_recommend(&engine(&cli)?, kind.as_deref(), *json),
+        Command::Search(a) => hub_cli::cmd_search(&engine(&cli)?, a),
+        Command::Pull(a) => hub_cli::cmd_pull(&cli, &engine(&cli)?, a),
+        Command::Ls { json } => hub_cli::cmd_ls(&engine(&cli)?, *json),
+        Command::Rm { repo } => hub_cli::cmd_rm(repo),
         Command::Serve(a) => mlxengine::server::serve(
             with_dtype(engine(&cli)?, &a.dtype),
             mlxengine::server::ServeOptions {

@@ -7,7 +7,9 @@ pub mod hf;
 mod reader;
 mod tokenizer;
 
-pub use reader::{to_json, type_name, Gguf, TensorInfo, Value, SUPPORTED_TYPES};
+pub use reader::{
+    metadata_from_prefix, to_json, type_name, Gguf, TensorInfo, Value, SUPPORTED_TYPES,
+};
 pub use tokenizer::{tokenizer_config_from_gguf, tokenizer_json_from_gguf};
 
 use std::path::PathBuf;

@@ -197,6 +197,49 @@ fn byte_size(ty: u32, n: usize) -> Option<usize> {
     }
 }
 
+/// The metadata of a GGUF file from its first bytes (a download's prefix): `Ok(None)` when
+/// `buf` ends before the metadata does, `Err` when it is not GGUF.
+pub fn metadata_from_prefix(buf: &[u8]) -> Result<Option<BTreeMap<String, Value>>, String> {
+    let mut r = Reader { buf, pos: 0 };
+    let short = |e: String| e == "file is truncated";
+    match r.take(4) {
+        Ok(m) if m == b"GGUF" => {}
+        Ok(_) => return Err("not a GGUF file (bad magic)".into()),
+        Err(_) => return Ok(None),
+    }
+    let head = (|| -> Result<(u32, u64), String> {
+        Ok((r.u32()?, {
+            r.u64()?;
+            r.u64()?
+        }))
+    })();
+    let (version, n_kv) = match head {
+        Ok(h) => h,
+        Err(e) if short(e.clone()) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} is not supported (2, 3)"));
+    }
+    let mut metadata = BTreeMap::new();
+    for _ in 0..n_kv {
+        let kv = (|| -> Result<(String, Value), String> {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            let v = r.value(ty, 0)?;
+            Ok((key, v))
+        })();
+        match kv {
+            Ok((k, v)) => {
+                metadata.insert(k, v);
+            }
+            Err(e) if short(e.clone()) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(metadata))
+}
+
 impl Gguf {
     /// Open and parse the header, metadata and tensor table.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
