@@ -266,4 +266,5 @@ fn a_model_without_local_files_names_where_it_looked() {
         "{e}"
     );
     assert!(e.contains("models--nobody--nothing"), "{e}");
+    assert!(e.contains("downloading it failed"), "{e}");
 }

@@ -10,8 +10,8 @@ use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut};
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
     text::{
-        GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink,
-        TokenSink_TO,
+        FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, StreamControl,
+        StreamEvent, TokenSink, TokenSink_TO,
     },
     DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginError,
     Probe, ProbeRequest,
@@ -43,10 +43,11 @@ pub enum HostError {
         tried: String,
         hint: String,
     },
-    #[error("model `{id}`: {error}")]
+    #[error("model `{id}` is not available locally (looked in: {tried}) and downloading it failed: {error}")]
     Fetch {
         id: String,
-        error: crate::hub::HubError,
+        tried: String,
+        error: Box<crate::hub::HubError>,
     },
     #[error(
         "no default `{kind}` model: {count} registered, none has `default = true`; pass --model"
@@ -448,11 +449,14 @@ impl Engine {
             Ok(p) => p,
             // A Hub model not downloaded yet: fetch it now (verified, into the HF cache);
             // with HF_HUB_OFFLINE=1 the error names the missing files.
-            Err(HostError::NotLocal { .. }) if matches!(entry.source, Source::Hub { .. }) => {
+            Err(HostError::NotLocal { tried, .. })
+                if matches!(entry.source, Source::Hub { .. }) =>
+            {
                 crate::store::fetch_entry(&entry, &crate::hub::Hub::from_env()).map_err(
                     |error| HostError::Fetch {
                         id: entry.id.clone(),
-                        error,
+                        tried,
+                        error: Box::new(error),
                     },
                 )?
             }
@@ -722,6 +726,49 @@ impl Engine {
                 plugin: m.plugin.clone(),
                 error,
             })
+    }
+
+    /// The cost of the ABI's two per-request paths, in nanoseconds per call (median of 5
+    /// batches of `n` calls): a round trip into the plugin (`Model::info`, which copies
+    /// its strings back), and a streamed token callback (a `StreamEvent` through the
+    /// `TokenSink` vtable and the host's panic guard, as a plugin delivers each token).
+    pub fn abi_overhead_ns(&self, m: &LoadedModel, n: u32) -> (f64, f64) {
+        let n = n.max(1);
+        let median = |f: &mut dyn FnMut()| {
+            let mut v: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        f();
+                    }
+                    t.elapsed().as_nanos() as f64 / f64::from(n)
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[2]
+        };
+        let round_trip = median(&mut || {
+            std::hint::black_box(m.model.info());
+        });
+        let mut count = 0u64;
+        let mut on_event = |ev: &StreamEvent| {
+            count += u64::from(ev.token);
+            StreamControl::Continue
+        };
+        let mut closure = ClosureSink(&mut on_event);
+        let mut abi = AbiSink(&mut closure);
+        let mut sink = TokenSink_TO::from_ptr(RMut::new(&mut abi), TD_Opaque);
+        let ev = StreamEvent {
+            index: 0,
+            token: 1,
+            text: " token".into(),
+            logprob: 0.0,
+            finish: FinishReason::NONE,
+        };
+        let callback = median(&mut || {
+            std::hint::black_box(sink.on_event(std::hint::black_box(&ev)));
+        });
+        (round_trip, callback)
     }
 
     /// Name of the plugin serving a loaded model (`None` if not loaded).
