@@ -1,5 +1,7 @@
 //! `mlxengine`: the command-line front end of the MLXEngine host.
 
+#[path = "cli/bench.rs"]
+mod bench_cli;
 #[path = "cli/hub.rs"]
 mod hub_cli;
 
@@ -93,6 +95,11 @@ enum Command {
     /// Measure generation speed: a warm-up, then several runs in this process
     /// (median and min–max of time to first token, prefill and decode speed, peak memory).
     Bench(BenchArgs),
+    /// Measure embedding throughput (sentences/s at each batch size, peak memory).
+    BenchEmbed(bench_cli::BenchEmbedArgs),
+    /// Measure the plugin ABI's overhead (call round trip, token callback) against the
+    /// time of one decoded token.
+    BenchAbi(bench_cli::BenchAbiArgs),
     /// Convert a GGUF file to a Hugging Face layout directory (safetensors + config +
     /// tokenizer files).
     Import {
@@ -431,6 +438,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => cmd_generate(&with_dtype(engine(&cli)?, &args.dtype), args),
         Command::Chat(args) => cmd_chat(&with_dtype(engine(&cli)?, &args.dtype), args),
         Command::Bench(args) => cmd_bench(&with_dtype(engine(&cli)?, &args.dtype), args),
+        Command::BenchEmbed(a) => bench_cli::cmd_bench_embed(&engine(&cli)?, a),
+        Command::BenchAbi(a) => bench_cli::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cmd_import(gguf, out_dir),
         Command::Add(args) => cmd_add(&cli, args),
         Command::Remove { model } => cmd_remove(&cli, model),
@@ -1239,22 +1248,49 @@ fn cmd_add(cli: &Cli, a: &AddArgs) -> Result<()> {
     entry.name = a.name.clone().unwrap_or_else(|| a.id.clone());
     entry.dtype = a.dtype.clone();
     let text = entry.to_toml();
+    let _lock = lock_user_registry()?;
     // Validate exactly as a registry file would be, against everything already known.
     let mut reg = load_registry(&cli.registries)?;
     reg.merge_str(&text, "mlxengine add", std::path::Path::new("."))?;
+    let user = append_user_entry(&text)?;
+    println!("added `{}` to {}", a.id, user.display());
+    Ok(())
+}
+
+/// Hold the user registry's lock file: commands that edit it (`add`, `remove`, `pull`)
+/// in two processes at once take turns, so none loses the other's entry.
+fn lock_user_registry() -> Result<std::fs::File> {
+    let user = user_registry_path();
+    if let Some(d) = user.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let path = user.with_extension("toml.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(f)
+}
+
+/// Append a validated `[[models]]` table to the user registry (atomically); its path.
+fn append_user_entry(text: &str) -> Result<std::path::PathBuf> {
     let user = user_registry_path();
     let mut current = std::fs::read_to_string(&user).unwrap_or_default();
     if !current.is_empty() && !current.ends_with('\n') {
         current.push('\n');
     }
     current.push('\n');
-    current.push_str(&text);
+    current.push_str(text);
     write_atomic(&user, &current)?;
-    println!("added `{}` to {}", a.id, user.display());
-    Ok(())
+    Ok(user)
 }
 
 fn cmd_remove(cli: &Cli, id: &str) -> Result<()> {
+    let _lock = lock_user_registry()?;
     let user = user_registry_path();
     let text = std::fs::read_to_string(&user).unwrap_or_default();
     let mut doc: toml::Table =

@@ -1,6 +1,6 @@
 //! `mlxengine search | pull | ls | rm` and `info OWNER/NAME`: the model store commands.
 
-use super::{load_registry, print_json, write_atomic, Cli};
+use super::{append_user_entry, load_registry, lock_user_registry, print_json, Cli};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mlxengine::{
@@ -273,19 +273,7 @@ fn verb(k: ModelKind) -> &'static str {
 /// Add `entry` to the user's runtime registry unless a model of the same repo is there;
 /// returns the id it is registered as. Serialized across processes by a lock file.
 fn register(cli: &Cli, entry: &ModelEntry) -> Result<String> {
-    let user = mlxengine::user_registry_path();
-    if let Some(d) = user.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let lock_path = user.with_extension("toml.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let _lock = lock_user_registry()?;
     let reg = load_registry(&cli.registries)?;
     let Source::Hub { repo, revision, .. } = &entry.source else {
         bail!("only Hub models are registered by pull");
@@ -305,13 +293,7 @@ fn register(cli: &Cli, entry: &ModelEntry) -> Result<String> {
     let text = entry.to_toml();
     let mut check = reg;
     check.merge_str(&text, "mlxengine pull", std::path::Path::new("."))?;
-    let mut current = std::fs::read_to_string(&user).unwrap_or_default();
-    if !current.is_empty() && !current.ends_with('\n') {
-        current.push('\n');
-    }
-    current.push('\n');
-    current.push_str(&text);
-    write_atomic(&user, &current)?;
+    append_user_entry(&text)?;
     Ok(entry.id.clone())
 }
 

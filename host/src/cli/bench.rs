@@ -1,0 +1,209 @@
+//! `mlxengine bench-embed` and `mlxengine bench-abi`: the embedding and ABI figures of
+//! `bench/run_all.sh` (LLM figures come from `mlxengine bench`).
+
+use super::print_json;
+use anyhow::{bail, Result};
+use clap::Args;
+use mlxengine::{fit::human, Engine};
+use plugin_api::{
+    embed::{EmbedRequest, Pooling},
+    text::{StreamControl, StreamEvent},
+    ModelKind,
+};
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchEmbedArgs {
+    /// Registry id of an embedding model (default: the registry's default).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Batch sizes to measure (sentences per call).
+    #[arg(long, value_delimiter = ',', default_value = "1,256")]
+    pub batch: Vec<usize>,
+    /// Measured calls per batch size (after one warm-up); at least 256 sentences in all.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchAbiArgs {
+    /// Registry id of a language model (default: the registry's default LLM).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Calls per measured batch.
+    #[arg(long, default_value_t = 200_000)]
+    pub calls: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Short, distinct English sentences (8–14 words), the same for every tool.
+pub fn sentences(n: usize) -> Vec<String> {
+    const SUBJ: [&str; 8] = [
+        "The old fisherman",
+        "A young teacher",
+        "Our neighbor",
+        "The small robot",
+        "My sister",
+        "The city council",
+        "A tired traveler",
+        "The orchestra",
+    ];
+    const VERB: [&str; 8] = [
+        "carefully repaired",
+        "quietly watched",
+        "happily painted",
+        "slowly read",
+        "proudly presented",
+        "suddenly found",
+        "patiently explained",
+        "eagerly described",
+    ];
+    const OBJ: [&str; 8] = [
+        "the broken wooden boat",
+        "a map of the northern coast",
+        "the letters from last winter",
+        "an unusual green stone",
+        "the plans for the new bridge",
+        "a song about the river",
+        "the results of the long experiment",
+        "a box of forgotten photographs",
+    ];
+    const TAIL: [&str; 4] = [
+        "before sunrise.",
+        "in the afternoon.",
+        "near the harbor.",
+        "after dinner.",
+    ];
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} {} {} {}",
+                SUBJ[i % 8],
+                VERB[(i / 8) % 8],
+                OBJ[(i / 64) % 8],
+                TAIL[(i / 512 + i) % 4]
+            )
+        })
+        .collect()
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn cmd_bench_embed(engine: &Engine, a: &BenchEmbedArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::EMBED)?,
+    };
+    if a.runs == 0 || a.batch.contains(&0) {
+        bail!("--runs and every --batch must be at least 1");
+    }
+    let baseline = mlxengine::device::rss_now();
+    let req = |texts: &[String]| EmbedRequest {
+        texts: texts.iter().map(|t| t.as_str().into()).collect(),
+        pooling: Pooling::MODEL_DEFAULT,
+        normalize: None.into(),
+        truncate: true,
+        options: "".into(),
+    };
+    let mut rows = Vec::new();
+    for &b in &a.batch {
+        let pool = sentences(b.max(256));
+        engine.embed(&model, &req(&pool[..b]))?; // warm-up (and load)
+                                                 // Enough calls to embed at least 256 sentences, at least --runs.
+        let calls = a.runs.max(256usize.div_ceil(b));
+        let mut per_s = Vec::new();
+        for c in 0..calls {
+            let start = (c * b) % pool.len();
+            let batch: Vec<String> = pool.iter().cycle().skip(start).take(b).cloned().collect();
+            let t = Instant::now();
+            engine.embed(&model, &req(&batch))?;
+            per_s.push(b as f64 / t.elapsed().as_secs_f64());
+        }
+        rows.push((b, calls, stats(per_s)));
+    }
+    let peak = mlxengine::device::rss_peak();
+    if a.json {
+        let r: Vec<_> = rows
+            .iter()
+            .map(|(b, calls, s)| {
+                json!({"batch": b, "calls": calls,
+                       "sentences_per_s": {"median": s.0, "min": s.1, "max": s.2}})
+            })
+            .collect();
+        return print_json(&json!({
+            "model": model, "plugin": engine.served_by(&model, None), "results": r,
+            "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+        }));
+    }
+    println!(
+        "{model} on {} (short sentences; median, min–max):",
+        engine.served_by(&model, None).unwrap_or_default()
+    );
+    for (b, calls, s) in &rows {
+        println!(
+            "  batch {b:>4}: {:>8.1} sentences/s ({:.1}–{:.1}; {calls} calls)",
+            s.0, s.1, s.2
+        );
+    }
+    println!("  peak memory {}", human(peak));
+    Ok(())
+}
+
+pub fn cmd_bench_abi(engine: &Engine, a: &BenchAbiArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::LLM)?,
+    };
+    // A real generation for the per-token time the overhead is compared with.
+    let req = plugin_api::text::GenerateRequest {
+        inputs: vec![plugin_api::text::TextInput {
+            prompt: "The history of the lighthouse begins".into(),
+            messages: Default::default(),
+        }]
+        .into(),
+        sampling: Default::default(),
+        max_tokens: 64,
+        stop: Default::default(),
+        logprobs: false,
+        stream: true,
+        adapter: None.into(),
+        options: "".into(),
+    };
+    let mut noop = |_: &StreamEvent| StreamControl::Continue;
+    engine.generate(&model, &req, &mut noop)?;
+    let r = engine.generate(&model, &req, &mut noop)?;
+    let per_token_ns = 1e9 / r.stats.decode_tokens_per_s.max(1e-9);
+    let m = engine
+        .loaded_model(&model, None)
+        .expect("loaded by the generation above");
+    let (round_trip, callback) = engine.abi_overhead_ns(&m, a.calls);
+    let pct = |ns: f64| 100.0 * ns / per_token_ns;
+    if a.json {
+        return print_json(&json!({
+            "model": model, "plugin": m.plugin, "per_token_ns": per_token_ns,
+            "round_trip_ns": round_trip, "token_callback_ns": callback,
+            "round_trip_pct_of_token": pct(round_trip), "token_callback_pct_of_token": pct(callback),
+        }));
+    }
+    println!(
+        "{model} on {}: {:.0} µs per decoded token",
+        m.plugin,
+        per_token_ns / 1e3
+    );
+    println!(
+        "  plugin call round trip (Model::info)  {round_trip:>8.0} ns  ({:.4}% of a token)",
+        pct(round_trip)
+    );
+    println!(
+        "  streamed token callback (TokenSink)   {callback:>8.0} ns  ({:.4}% of a token)",
+        pct(callback)
+    );
+    Ok(())
+}
