@@ -650,11 +650,9 @@ async fn attempt_once(
         match r.chunk().await {
             Ok(Some(c)) => {
                 if *have + c.len() as u64 > f.size {
-                    // Longer than listed: cannot be the right file.
-                    return Ok(Attempt::Complete).map(|_| {
-                        *have += c.len() as u64;
-                        Attempt::Complete
-                    });
+                    // Longer than listed: cannot be this file; the size check rejects it.
+                    *have += c.len() as u64;
+                    return Ok(Attempt::Complete);
                 }
                 out.write_all(&c)
                     .map_err(|e| HubError::io("writing", inc, e))?;
