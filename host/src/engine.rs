@@ -13,8 +13,8 @@ use plugin_api::{
         FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, StreamControl,
         StreamEvent, TokenSink, TokenSink_TO,
     },
-    DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginError,
-    Probe, ProbeRequest,
+    DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginDescriptor,
+    PluginError, Probe, ProbeRequest,
 };
 use std::{
     collections::HashMap,
@@ -226,21 +226,8 @@ impl Engine {
                     backend: String::new(),
                     reason,
                 };
-                if !d.kinds.contains(&entry.kind) {
-                    return no(format!("does not serve kind `{}`", entry.kind));
-                }
-                if !d.architectures.is_empty()
-                    && !d
-                        .architectures
-                        .iter()
-                        .any(|a| a.as_str() == entry.architecture)
-                {
-                    let list: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
-                    return no(format!(
-                        "does not support architecture `{}` (supports: {})",
-                        entry.architecture,
-                        list.join(", ")
-                    ));
+                if let Some(why) = table_refusal(d, entry.kind, &entry.architecture) {
+                    return no(why);
                 }
                 let missing = features.missing_from(d.features);
                 if missing != Features::NONE {
@@ -265,6 +252,15 @@ impl Engine {
                 }
             })
             .collect()
+    }
+
+    /// Whether a loaded plugin's tables (kinds, architectures) cover `kind` and
+    /// `architecture`, before any probe.
+    pub fn serves_architecture(&self, kind: ModelKind, architecture: &str) -> bool {
+        self.plugins
+            .plugins
+            .iter()
+            .any(|p| table_refusal(&p.descriptor, kind, architecture).is_none())
     }
 
     /// The best plugin for `entry` and `features` (highest non-zero probe score).
@@ -343,14 +339,9 @@ impl Engine {
             files,
         } = &entry.source
         {
-            let repo_dir = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
-            let commit = std::fs::read_to_string(repo_dir.join("refs").join(revision))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| revision.clone());
-            let snap = repo_dir.join("snapshots").join(commit);
-            // Whole only when every listed file is there (a failed pull links the files
-            // it finished; the rest stay missing).
-            if snap.is_dir() && files.iter().all(|f| snap.join(f).is_file()) {
+            let (snap, missing) = crate::hub::cache::RepoCache::new(&hf_hub_cache(), repo)
+                .snapshot_of(revision, files);
+            if snap.is_dir() && missing.is_empty() {
                 return Ok(snap);
             }
             tried.push(snap);
@@ -833,6 +824,22 @@ pub fn working_context(entry: &ModelEntry, facts: &fit::Facts) -> u64 {
         c = c.min(u64::from(r));
     }
     c
+}
+
+/// Why a plugin's declared tables exclude `kind` / `architecture` (`None`: they cover it;
+/// an empty architecture list covers every architecture).
+fn table_refusal(d: &PluginDescriptor, kind: ModelKind, architecture: &str) -> Option<String> {
+    if !d.kinds.contains(&kind) {
+        return Some(format!("does not serve kind `{kind}`"));
+    }
+    if !d.architectures.is_empty() && !d.architectures.iter().any(|a| a.as_str() == architecture) {
+        let list: Vec<&str> = d.architectures.iter().map(|a| a.as_str()).collect();
+        return Some(format!(
+            "does not support architecture `{architecture}` (supports: {})",
+            list.join(", ")
+        ));
+    }
+    None
 }
 
 /// Whether a backend pin (`"mlx"`, `"ggml"`, `"mlx-llm"`, `"ggml-cpu"`, ...) names this

@@ -410,12 +410,6 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Plugins { json } => cmd_plugins(&engine(&cli)?, *json),
         Command::Models { kind, json } => cmd_models(&engine(&cli)?, kind.as_deref(), *json),
-        Command::Info { model, json, .. }
-            if !engine(&cli)?.registry().models().any(|m| &m.id == model)
-                && model.contains('/') =>
-        {
-            hub_cli::cmd_hub_info(&engine(&cli)?, model, *json)
-        }
         Command::Info {
             model,
             context,
@@ -423,17 +417,24 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             dtype,
             json,
-        } => cmd_info(
-            &engine(&cli)?,
-            model,
-            InfoOpts {
-                context: *context,
-                batch: *batch,
-                backend: backend.as_deref(),
-                dtype: dtype.as_deref(),
-            },
-            *json,
-        ),
+        } => {
+            let engine = engine(&cli)?;
+            let registered = engine.registry().get(model).is_some();
+            if !registered && model.contains('/') {
+                return hub_cli::cmd_hub_info(&engine, model, *json);
+            }
+            cmd_info(
+                &engine,
+                model,
+                InfoOpts {
+                    context: *context,
+                    batch: *batch,
+                    backend: backend.as_deref(),
+                    dtype: dtype.as_deref(),
+                },
+                *json,
+            )
+        }
         Command::Embed(args) => cmd_embed(&engine(&cli)?, args),
         Command::Generate(args) => cmd_generate(&with_dtype(engine(&cli)?, &args.dtype), args),
         Command::Chat(args) => cmd_chat(&with_dtype(engine(&cli)?, &args.dtype), args),
@@ -1171,9 +1172,7 @@ fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
         runs.push(engine.generate_on(&model, backend, &req, &mut noop)?);
     }
     let stat = |f: &dyn Fn(&plugin_api::text::GenerateResponse) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 2], v[0], v[v.len() - 1])
+        bench_cli::stats(runs.iter().map(f).collect())
     };
     let ttft = stat(&|r| r.stats.time_to_first_token_ms);
     let pre = stat(&|r| r.stats.prefill_tokens_per_s);

@@ -260,24 +260,19 @@ pub fn fetch_entry(entry: &ModelEntry, hub: &Hub) -> Result<std::path::PathBuf, 
     };
     hub::validate_repo_id(repo)?;
     if hub.config().offline {
-        let rc = hub::cache::RepoCache::new(&hub.config().cache_dir, repo);
-        let snap = rc.resolve(revision).map(|c| rc.snapshot(&c));
-        let missing: Vec<&str> = files
-            .iter()
-            .filter(|f| !snap.as_ref().is_some_and(|s| s.join(f).is_file()))
-            .map(String::as_str)
-            .collect();
-        return match (snap, missing.is_empty() && !files.is_empty()) {
-            (Some(s), true) => Ok(s),
-            _ => Err(HubError::Offline {
-                repo: r.to_string(),
-                missing: if files.is_empty() || missing.is_empty() {
-                    format!("its snapshot for `{revision}` (not pulled yet)")
-                } else {
-                    missing.join(", ")
-                },
-            }),
-        };
+        let (snap, missing) =
+            hub::cache::RepoCache::new(&hub.config().cache_dir, repo).snapshot_of(revision, files);
+        if snap.is_dir() && missing.is_empty() {
+            return Ok(snap);
+        }
+        return Err(HubError::Offline {
+            repo: r.to_string(),
+            missing: if missing.is_empty() {
+                format!("its snapshot for `{revision}` (not pulled yet)")
+            } else {
+                missing.join(", ")
+            },
+        });
     }
     let listing = hub.listing(&r)?;
     let sel = if files.is_empty() {

@@ -91,7 +91,8 @@ pub fn sentences(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+/// (median, min, max) of at least one measurement.
+pub fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }

@@ -92,12 +92,7 @@ pub fn cmd_search(engine: &Engine, a: &SearchArgs) -> Result<()> {
     for h in &mut hits {
         let k = kind.or_else(|| h.pipeline_tag.as_deref().and_then(kind_of_tag));
         if let (Some(k), Some(arch)) = (k, &h.architecture) {
-            h.supported = Some(engine.plugins().plugins.iter().any(|p| {
-                let d = &p.descriptor;
-                d.kinds.contains(&k)
-                    && (d.architectures.is_empty()
-                        || d.architectures.iter().any(|x| x.as_str() == arch))
-            }));
+            h.supported = Some(engine.serves_architecture(k, arch));
         }
         if !a.no_size {
             if let Ok(r) = RepoRef::parse(&h.id) {
@@ -149,9 +144,14 @@ pub fn cmd_hub_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
     let hub = Hub::from_env();
     let i = store::inspect(engine, &hub, &r, &[], &[])?;
     let budget = engine.memory_budget();
-    // Weights as published plus 15% for cache and runtime (the refined estimate needs the
-    // files; `mlxengine info <id>` after `pull` gives it).
-    let need = i.download_bytes + i.download_bytes * 15 / 100;
+    // The estimate for models not downloaded yet (weights as published plus runtime); the
+    // refined one needs the files: `mlxengine info <id>` after `pull` gives it.
+    let need = mlxengine::fit::estimate_from_registry(
+        i.plugin.as_deref().unwrap_or(""),
+        Some(i.download_bytes),
+        None,
+    )
+    .map_or(i.download_bytes, |e| e.total_bytes);
     let fits = need <= budget;
     let cached = hub::cache::RepoCache::new(&hub.config().cache_dir, &r.repo);
     if as_json {

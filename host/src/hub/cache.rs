@@ -67,12 +67,21 @@ impl RepoCache {
         self.locks.join(format!("{etag}.lock"))
     }
 
-    /// The commit `revision` points to locally (a commit id is itself).
-    pub fn resolve(&self, revision: &str) -> Option<String> {
-        if let Ok(s) = fs::read_to_string(self.root.join("refs").join(revision)) {
-            return Some(s.trim().to_owned());
-        }
-        (revision.len() == 40 && self.snapshot(revision).is_dir()).then(|| revision.to_owned())
+    /// The snapshot folder `revision` resolves to locally (through `refs/<revision>`; a
+    /// commit id is itself), whether or not it exists, and the `files` it lacks. It is
+    /// whole when it is a folder and nothing is missing (a failed pull links the files it
+    /// finished; the rest stay missing).
+    pub fn snapshot_of<'a>(&self, revision: &str, files: &'a [String]) -> (PathBuf, Vec<&'a str>) {
+        let commit = fs::read_to_string(self.root.join("refs").join(revision))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| revision.to_owned());
+        let snap = self.snapshot(&commit);
+        let missing = files
+            .iter()
+            .filter(|f| !snap.join(f).is_file())
+            .map(String::as_str)
+            .collect();
+        (snap, missing)
     }
 
     /// Record that `revision` is at `commit` (atomically).

@@ -408,6 +408,8 @@ pub struct SearchHit {
 /// A client of one Hub endpoint.
 pub struct Hub {
     cfg: HubConfig,
+    /// `hf-hub`'s client (with its runtime thread), made on first use and reused.
+    hf: std::sync::OnceLock<hf_hub::HFClientSync>,
 }
 
 impl Hub {
@@ -418,7 +420,10 @@ impl Hub {
 
     /// A client with this configuration.
     pub fn new(cfg: HubConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            hf: std::sync::OnceLock::new(),
+        }
     }
 
     /// The configuration.
@@ -436,7 +441,10 @@ impl Hub {
         Ok(())
     }
 
-    fn hf(&self) -> Result<hf_hub::HFClientSync, HubError> {
+    fn hf(&self) -> Result<&hf_hub::HFClientSync, HubError> {
+        if let Some(c) = self.hf.get() {
+            return Ok(c);
+        }
         let mut b = hf_hub::HFClient::builder()
             .endpoint(self.cfg.endpoint.clone())
             .cache_dir(self.cfg.cache_dir.clone())
@@ -445,8 +453,10 @@ impl Hub {
         if let Some(t) = &self.cfg.token {
             b = b.token(t.0.clone());
         }
-        b.build_sync()
-            .map_err(|e| HubError::Other(format!("Hub client for {}: {e}", self.cfg.endpoint)))
+        let c = b
+            .build_sync()
+            .map_err(|e| HubError::Other(format!("Hub client for {}: {e}", self.cfg.endpoint)))?;
+        Ok(self.hf.get_or_init(|| c))
     }
 
     fn map_hf(&self, repo: &str, revision: &str, e: hf_hub::HFError) -> HubError {

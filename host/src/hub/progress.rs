@@ -72,13 +72,10 @@ impl Progress {
     pub(crate) fn begin(&self, repo: &str, files: usize, bytes: u64) {
         match self.mode {
             Mode::Bars => {
-                let pb = self.multi.add(ProgressBar::new(bytes)).with_style(
-                    ProgressStyle::with_template(
-                        "{msg:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("template")
-                    .progress_chars("=> "),
-                );
+                let pb = self
+                    .multi
+                    .add(ProgressBar::new(bytes))
+                    .with_style(bar_style());
                 pb.set_message(format!("{repo} ({files} files)"));
                 *self.overall.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
             }
@@ -90,13 +87,10 @@ impl Progress {
     pub(crate) fn start(&self, file: &str, size: u64, have: u64) {
         match self.mode {
             Mode::Bars => {
-                let pb = self.multi.add(ProgressBar::new(size)).with_style(
-                    ProgressStyle::with_template(
-                        "{msg:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("template")
-                    .progress_chars("=> "),
-                );
+                let pb = self
+                    .multi
+                    .add(ProgressBar::new(size))
+                    .with_style(bar_style());
                 pb.set_message(short(file));
                 pb.set_position(have);
                 *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
@@ -221,6 +215,15 @@ impl Progress {
             pb.finish();
         }
     }
+}
+
+/// Name, bar, bytes, rate, ETA — the same for the overall and the per-file bars.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .expect("a valid progress template")
+    .progress_chars("=> ")
 }
 
 fn short(path: &str) -> String {
