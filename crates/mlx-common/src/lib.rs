@@ -4,8 +4,10 @@
 //!   taken by checkpoint name with their expected shape, leftovers reported.
 //! - [`Linear`]: a dense layer named after its checkpoint path, full precision or MLX
 //!   affine-quantized, so `quant` and `lora` plugins can find and replace it.
+//! - [`activation`]: GELU forms that stay fast on MLX's CPU backend.
 //! - [`mlx_backend`]: which MLX backend this process runs on.
 
+pub mod activation;
 mod linear;
 mod weights;
 

@@ -3,7 +3,8 @@
 
 use super::{Linear, Weights};
 use crate::error::EmbedError;
-use mlx_rs::{fast, ops, Array, Dtype};
+use mlx_common::activation::{gelu, gelu_tanh};
+use mlx_rs::{fast, Array, Dtype};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -168,27 +169,13 @@ impl Layer {
         let x = self
             .attn_norm
             .forward(&self.attn_out.forward(&a)?.add(x)?)?;
-        let h = gelu(&self.intermediate.forward(&x)?, c.gelu_approx)?;
+        let i = self.intermediate.forward(&x)?;
+        let h = if c.gelu_approx {
+            gelu_tanh(&i)?
+        } else {
+            gelu(&i)?
+        };
         self.out_norm.forward(&self.output.forward(&h)?.add(&x)?)
-    }
-}
-
-fn gelu(x: &Array, approx: bool) -> mlx_rs::error::Result<Array> {
-    if approx {
-        // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-        let c = (2.0f32 / std::f32::consts::PI).sqrt();
-        let inner = x.add(
-            &x.power(Array::from_f32(3.0))?
-                .multiply(Array::from_f32(0.044715))?,
-        )?;
-        let t = ops::tanh(&inner.multiply(Array::from_f32(c))?)?;
-        x.multiply(Array::from_f32(0.5))?
-            .multiply(&t.add(Array::from_f32(1.0))?)
-    } else {
-        // 0.5·x·(1 + erf(x/√2)), as BERT's "gelu"
-        let e = ops::erf(&x.multiply(Array::from_f32(std::f32::consts::FRAC_1_SQRT_2))?)?;
-        x.multiply(Array::from_f32(0.5))?
-            .multiply(&e.add(Array::from_f32(1.0))?)
     }
 }
 

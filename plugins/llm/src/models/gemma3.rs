@@ -7,7 +7,7 @@
 
 use super::{attention_windowed, cfg_i32, cfg_ids, CausalLm, KvCache, Positions, Rope};
 use crate::error::LlmError;
-use mlx_common::{Linear, Weights};
+use mlx_common::{activation::gelu_tanh, Linear, Weights};
 use mlx_rs::{fast, ops::indexing::IndexOp, Array};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -164,20 +164,6 @@ pub struct Gemma3 {
 /// Architecture-table entry point.
 pub fn load(cfg: &Json, file: &Path, w: &mut Weights) -> Result<Box<dyn CausalLm>, LlmError> {
     Ok(Box::new(Gemma3::load(cfg, file, w)?))
-}
-
-/// GELU with the tanh approximation (`gelu_pytorch_tanh`):
-/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-fn gelu_tanh(x: &Array) -> mlx_rs::error::Result<Array> {
-    let c = Array::from_f32((2.0f32 / std::f32::consts::PI).sqrt());
-    let inner = x.add(
-        &x.multiply(x)?
-            .multiply(x)?
-            .multiply(Array::from_f32(0.044_715))?,
-    )?;
-    let t = mlx_rs::ops::tanh(&inner.multiply(&c)?)?;
-    x.multiply(Array::from_f32(0.5))?
-        .multiply(&t.add(Array::from_f32(1.0))?)
 }
 
 /// Gemma's RMSNorm weight `w` is applied as `1 + w`.
