@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().ok_or("usage: embed MODEL_DIR TEXT...")?;
     let texts: Vec<String> = args.collect();
-    let encoder = Encoder::load(dir.as_ref(), mlx_rs::Dtype::Float32)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // float32 weights, batches spread over every core, no memory budget
+    let encoder = Encoder::load(dir.as_ref(), mlx_rs::Dtype::Float32, cores, 0)?;
     let t = std::time::Instant::now();
     let out = encoder.embed(&EmbedRequest {
         texts: texts.iter().map(|t| t.as_str().into()).collect(),

@@ -3,21 +3,31 @@
 use crate::{
     error::EmbedError,
     models::{self, bert, Weights},
+    pool::Pool,
     st::SentenceConfig,
 };
 use mlx_rs::{Array, Dtype};
 use plugin_api::embed::{EmbedRequest, EmbedResponse, Pooling};
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Most sequences per forward pass, and most padded tokens per pass (bounds activation
 /// memory: 16k tokens × 384 × 4 B ≈ 25 MB per hidden state for MiniLM).
 const MAX_BATCH: usize = 64;
 const MAX_BATCH_TOKENS: usize = 16_384;
+/// Most batches in flight at once on the CPU (one MLX stream and thread each).
+const MAX_WORKERS: usize = 8;
 
 /// A loaded embedding model.
 pub struct Encoder {
-    model: Mutex<bert::Bert>,
+    model: Arc<SharedModel>,
+    /// One request at a time.
+    busy: Mutex<()>,
+    /// Workers for requests of several batches (MLX's CPU backend, several cores).
+    pool: Option<Pool>,
     tokenizer: Tokenizer,
     truncating: Tokenizer,
     pub sentence: SentenceConfig,
@@ -28,8 +38,16 @@ pub struct Encoder {
     pub weight_bytes: u64,
 }
 
-// SAFETY: MLX arrays are reference-counted handles; every use of the model's arrays
-// happens under `model`'s mutex, so no two threads touch them at once.
+/// The model, shared with the pool's workers.
+struct SharedModel(bert::Bert);
+
+// SAFETY: after load (`Bert::materialize`) the weights are evaluated and never written
+// again; forward passes only read them, MLX reference-counts arrays atomically, and each
+// thread builds and evaluates its own graph on its own stream. `Encoder::busy` keeps
+// requests one at a time, so the workers are the only concurrent users.
+unsafe impl Sync for SharedModel {}
+unsafe impl Send for SharedModel {}
+// SAFETY: as above; the tokenizers and config are plain Rust data.
 unsafe impl Sync for Encoder {}
 
 /// Read `config.json`'s `model_type`.
@@ -50,8 +68,14 @@ pub fn model_type(dir: &Path) -> Result<String, EmbedError> {
 }
 
 impl Encoder {
-    /// Load the model in `dir` with weights as `dtype`.
-    pub fn load(dir: &Path, dtype: Dtype) -> Result<Self, EmbedError> {
+    /// Load the model in `dir` with weights as `dtype`, to run up to `cpu_cores` batches
+    /// at once on MLX's CPU backend, within `memory_budget` bytes (0 = none).
+    pub fn load(
+        dir: &Path,
+        dtype: Dtype,
+        cpu_cores: usize,
+        memory_budget: u64,
+    ) -> Result<Self, EmbedError> {
         let arch = model_type(dir)?;
         if !models::supports(&arch) {
             return Err(EmbedError::Architecture(
@@ -65,6 +89,7 @@ impl Encoder {
         bert::Bert::sanitize(&mut weights);
         let model = bert::Bert::load(config.clone(), &mut weights)?;
         weights.finish()?;
+        model.materialize()?;
 
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
@@ -98,10 +123,28 @@ impl Encoder {
             })?;
 
         let (parameters, weight_bytes) = model.sizes();
+        let workers = if mlx_common::mlx_backend() == "mlx-cpu" {
+            cpu_cores.clamp(1, MAX_WORKERS)
+        } else {
+            1
+        };
+        // Freed activations kept for reuse: one layer's worth of the largest batch, for
+        // each batch in flight.
+        let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
+        let per_batch =
+            MAX_BATCH_TOKENS as u64 * (6 * h + 2 * i) * (weight_bytes / parameters.max(1));
+        mlx_common::reserve_buffer_cache(per_batch * workers as u64, memory_budget);
+        let pool = if workers > 1 {
+            Some(Pool::new(workers, "mlx-embed").map_err(|e| EmbedError::io(dir, e))?)
+        } else {
+            None
+        };
         Ok(Self {
             dim: config.hidden_size as usize,
             dtype: model.dtype(),
-            model: Mutex::new(model),
+            model: Arc::new(SharedModel(model)),
+            busy: Mutex::new(()),
+            pool,
             tokenizer,
             truncating,
             sentence,
@@ -149,8 +192,7 @@ impl Encoder {
         // Sort by length so each forward pass pads little; results go back in order.
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());
-        let mut data = vec![0f32; encodings.len() * self.dim];
-        let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut chunks = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let mut end = start;
@@ -161,54 +203,103 @@ impl Encoder {
                 }
                 end += 1;
             }
-            let chunk = &order[start..end];
-            let l = chunk
-                .iter()
-                .map(|&i| encodings[i].len())
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            let b = chunk.len();
-            let mut ids = vec![0i32; b * l];
-            let mut types = vec![0i32; b * l];
-            let mut mask = vec![0f32; b * l];
-            let mut lens = Vec::with_capacity(b);
-            for (row, &i) in chunk.iter().enumerate() {
-                let e = &encodings[i];
-                for (j, (&id, &ty)) in e.get_ids().iter().zip(e.get_type_ids()).enumerate() {
-                    ids[row * l + j] = id as i32;
-                    types[row * l + j] = ty as i32;
-                    mask[row * l + j] = 1.0;
-                }
-                lens.push(e.len());
+            chunks.push(&order[start..end]);
+            start = end;
+        }
+        let batches: Vec<Batch> = chunks
+            .iter()
+            .map(|c| Batch::pad(c.iter().map(|&i| &encodings[i])))
+            .collect();
+        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs: Vec<Vec<f32>> = match &self.pool {
+            Some(pool) if batches.len() > 1 => {
+                // BLAS single-threaded meanwhile: the workers already keep every core busy.
+                let _blas = mlx_common::blas::SingleThreadedBlas::new();
+                let tasks = batches
+                    .into_iter()
+                    .map(|batch| {
+                        let model = Arc::clone(&self.model);
+                        Box::new(move || batch.embed(&model.0, pooling, normalize))
+                            as Box<dyn FnOnce() -> _ + Send>
+                    })
+                    .collect();
+                pool.run(tasks)
+                    .into_iter()
+                    .map(|r| r.map_err(EmbedError::Worker)?)
+                    .collect::<Result<_, _>>()?
             }
-            let shape = [b as i32, l as i32];
-            let ids = Array::from_slice(&ids, &shape);
-            let types = Array::from_slice(&types, &shape);
-            let mask = Array::from_slice(&mask, &shape);
-            let hidden = model.forward(&ids, &types, &mask)?;
-            let pooled = pool(&hidden, &mask, &lens, pooling)?;
-            let pooled = if normalize {
-                l2_normalize(&pooled)?
-            } else {
-                pooled
-            };
-            let pooled = pooled.as_dtype(Dtype::Float32)?;
-            pooled.eval()?;
-            let values: &[f32] = pooled.as_slice();
+            _ => batches
+                .iter()
+                .map(|b| b.embed(&self.model.0, pooling, normalize))
+                .collect::<Result<_, _>>()?,
+        };
+        let mut data = vec![0f32; encodings.len() * self.dim];
+        for (chunk, values) in chunks.iter().zip(&outputs) {
             for (row, &i) in chunk.iter().enumerate() {
                 data[i * self.dim..(i + 1) * self.dim]
                     .copy_from_slice(&values[row * self.dim..(row + 1) * self.dim]);
             }
-            start = end;
         }
-        drop(model);
         let prompt_tokens = encodings.iter().map(|e| e.len() as u64).sum();
         Ok(EmbedResponse {
             dim: self.dim as u32,
             data: data.into(),
             prompt_tokens,
         })
+    }
+}
+
+/// One padded batch of rows of similar length, ready for the model.
+struct Batch {
+    ids: Vec<i32>,
+    types: Vec<i32>,
+    mask: Vec<f32>,
+    lens: Vec<usize>,
+    shape: [i32; 2],
+}
+
+impl Batch {
+    fn pad<'a>(rows: impl ExactSizeIterator<Item = &'a tokenizers::Encoding> + Clone) -> Self {
+        let l = rows.clone().map(|e| e.len()).max().unwrap_or(1).max(1);
+        let b = rows.len();
+        let mut batch = Batch {
+            ids: vec![0; b * l],
+            types: vec![0; b * l],
+            mask: vec![0.0; b * l],
+            lens: Vec::with_capacity(b),
+            shape: [b as i32, l as i32],
+        };
+        for (row, e) in rows.enumerate() {
+            for (j, (&id, &ty)) in e.get_ids().iter().zip(e.get_type_ids()).enumerate() {
+                batch.ids[row * l + j] = id as i32;
+                batch.types[row * l + j] = ty as i32;
+                batch.mask[row * l + j] = 1.0;
+            }
+            batch.lens.push(e.len());
+        }
+        batch
+    }
+
+    /// Forward, pool, normalize: (rows × dim) values.
+    fn embed(
+        &self,
+        model: &bert::Bert,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>, EmbedError> {
+        let ids = Array::from_slice(&self.ids, &self.shape);
+        let types = Array::from_slice(&self.types, &self.shape);
+        let mask = Array::from_slice(&self.mask, &self.shape);
+        let hidden = model.forward(&ids, &types, &mask)?;
+        let pooled = pool(&hidden, &mask, &self.lens, pooling)?;
+        let pooled = if normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        };
+        let pooled = pooled.as_dtype(Dtype::Float32)?;
+        pooled.eval()?;
+        Ok(pooled.as_slice::<f32>().to_vec())
     }
 }
 

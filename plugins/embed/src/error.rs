@@ -23,6 +23,8 @@ pub enum EmbedError {
     Request(String),
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
+    #[error("embedding worker failed: {0}")]
+    Worker(String),
     #[error(transparent)]
     Weights(#[from] mlx_common::WeightsError),
 }
@@ -47,7 +49,7 @@ impl From<EmbedError> for PluginError {
             | EmbedError::Weights(mlx_common::WeightsError::MissingFile(_)) => ErrorKind::NOT_FOUND,
             EmbedError::Architecture(..) => ErrorKind::UNSUPPORTED,
             EmbedError::Request(_) => ErrorKind::INVALID_REQUEST,
-            EmbedError::Mlx(_) => ErrorKind::INTERNAL,
+            EmbedError::Mlx(_) | EmbedError::Worker(_) => ErrorKind::INTERNAL,
             _ => ErrorKind::LOAD,
         };
         PluginError::new(kind, e.to_string())

@@ -8,6 +8,7 @@
 mod encoder;
 mod error;
 pub mod models;
+mod pool;
 mod st;
 
 pub use encoder::Encoder;
@@ -86,8 +87,14 @@ impl Plugin for EmbedPlugin {
         let spec = &req.model;
         mlx_common::apply_memory_budget(req.memory_budget);
         let dtype = load_dtype(spec.dtype.as_ref().map(|d| d.as_str()).into_option())?;
-        let encoder = Encoder::load(Path::new(spec.path.as_str()), dtype)
-            .map_err(|e| PluginError::from(e).with_context(&spec.id))?;
+        let workers = req.device.cpu_cores.max(1) as usize;
+        let encoder = Encoder::load(
+            Path::new(spec.path.as_str()),
+            dtype,
+            workers,
+            req.memory_budget,
+        )
+        .map_err(|e| PluginError::from(e).with_context(&spec.id))?;
         Ok(Box::new(LoadedEncoder {
             id: spec.id.to_string(),
             encoder,

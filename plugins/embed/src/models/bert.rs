@@ -261,8 +261,8 @@ impl Bert {
 }
 
 impl Bert {
-    /// (parameter count, bytes) of the loaded weights.
-    pub fn sizes(&self) -> (u64, u64) {
+    /// Every weight array.
+    fn arrays(&self) -> Vec<&Array> {
         let mut arrays: Vec<&Array> = vec![&self.word, &self.position, &self.token_type];
         arrays.extend([&self.emb_norm.weight, &self.emb_norm.bias]);
         for l in &self.layers {
@@ -284,7 +284,19 @@ impl Bert {
                 &l.out_norm.bias,
             ]);
         }
-        arrays.iter().fold((0, 0), |(n, b), a| {
+        arrays
+    }
+
+    /// Read (and convert) every weight now: load errors surface at load, and forward
+    /// passes on other threads' streams find the weights ready (MLX streams belong to
+    /// the thread that made them).
+    pub fn materialize(&self) -> mlx_rs::error::Result<()> {
+        mlx_rs::transforms::eval(self.arrays())
+    }
+
+    /// (parameter count, bytes) of the loaded weights.
+    pub fn sizes(&self) -> (u64, u64) {
+        self.arrays().iter().fold((0, 0), |(n, b), a| {
             (n + a.size() as u64, b + a.nbytes() as u64)
         })
     }
