@@ -269,10 +269,11 @@ pub fn estimate(
             runtime,
         )
     } else if plugin.contains("embed") {
-        // Float32 weights; per batch of texts (up to 256): hidden states and attention
-        // scores.
+        // Float32 weights; per batch of texts (up to 256): hidden states, the 4×hidden
+        // feed-forward activations and the freed ones MLX keeps cached for reuse (the
+        // batches of a request run in parallel on the CPU), and attention scores.
         let rows = batch.min(256) * context;
-        let act = rows * (f.hidden * 24 + context * 48);
+        let act = rows * (f.hidden * 72 + context * 48);
         ("float32".into(), f.parameters * 4, 0, MLX_BASE + act)
     } else {
         let dt = mlx_dtype(dtype, backend);
