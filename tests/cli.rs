@@ -48,6 +48,56 @@ fn embed_json_matches_reference() {
     }
 }
 
+/// Where MLX cannot JIT-compile its fused CPU kernels (here: a `g++` that fails, and an
+/// empty temp dir so no kernel is cached), embeddings still come out right, unfused, with
+/// a warning, and a batch of many texts (run on the worker pool) works too.
+#[test]
+fn embed_without_a_working_cpu_compiler() {
+    let home = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let gpp = bin.path().join("g++");
+    std::fs::write(
+        &gpp,
+        "#!/bin/sh\ncase \"$*\" in *--version*) echo fake; exit 0;; esac\necho nope >&2; exit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gpp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let case = &util::reference()["embed"][0];
+    let text = case["text"].as_str().unwrap();
+    let mut args = vec!["-v", "embed", "--model", "all-minilm-l6-v2", "--json", text];
+    let filler: Vec<String> = (0..200).map(|i| format!("filler sentence {i}")).collect();
+    args.extend(filler.iter().map(String::as_str));
+    let o = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(&args)
+        .env("MLXENGINE_HOME", home.path())
+        .env("TMPDIR", tmp.path())
+        .env("PATH", path)
+        .env_remove("MLXENGINE_PLUGIN_PATH")
+        .env_remove("MLXENGINE_REGISTRY")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("could not compile the fused GELU"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let got: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"].clone()).unwrap();
+    assert_eq!(got.len(), 201);
+    let want: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+    let cos = util::cosine(&got[0], &want);
+    assert!(cos >= 0.999, "{text}: cosine {cos}");
+}
+
 #[test]
 fn plugins_json_lists_the_embed_plugin() {
     let home = tempfile::tempdir().unwrap();

@@ -36,12 +36,54 @@ const ERF_CLAMP: f32 = 4.0;
 /// the backend this process runs on: [`gelu_rational`] compiled on the CPU, the native
 /// `erf` on GPUs.
 pub fn gelu(x: &Array) -> mlx_rs::error::Result<Array> {
-    static ON_CPU: OnceLock<bool> = OnceLock::new();
-    if *ON_CPU.get_or_init(|| crate::mlx_backend() == "mlx-cpu") {
-        gelu_rational_compiled(x)
-    } else {
-        gelu_erf(x)
+    match gelu_form() {
+        GeluForm::Native => gelu_erf(x),
+        GeluForm::Compiled => gelu_rational_compiled(x),
+        GeluForm::Rational => gelu_rational(x),
     }
+}
+
+/// Settle which form [`gelu`] uses (on the CPU this JIT-compiles its kernels, seconds
+/// the first time on a machine): call at model load so no request pays for it.
+pub fn prepare() {
+    gelu_form();
+}
+
+#[derive(Clone, Copy)]
+enum GeluForm {
+    Native,
+    Compiled,
+    Rational,
+}
+
+/// On the CPU: the compiled form if MLX can compile and run it here (a failing C++
+/// compiler or an unwritable temp dir would otherwise fail requests), else the plain one.
+fn gelu_form() -> GeluForm {
+    static FORM: OnceLock<GeluForm> = OnceLock::new();
+    *FORM.get_or_init(|| {
+        if crate::mlx_backend() != "mlx-cpu" {
+            return GeluForm::Native;
+        }
+        let probe = Array::from_slice(&[-3.0f32, -0.5, 0.0, 0.5, 3.0], &[5]);
+        let check = || -> mlx_rs::error::Result<bool> {
+            let got = gelu_rational_compiled(&probe)?;
+            got.all_close(gelu_erf(&probe)?, 1e-5, 1e-6, None)
+        };
+        match check() {
+            Ok(true) => GeluForm::Compiled,
+            other => {
+                // Plugins have no log sink of the host's: say it once on stderr.
+                eprintln!(
+                    "warning: MLX could not compile the fused GELU here ({}); running it unfused (slower)",
+                    match other {
+                        Ok(_) => "wrong result".to_string(),
+                        Err(e) => e.what().lines().next().unwrap_or("").chars().take(200).collect(),
+                    }
+                );
+                GeluForm::Rational
+            }
+        }
+    })
 }
 
 type Compiled = Box<dyn FnMut(&Array) -> Result<Array, Exception>>;

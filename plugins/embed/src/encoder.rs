@@ -18,6 +18,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 /// memory: 16k tokens × 384 × 4 B ≈ 25 MB per hidden state for MiniLM).
 const MAX_BATCH: usize = 64;
 const MAX_BATCH_TOKENS: usize = 16_384;
+/// Padded tokens below which a request's texts are not split further for the workers.
+const MIN_SPLIT_TOKENS: usize = 512;
 /// Most batches in flight at once on the CPU (one MLX stream and thread each).
 const MAX_WORKERS: usize = 8;
 
@@ -90,6 +92,7 @@ impl Encoder {
         let model = bert::Bert::load(config.clone(), &mut weights)?;
         weights.finish()?;
         model.materialize()?;
+        mlx_common::activation::prepare();
 
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
@@ -192,13 +195,24 @@ impl Encoder {
         // Sort by length so each forward pass pads little; results go back in order.
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());
+        // With workers, batches small enough that each worker gets about two (so the
+        // long texts, sorted last, do not all land on one), but not tiny.
+        let workers = self.pool.as_ref().map_or(1, Pool::size);
+        let total: usize = encodings.iter().map(|e| e.len()).sum();
+        let batch_tokens = if workers > 1 {
+            total
+                .div_ceil(2 * workers)
+                .clamp(MIN_SPLIT_TOKENS, MAX_BATCH_TOKENS)
+        } else {
+            MAX_BATCH_TOKENS
+        };
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let mut end = start;
             while end < order.len() && end - start < MAX_BATCH {
                 let longest = encodings[order[end]].len().max(1);
-                if end > start && (end - start + 1) * longest > MAX_BATCH_TOKENS {
+                if end > start && (end - start + 1) * longest > batch_tokens {
                     break;
                 }
                 end += 1;

@@ -49,6 +49,11 @@ impl Pool {
         })
     }
 
+    /// Number of workers.
+    pub fn size(&self) -> usize {
+        self.threads.len()
+    }
+
     /// Run every task on the workers; results in task order. A task that panics gives
     /// `Err` with the panic message (the worker carries on).
     pub fn run<T: Send + 'static>(
