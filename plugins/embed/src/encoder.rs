@@ -48,7 +48,6 @@ struct SharedModel(bert::Bert);
 // thread builds and evaluates its own graph on its own stream. `Encoder::busy` keeps
 // requests one at a time, so the workers are the only concurrent users.
 unsafe impl Sync for SharedModel {}
-unsafe impl Send for SharedModel {}
 // SAFETY: as above; the tokenizers and config are plain Rust data.
 unsafe impl Sync for Encoder {}
 
