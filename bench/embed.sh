@@ -8,15 +8,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS=${1:-5}
 RUNS=${2:-5}
-CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+. bench/common.sh
 scripts/setup.sh
 cargo build --release --locked -q -p mlxengine -p mlxengine-embed
-ST_VENV=$CACHE/st-venv
-if ! "$ST_VENV/bin/python" -c "import sentence_transformers, torch" 2>/dev/null; then
-  python3 -m venv "$ST_VENV"
-  "$ST_VENV/bin/pip" install -q "sentence-transformers==6.2.0" "torch==2.15.0"
-fi
-THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 0 ] || THREADS=$(nproc)
+ensure_st_venv
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 for r in $(seq "$ROUNDS"); do
   echo "{\"ours\": $(target/release/mlxengine bench-embed --batch 1,256 --runs "$RUNS" --json)," >>"$out"

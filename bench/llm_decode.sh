@@ -16,16 +16,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-128}
 RUNS=${2:-3}
 ROUNDS=${3:-5}
-CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+. bench/common.sh
 scripts/setup.sh
 cargo build --release --locked -q -p mlxengine -p mlxengine-llm -p mlxengine-llm-ggml
-VENV=$CACHE/bench-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import mlx_lm, llama_cpp" 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" "$VENV/bin/pip" install -q --no-binary llama-cpp-python \
-    "llama-cpp-python==0.3.36"
-fi
+ensure_bench_venv
 HF=$CACHE/bench/smollm2-135m-instruct-f32
 if [ ! -d "$HF" ]; then
   mkdir -p "$(dirname "$HF")"
@@ -61,7 +55,6 @@ PY
 )
 pd=${peer% *}; pp=${peer#* }
 GGUF=$(ls "$CACHE"/models/smollm2-135m-instruct/*.gguf)
-THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 0 ] || THREADS=$(nproc)
 cat > "$home/llama_cpp_bench.py" <<'PY'
 import sys, time, statistics
 from llama_cpp import Llama

@@ -21,29 +21,16 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNS=${1:-3}
-CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+. bench/common.sh
 log() { echo "[bench] $*" >&2; }
 scripts/setup.sh
 cargo build --release --locked -q --workspace
 MLX=target/release/mlxengine
 
 # --- peers -------------------------------------------------------------------------------
-VENV=$CACHE/bench-venv
-if ! "$VENV/bin/python" -c "import mlx_lm, llama_cpp, matplotlib" 2>/dev/null; then
-  log "installing mlx-lm, llama-cpp-python (from its sdist), matplotlib into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" "matplotlib==3.10.7"
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" "$VENV/bin/pip" install -q --no-binary llama-cpp-python \
-    "llama-cpp-python==0.3.36"
-fi
-ST_VENV=$CACHE/st-venv
-if ! "$ST_VENV/bin/python" -c "import sentence_transformers, torch" 2>/dev/null; then
-  log "installing sentence-transformers and torch into $ST_VENV"
-  python3 -m venv "$ST_VENV"
-  "$ST_VENV/bin/pip" install -q "sentence-transformers==6.2.0" "torch==2.15.0"
-fi
+ensure_bench_venv
+ensure_st_venv
 OPENBLAS=$(ls /usr/lib/*/openblas-pthread/libblas.so.3 | head -1)
-THREADS=$(grep -E '^core id' /proc/cpuinfo | sort -u | wc -l); [ "$THREADS" -gt 0 ] || THREADS=$(nproc)
 
 # --- models: the shipped GGUF, q4_0 / f16 conversions, an f32 safetensors import ---------
 GGUF=$(ls "$CACHE"/models/smollm2-135m-instruct/*.gguf)
