@@ -5,16 +5,19 @@ mod util;
 
 use std::process::{Command, Output};
 
-/// Run `mlxengine` with its own empty config home and plugins from the build dir.
-fn run(home: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-        .args(args)
+/// `mlxengine` with its own empty config home and plugins from the build dir.
+fn mlxengine(home: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mlxengine"));
+    c.args(args)
         .env("MLXENGINE_HOME", home)
         .env_remove("MLXENGINE_PLUGIN_PATH")
         .env_remove("MLXENGINE_REGISTRY")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run mlxengine")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn run(home: &std::path::Path, args: &[&str]) -> Output {
+    mlxengine(home, args).output().expect("run mlxengine")
 }
 
 fn stdout(o: &Output) -> String {
@@ -74,14 +77,9 @@ fn embed_without_a_working_cpu_compiler() {
     let mut args = vec!["-v", "embed", "--model", "all-minilm-l6-v2", "--json", text];
     let filler: Vec<String> = (0..200).map(|i| format!("filler sentence {i}")).collect();
     args.extend(filler.iter().map(String::as_str));
-    let o = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-        .args(&args)
-        .env("MLXENGINE_HOME", home.path())
+    let o = mlxengine(home.path(), &args)
         .env("TMPDIR", tmp.path())
         .env("PATH", path)
-        .env_remove("MLXENGINE_PLUGIN_PATH")
-        .env_remove("MLXENGINE_REGISTRY")
-        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
