@@ -87,11 +87,11 @@ impl Plugin for EmbedPlugin {
         let spec = &req.model;
         mlx_common::apply_memory_budget(req.memory_budget);
         let dtype = load_dtype(spec.dtype.as_ref().map(|d| d.as_str()).into_option())?;
-        let workers = req.device.cpu_cores.max(1) as usize;
+        let cpu_cores = req.device.cpu_cores.max(1) as usize;
         let encoder = Encoder::load(
             Path::new(spec.path.as_str()),
             dtype,
-            workers,
+            cpu_cores,
             req.memory_budget,
         )
         .map_err(|e| PluginError::from(e).with_context(&spec.id))?;
