@@ -106,13 +106,19 @@ mod tests {
     /// Threads inherit their creator's name: those named after the pool are its workers
     /// and the stream threads MLX made for them (one each).
     fn threads_named(prefix: &str) -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter(|t| {
-                std::fs::read_to_string(t.as_ref().unwrap().path().join("comm"))
+        thread_ids()
+            .filter(|id| {
+                std::fs::read_to_string(format!("/proc/self/task/{id}/comm"))
                     .is_ok_and(|c| c.starts_with(prefix))
             })
             .count()
+    }
+
+    /// Ids of this process's threads now.
+    fn thread_ids() -> impl Iterator<Item = String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
     }
 
     fn doubling(n: usize) -> Vec<Box<dyn FnOnce() -> f32 + Send>> {
@@ -169,11 +175,7 @@ mod tests {
         assert!(!workers.is_empty());
         drop(pool);
         // The workers are gone (MLX keeps each worker's stream thread, which is not one).
-        let left: Vec<_> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|t| workers.contains(t))
-            .collect();
+        let left: Vec<_> = thread_ids().filter(|t| workers.contains(t)).collect();
         assert!(
             left.is_empty(),
             "worker threads {left:?} left after the pool dropped"
