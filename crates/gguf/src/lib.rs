@@ -1,11 +1,13 @@
 //! GGUF files for MLXEngine, in pure Rust (no MLX): read the container, dequantize
 //! tensors, and convert a model to the Hugging Face layout (HF tensor names and
-//! `config.json`, `tokenizer.json`, `tokenizer_config.json`). The MLX `llm` plugin loads a
+//! `config.json`, `tokenizer.json`, `tokenizer_config.json`), and write a model's float
+//! twin ([`writer::dequantize`]). The MLX `llm` plugin loads a
 //! lone `.gguf` through [`hf::to_hf`]; `mlxengine import` writes it with [`hf::import`].
 
 pub mod hf;
 mod reader;
 mod tokenizer;
+pub mod writer;
 
 pub use reader::{
     metadata_from_prefix, to_json, type_name, Gguf, TensorInfo, Value, SUPPORTED_TYPES,

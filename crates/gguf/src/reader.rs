@@ -114,6 +114,9 @@ pub struct Gguf {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
+    /// Each metadata pair's bytes in the file (key, type and value), in file order: a
+    /// writer copies them verbatim, so value types survive a rewrite.
+    raw_kv: Vec<(String, std::ops::Range<usize>)>,
     data_start: usize,
     map: memmap2::Mmap,
 }
@@ -186,7 +189,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Bytes of `n` elements of a supported type.
-fn byte_size(ty: u32, n: usize) -> Option<usize> {
+pub(crate) fn byte_size(ty: u32, n: usize) -> Option<usize> {
     match ty {
         0 => Some(n * 4),
         1 | 30 => Some(n * 2),
@@ -270,12 +273,15 @@ impl Gguf {
         let n_tensors = r.u64().map_err(&bad)? as usize;
         let n_kv = r.u64().map_err(&bad)? as usize;
         let mut metadata = BTreeMap::new();
+        let mut raw_kv = Vec::new();
         for _ in 0..n_kv {
+            let start = r.pos;
             let key = r.string().map_err(&bad)?;
             let ty = r.u32().map_err(&bad)?;
             let v = r
                 .value(ty, 0)
                 .map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            raw_kv.push((key.clone(), start..r.pos));
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
@@ -310,6 +316,7 @@ impl Gguf {
             version,
             metadata,
             tensors,
+            raw_kv,
             data_start,
             map,
         };
@@ -365,6 +372,13 @@ impl Gguf {
             }
         }
         out
+    }
+
+    /// The metadata pairs as stored: (key, the pair's bytes), in file order.
+    pub fn raw_metadata(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.raw_kv
+            .iter()
+            .map(|(k, r)| (k.as_str(), &self.map[r.clone()]))
     }
 
     fn bytes(&self, t: &TensorInfo) -> &[u8] {
