@@ -19,8 +19,8 @@ use plugin_api::{
     text::{
         FinishReason, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput,
     },
-    ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
-    ProbeRequest,
+    ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, ModelSpec, PluginDescriptor,
+    PluginError, Probe, ProbeRequest,
 };
 use plugin_sdk::{LoadedModel, Plugin, Sink};
 use std::{
@@ -61,21 +61,52 @@ const MAX_SEQS: usize = 16;
 /// Smallest KV cache (tokens over all sequences), so requests can join a running batch.
 const MIN_KV_CELLS: usize = 4096;
 
-fn backend() -> Result<&'static LlamaBackend, PluginError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
-    BACKEND
+pub mod cpu_backend;
+pub mod settings;
+mod teacher;
+
+pub use teacher::Scorer;
+
+use cpu_backend::CpuBackend;
+use settings::Settings;
+
+/// llama.cpp, initialised once per process: the CPU backend variant for this CPU is
+/// loaded first (see [`cpu_backend`]), then the llama backend.
+fn runtime() -> Result<&'static (LlamaBackend, CpuBackend), PluginError> {
+    static RUNTIME: OnceLock<Result<(LlamaBackend, CpuBackend), String>> = OnceLock::new();
+    RUNTIME
         .get_or_init(|| {
-            LlamaBackend::init()
-                .map(|mut b| {
-                    if std::env::var_os("MLXENGINE_GGML_LOGS").is_none() {
-                        b.void_logs();
-                    }
-                    b
-                })
-                .map_err(|e| e.to_string())
+            if std::env::var_os("MLXENGINE_GGML_LOGS").is_none() {
+                silence_llama_logs();
+            }
+            let cpu = cpu_backend::load()?;
+            let b = LlamaBackend::init().map_err(|e| format!("llama.cpp backend: {e}"))?;
+            Ok((b, cpu))
         })
         .as_ref()
-        .map_err(|e| PluginError::new(ErrorKind::INTERNAL, format!("llama.cpp backend: {e}")))
+        .map_err(|e| PluginError::new(ErrorKind::INTERNAL, e.as_str()))
+}
+
+/// Drop llama.cpp's and ggml's log lines (before anything is loaded: backend loading logs).
+fn silence_llama_logs() {
+    unsafe extern "C" fn void_log(
+        _level: llama_cpp_sys_2::ggml_log_level,
+        _text: *const std::os::raw::c_char,
+        _user_data: *mut std::os::raw::c_void,
+    ) {
+    }
+    // SAFETY: installs a callback that ignores its arguments; llama_log_set also sets
+    // ggml's logger.
+    unsafe { llama_cpp_sys_2::llama_log_set(Some(void_log), std::ptr::null_mut()) }
+}
+
+fn backend() -> Result<&'static LlamaBackend, PluginError> {
+    runtime().map(|(b, _)| b)
+}
+
+/// The llama.cpp CPU backend variant this process uses, loading it if needed.
+pub fn cpu_variant() -> Result<CpuBackend, PluginError> {
+    runtime().map(|(_, c)| c.clone())
 }
 
 /// Physical CPU cores (llama.cpp is fastest with one thread per core).
@@ -124,34 +155,49 @@ impl Plugin for GgmlPlugin {
 
     fn probe(req: &ProbeRequest) -> Probe {
         let backend = if GPU_BUILD { "ggml-gpu" } else { "ggml-cpu" };
+        let refuse = |reason: String| Probe {
+            score: 0,
+            backend: backend.into(),
+            reason: reason.into(),
+        };
+        let mut settings = Settings::device_default(GPU_BUILD, physical_cores());
         if let Some(m) = req.model.as_ref().into_option() {
             let path = Path::new(m.path.as_str());
             if !m.path.is_empty() && gguf::model_file(path).is_none() {
-                return Probe {
-                    score: 0,
-                    backend: backend.into(),
-                    reason: "ggml reads GGUF files only; this model is not a GGUF".into(),
-                };
+                return refuse("ggml reads GGUF files only; this model is not a GGUF".into());
             }
-        }
-        let cores = physical_cores();
-        if GPU_BUILD {
-            return Probe {
-                score: 90,
-                backend: backend.into(),
-                reason: "llama.cpp with a GPU backend, all layers offloaded".into(),
+            settings = match settings.with_options(m.options.as_str()) {
+                Ok(s) => s,
+                Err(e) => return refuse(format!("registry options: {e}")),
             };
         }
+        let cpu = match runtime() {
+            Ok((_, cpu)) => cpu,
+            Err(e) => return refuse(e.message.to_string()),
+        };
+        let (score, what) = if GPU_BUILD {
+            (
+                90,
+                "llama.cpp with a GPU backend, all layers offloaded".to_owned(),
+            )
+        } else {
+            (60, cpu.describe())
+        };
         Probe {
-            score: 60,
+            score,
             backend: backend.into(),
-            reason: format!("llama.cpp CPU kernels (SIMD, quantized matmul), {cores} threads")
-                .into(),
+            reason: format!("{what}; {}", settings.describe()).into(),
         }
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
-        let spec = &req.model;
+        Ok(Box::new(GgmlModel::open(&req.model)?))
+    }
+}
+
+impl GgmlModel {
+    /// Load the GGUF `spec` names with the settings its registry options ask for.
+    fn open(spec: &ModelSpec) -> Result<Self, PluginError> {
         let id = spec.id.to_string();
         let path = Path::new(spec.path.as_str());
         let file = gguf::model_file(path).ok_or_else(|| {
@@ -164,6 +210,15 @@ impl Plugin for GgmlPlugin {
                 ),
             )
         })?;
+        let settings = Settings::device_default(GPU_BUILD, physical_cores())
+            .with_options(spec.options.as_str())
+            .map_err(|e| {
+                err(
+                    ErrorKind::INVALID_REQUEST,
+                    &id,
+                    format!("registry options: {e}"),
+                )
+            })?;
         let mut params = LlamaModelParams::default();
         if GPU_BUILD {
             // Offload every layer to the GPU backend compiled in.
@@ -198,7 +253,7 @@ impl Plugin for GgmlPlugin {
         let arch = model
             .meta_val_str("general.architecture")
             .unwrap_or_default();
-        Ok(Box::new(GgmlModel {
+        Ok(GgmlModel {
             id,
             arch,
             system_prompt: spec
@@ -211,10 +266,10 @@ impl Plugin for GgmlPlugin {
             eos,
             add_bos,
             extra_eos,
-            threads: physical_cores() as i32,
+            settings,
             ctx: Mutex::new(None),
             model: Box::new(model),
-        }))
+        })
     }
 }
 
@@ -236,7 +291,7 @@ struct GgmlModel {
     eos: String,
     add_bos: bool,
     extra_eos: Vec<LlamaToken>,
-    threads: i32,
+    settings: Settings,
     /// Declared before `model`, which it borrows: dropped first.
     ctx: Mutex<Option<Ctx>>,
     /// Boxed so its address is stable for the context's borrow.
@@ -465,9 +520,8 @@ impl GgmlModel {
                 .with_n_batch((PREFILL_CHUNK + seqs) as u32)
                 .with_n_ubatch((PREFILL_CHUNK + seqs) as u32)
                 .with_n_seq_max(seqs as u32)
-                .with_kv_unified(true)
-                .with_n_threads(self.threads)
-                .with_n_threads_batch(self.threads);
+                .with_kv_unified(true);
+            let params = self.settings.apply(params);
             let model: &LlamaModel = &self.model;
             // SAFETY: the context borrows the boxed model, which never moves and outlives
             // it: `ctx` is declared before `model` in `GgmlModel`, so it is dropped first.

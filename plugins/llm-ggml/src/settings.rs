@@ -1,0 +1,178 @@
+//! llama.cpp context settings: the registry's per-model `[models.options]` over defaults
+//! chosen for the device.
+//!
+//! Defaults, measured (`bench/llm_decode.sh`, SmolLM2-135M Q4_1; docs/ggml-backend.md):
+//! on llama.cpp's CPU backend, flash attention costs decode speed at every prompt length
+//! we measured — Xeon (AVX-512): 88.9 tok/s off vs 49.7 on at a 512-token prompt; EPYC
+//! (AVX2): see BENCHMARKS.md — while it gains prefill only ~9%; so it is off on CPU builds.
+//! The KV cache stays f16 (llama.cpp's default; f32 costs twice the memory for no measured
+//! gain). GPU builds keep llama.cpp's own choice (`auto`).
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use serde_json::Value;
+
+/// Flash attention policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashAttn {
+    On,
+    Off,
+    Auto,
+}
+
+impl FlashAttn {
+    fn name(self) -> &'static str {
+        match self {
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+            FlashAttn::Auto => "auto",
+        }
+    }
+}
+
+/// KV cache element types offered (K and V alike).
+const KV_TYPES: &[(&str, KvCacheType)] = &[
+    ("f32", KvCacheType::F32),
+    ("f16", KvCacheType::F16),
+    ("bf16", KvCacheType::BF16),
+    ("q8_0", KvCacheType::Q8_0),
+    ("q4_0", KvCacheType::Q4_0),
+];
+
+/// The settings a model's contexts are made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub flash_attn: FlashAttn,
+    /// Index into `KV_TYPES`.
+    kv: usize,
+    pub threads: i32,
+}
+
+/// Option keys the registry may set for this provider.
+pub const KEYS: &[&str] = &["flash_attn", "kv_type", "threads"];
+
+impl Settings {
+    /// The defaults for this build on a machine with `cores` physical cores.
+    pub fn device_default(gpu_build: bool, cores: usize) -> Self {
+        Settings {
+            flash_attn: if gpu_build {
+                FlashAttn::Auto
+            } else {
+                FlashAttn::Off
+            },
+            kv: 1,
+            threads: cores.clamp(1, 1024) as i32,
+        }
+    }
+
+    /// `defaults` overridden by the registry options (a JSON object); an unknown key or
+    /// a bad value is an error naming it.
+    pub fn with_options(mut self, options: &str) -> Result<Self, String> {
+        if options.trim().is_empty() {
+            return Ok(self);
+        }
+        let v: Value =
+            serde_json::from_str(options).map_err(|e| format!("options are not JSON: {e}"))?;
+        let Some(map) = v.as_object() else {
+            return Err("options must be a table".into());
+        };
+        for (key, val) in map {
+            let bad = |want: &str| format!("option `{key}`: expected {want}, got {val}");
+            match key.as_str() {
+                "flash_attn" => {
+                    self.flash_attn = match val.as_str() {
+                        Some("on") => FlashAttn::On,
+                        Some("off") => FlashAttn::Off,
+                        Some("auto") => FlashAttn::Auto,
+                        _ => return Err(bad("\"on\", \"off\" or \"auto\"")),
+                    }
+                }
+                "kv_type" => {
+                    let names: Vec<&str> = KV_TYPES.iter().map(|(n, _)| *n).collect();
+                    self.kv = val
+                        .as_str()
+                        .and_then(|s| names.iter().position(|n| *n == s))
+                        .ok_or_else(|| bad(&format!("one of {}", names.join(", "))))?;
+                }
+                "threads" => {
+                    self.threads = val
+                        .as_u64()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| bad("an integer from 1 to 1024"))?
+                        as i32
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown option `{key}` (this provider reads {})",
+                        KEYS.join(", ")
+                    ))
+                }
+            }
+        }
+        if self.kv >= 3 && self.flash_attn != FlashAttn::On {
+            return Err(format!(
+                "option `kv_type`: a quantized KV cache ({}) needs flash_attn = \"on\"",
+                self.kv_name()
+            ));
+        }
+        Ok(self)
+    }
+
+    fn kv_name(&self) -> &'static str {
+        KV_TYPES[self.kv].0
+    }
+
+    /// The settings applied to llama.cpp context parameters.
+    pub fn apply(&self, p: LlamaContextParams) -> LlamaContextParams {
+        let fa = match self.flash_attn {
+            FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        };
+        let kv = KV_TYPES[self.kv].1;
+        p.with_flash_attention_policy(fa)
+            .with_type_k(kv)
+            .with_type_v(kv)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+    }
+
+    /// e.g. `flash attention off, KV cache f16, 2 threads`.
+    pub fn describe(&self) -> String {
+        format!(
+            "flash attention {}, KV cache {}, {} threads",
+            self.flash_attn.name(),
+            self.kv_name(),
+            self.threads
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_override_defaults_and_bad_ones_are_named() {
+        let d = Settings::device_default(false, 2);
+        assert_eq!(d.describe(), "flash attention off, KV cache f16, 2 threads");
+        let s = d
+            .clone()
+            .with_options(r#"{"flash_attn":"on","kv_type":"q8_0","threads":4}"#)
+            .unwrap();
+        assert_eq!(s.describe(), "flash attention on, KV cache q8_0, 4 threads");
+        assert_eq!(d.clone().with_options("{}").unwrap(), d);
+        for (opts, want) in [
+            (r#"{"flash":"on"}"#, "unknown option `flash`"),
+            (
+                r#"{"kv_type":"f8"}"#,
+                "option `kv_type`: expected one of f32",
+            ),
+            (r#"{"threads":0}"#, "option `threads`: expected an integer"),
+            (r#"{"kv_type":"q4_0"}"#, "needs flash_attn = \"on\""),
+            ("[1]", "options must be a table"),
+        ] {
+            let e = d.clone().with_options(opts).unwrap_err();
+            assert!(e.contains(want), "{opts}: {e}");
+        }
+    }
+}
