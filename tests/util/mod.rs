@@ -74,3 +74,24 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// The shipped SmolLM2 Q4_1 GGUF (installed by `scripts/setup.sh`).
+pub fn smollm2_q4_1() -> PathBuf {
+    let dir = mlxengine::engine::models_dir().join("smollm2-135m-instruct");
+    gguf::model_file(&dir)
+        .unwrap_or_else(|| panic!("no GGUF in {}: run scripts/setup.sh", dir.display()))
+}
+
+/// Its float twin: every tensor of the Q4_1 file dequantized to F32 by our GGUF writer
+/// (the same weight values, no quantized kernels), made once into the models cache.
+pub fn smollm2_f32_twin() -> PathBuf {
+    let dir = mlxengine::engine::models_dir().join("smollm2-135m-instruct-f32");
+    let file = dir.join("SmolLM2-135M-Instruct.F32.gguf");
+    if !file.is_file() {
+        std::fs::create_dir_all(&dir).expect("models cache is writable");
+        let src = gguf::Gguf::open(&smollm2_q4_1()).expect("shipped GGUF opens");
+        gguf::writer::dequantize(&src, &file, gguf::writer::FloatType::F32)
+            .expect("dequantize the shipped GGUF");
+    }
+    file
+}
