@@ -31,7 +31,8 @@ home=$(mktemp -d); trap 'rm -rf "$home"' EXIT
 export MLXENGINE_HOME=$home
 target/release/mlxengine add --id bench-f32 --kind llm --architecture llama --path "$HF" >/dev/null
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+quiet_guard
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(grep -o -m1 'avx512f\|avx2' /proc/cpuinfo | head -1))"
 echo "model: SmolLM2-135M-Instruct (f32), chat prompt, greedy, $N new tokens, $RUNS runs (median)"
 ours=$(target/release/mlxengine bench --model bench-f32 --chat --prompt "$PROMPT" --max-tokens "$N" --runs "$RUNS" --json)
 od=$(echo "$ours" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tps"]["median"])')
@@ -60,7 +61,10 @@ import sys, time, statistics
 from llama_cpp import Llama
 path, n, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 words = "the river carried old stories past quiet towns where people still remember long summer nights and".split()
-llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+# The ggml provider's CPU settings (plugins/llm-ggml/src/settings.rs): flash attention
+# off, f16 KV cache (llama.cpp's default type), one thread per physical core.
+llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+            flash_attn=False, verbose=False)
 prompt = llm.tokenize(" ".join(words[i % len(words)] for i in range(128)).encode(), add_bos=False)
 def run(m):
     llm.reset()
@@ -91,9 +95,11 @@ printf '%-28s %12s %12s\n' "" "decode tok/s" "prefill tok/s"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (mlx-llm plugin)" "$od" "$op"
 printf '%-28s %12.1f %12.1f\n' "mlx-lm 0.32.2" "$pd" "$pp"
 printf '%-28s %12.2f %12.2f\n' "ratio MLX provider / mlx-lm" "$(echo "$od / $pd" | bc -l)" "$(echo "$op / $pp" | bc -l)"
-echo "Q4_1 GGUF, $THREADS threads, 128-token prompt:"
+echo "Q4_1 GGUF, $THREADS threads, 128-token prompt. Settings:"
+echo "  ggml provider: $(target/release/mlxengine info smollm2-135m-instruct --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))')"
+echo "  llama.cpp:     flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"
 printf '%-28s %12.1f %12.1f\n' "MLXEngine (ggml-llm plugin)" "$gd" "$gp"
 printf '%-28s %12.1f %12.1f\n' "llama.cpp (llama-cpp-python)" "$ld" "$lp"
 printf '%-28s %12.2f %12.2f\n' "ratio ggml provider / llama" "$rd" "$rp"
-echo "(medians over $ROUNDS alternating rounds; ratio = median of per-round ratios)"
+echo "(medians over $ROUNDS alternating rounds; ratio = median of per-round ratios; steal $(steal_since)%)$BENCH_FLAG"
 printf '%s' "$rounds" | awk '{printf "  round %d: ggml provider %.1f / %.1f, llama.cpp %.1f / %.1f\n", NR, $1, $2, $3, $4}'

@@ -53,6 +53,9 @@ done
 
 out=bench/results
 mkdir -p "$out"
+quiet_guard
+SETTINGS="ggml provider: $($MLX info smollm2-135m-instruct --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))'); llama.cpp: flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"
+log "settings: $SETTINGS"
 R=$home/rows.jsonl
 row() { echo "$1" >>"$R"; }
 ours() { # id backend dtype prompt_tokens → one JSON row
@@ -88,6 +91,6 @@ log "server, 1/4/16 streams"
 bench/server.sh 64 2 | tee "$home/server.txt" >&2
 row "{\"group\":\"server\",\"what\":\"64 tokens x 2 requests per client\",\"text\":$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$home/server.txt")}"
 
-machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(grep -o -m1 'avx512f\|avx2' /proc/cpuinfo | head -1)), $(date -u +%F); steal $(steal_since)%$BENCH_FLAG. Settings: $SETTINGS"
 "$VENV/bin/python" bench/report.py "$R" "$out" "$machine" "$RUNS"
 cat "$out/cpu.md"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up (idempotent), build the host and plugins, then
-# chat with the default model (SmolLM2-135M-Instruct) through the llm plugin, and embed a
+# chat with the default model (SmolLM2-135M-Instruct) on the fastest provider for this
+# machine (the ggml one on CPU-only machines, MLX on a GPU; it says which), and embed a
 # few sentences with the default embedding model through the embed plugin.
 #   scripts/demo.sh                      # a one-shot answer + embeddings
 #   scripts/demo.sh "Your question"      # ask your own question
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-cargo build --release --locked -p mlxengine -p mlxengine-embed -p mlxengine-llm
+cargo build --release --locked -p mlxengine -p mlxengine-embed -p mlxengine-llm -p mlxengine-llm-ggml
 bin=target/release/mlxengine
 if [ "${1:-}" = "--chat" ]; then
   exec "$bin" chat
@@ -16,6 +17,8 @@ fi
 "$bin" plugins
 echo
 question=${1:-What is the capital of France? Answer in one sentence, then name two famous places there.}
+"$bin" info smollm2-135m-instruct | grep -E 'served by|score' || true
+echo
 echo "> $question"
 "$bin" generate --chat --max-tokens 96 "$question"
 echo
