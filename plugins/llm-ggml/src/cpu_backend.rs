@@ -2,9 +2,19 @@
 //!
 //! The build makes one `libggml-cpu-<variant>.so` per x86 feature level (x64, sse42,
 //! sandybridge, haswell, skylakex, icelake, zen4, sapphirerapids, …; llama.cpp's
-//! `GGML_CPU_ALL_VARIANTS`). Each reports a score for the running CPU (0 when it needs an
-//! instruction the CPU lacks) and llama.cpp loads the best (`GGML_BACKEND_DL`). So one
-//! portable build gets AVX-512/VNNI kernels on a Xeon and AVX2 kernels on an EPYC.
+//! `GGML_CPU_ALL_VARIANTS`). Each reports a score for the running CPU from CPUID (0 when
+//! it needs an instruction the CPU lacks); the best one is registered with ggml
+//! (`GGML_BACKEND_DL`). So one portable build gets AVX-512/VNNI kernels on a Xeon and AVX2
+//! kernels on an EPYC.
+//!
+//! The choice is made here rather than by ggml's `ggml_backend_load_all`, for one reason
+//! measured on an H200 host's Xeon (a KVM guest): CPUID reports AMX, the kernel grants it
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)` returns 0) and a forked probe ran `ldtilecfg`,
+//! `tilezero` and `tilerelease` cleanly — yet ggml's AMX variant (`sapphirerapids`) died
+//! with "Illegal instruction" repacking the first Q4_1 tensor, taking the host with it.
+//! So AMX variants (llama.cpp's AMX path only speeds up prefill of Q4_0/Q4_1/Q8_0) are
+//! candidates only with `MLXENGINE_GGML_AMX=1`; elsewhere the best AVX-512 variant serves.
+//! `MLXENGINE_GGML_CPU_VARIANT` forces one variant (for benchmarks and diagnosis).
 //!
 //! The modules are looked for, in order: in `MLXENGINE_GGML_BACKENDS` (a directory), beside
 //! this plugin (a packaged layout, `scripts/package.sh`), and where this build installed
@@ -27,11 +37,19 @@ pub struct CpuBackend {
     pub variant: String,
     /// Variants available there.
     pub available: Vec<String>,
+    /// Chosen by `MLXENGINE_GGML_CPU_VARIANT` rather than by score.
+    pub forced: bool,
 }
 
 impl CpuBackend {
     /// One line for probes and `mlxengine device`.
     pub fn describe(&self) -> String {
+        if self.forced {
+            return format!(
+                "llama.cpp CPU backend `{}` (forced by MLXENGINE_GGML_CPU_VARIANT)",
+                self.variant
+            );
+        }
         format!(
             "llama.cpp CPU backend `{}` (best of {} variants for this CPU)",
             self.variant,
@@ -82,18 +100,40 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The CPU backend module mapped into this process, by variant tag.
-fn mapped_variant() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|l| {
-        let file = Path::new(l.split_whitespace().last()?)
-            .file_name()?
-            .to_str()?;
-        Some(file.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.to_owned())
-    })
+/// Variants whose kernels use AMX tiles (llama.cpp's `GGML_CPU_ALL_VARIANTS` table).
+const AMX_VARIANTS: &[&str] = &["sapphirerapids"];
+
+/// The score a variant module gives this CPU (0: it cannot run here), or an error.
+fn score(path: &Path) -> Result<i32, String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: bad path", path.display()))?;
+    // SAFETY: the module is one of llama.cpp's CPU backends (its constructors only
+    // register nothing until ggml_backend_load); we only call its score function.
+    unsafe {
+        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if h.is_null() {
+            let e = libc::dlerror();
+            let msg = if e.is_null() {
+                "dlopen failed".to_owned()
+            } else {
+                CStr::from_ptr(e).to_string_lossy().into_owned()
+            };
+            return Err(format!("{}: {msg}", path.display()));
+        }
+        let f = libc::dlsym(h, c"ggml_backend_score".as_ptr());
+        let s = if f.is_null() {
+            0
+        } else {
+            let f: extern "C" fn() -> i32 = std::mem::transmute(f);
+            f()
+        };
+        libc::dlclose(h);
+        Ok(s)
+    }
 }
 
-/// Load the best CPU backend variant (once per process; the caller keeps the result).
+/// Choose and register the best CPU backend variant (once per process; the caller keeps
+/// the result).
 pub fn load() -> Result<CpuBackend, String> {
     let dirs = search_dirs();
     let Some((dir, available)) = dirs.iter().find_map(|d| {
@@ -107,20 +147,66 @@ pub fn load() -> Result<CpuBackend, String> {
             list.join(", ")
         ));
     };
-    llama_cpp_2::llama_backend::load_backends_from_path(&dir);
-    // SAFETY: a lookup in ggml's backend registry by a NUL-terminated name.
-    let cpu = unsafe { llama_cpp_sys_2::ggml_backend_reg_by_name(c"CPU".as_ptr()) };
-    if cpu.is_null() {
-        return Err(format!(
-            "none of the llama.cpp CPU backends in {} loads on this CPU (variants: {})",
-            dir.display(),
-            available.join(", ")
-        ));
+    let path = |tag: &str| dir.join(format!("{PREFIX}{tag}{SUFFIX}"));
+    let forced = std::env::var("MLXENGINE_GGML_CPU_VARIANT").ok();
+    let amx = std::env::var_os("MLXENGINE_GGML_AMX").is_some_and(|v| v == "1");
+    let mut best: Option<(i32, &str)> = None;
+    for tag in &available {
+        let is_forced = forced.as_deref() == Some(tag.as_str());
+        if forced.is_some() && !is_forced
+            || (!amx && !is_forced && AMX_VARIANTS.contains(&tag.as_str()))
+        {
+            continue;
+        }
+        let s = score(&path(tag))?;
+        if s > 0 && best.is_none_or(|(b, _)| s > b) {
+            best = Some((s, tag));
+        }
     }
-    let variant = mapped_variant().unwrap_or_else(|| "unknown".into());
+    let Some((_, tag)) = best else {
+        return Err(match forced {
+            Some(f) if !available.contains(&f) => format!(
+                "MLXENGINE_GGML_CPU_VARIANT={f}: no such variant in {} ({})",
+                dir.display(),
+                available.join(", ")
+            ),
+            Some(f) => format!("MLXENGINE_GGML_CPU_VARIANT={f}: it does not run on this CPU"),
+            _ => format!(
+                "none of the llama.cpp CPU backends in {} runs on this CPU (variants: {}{})",
+                dir.display(),
+                available.join(", "),
+                if amx {
+                    ""
+                } else {
+                    "; AMX variants need MLXENGINE_GGML_AMX=1"
+                }
+            ),
+        });
+    };
+    register(&path(tag))?;
+    // GPU builds: their backend modules sit beside the CPU ones.
+    for gpu in ["cuda", "hip", "vulkan", "metal"] {
+        let p = dir.join(format!("libggml-{gpu}{SUFFIX}"));
+        if p.is_file() {
+            register(&p)?;
+        }
+    }
     Ok(CpuBackend {
+        variant: tag.to_owned(),
         dir,
-        variant,
         available,
+        forced: forced.is_some(),
     })
+}
+
+/// Register a backend module with ggml (it stays loaded for the process).
+fn register(path: &Path) -> Result<(), String> {
+    let file = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: bad path", path.display()))?;
+    // SAFETY: a llama.cpp backend module, loaded and registered by ggml itself.
+    let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(file.as_ptr()) };
+    if reg.is_null() {
+        return Err(format!("llama.cpp could not load {}", path.display()));
+    }
+    Ok(())
 }
