@@ -18,7 +18,7 @@ RUNS=${2:-3}
 ROUNDS=${3:-5}
 . bench/common.sh
 scripts/setup.sh
-cargo build --release --locked -q -p mlxengine -p mlxengine-llm -p mlxengine-llm-ggml
+cargo build --release --locked -q --workspace  # as scripts/test.sh: one llama.cpp build
 ensure_bench_venv
 HF=$CACHE/bench/smollm2-135m-instruct-f32
 if [ ! -d "$HF" ]; then

@@ -9,7 +9,7 @@ N=${1:-64}
 R=${2:-2}
 CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
 scripts/setup.sh
-cargo build --release --locked -q -p mlxengine -p mlxengine-embed -p mlxengine-llm -p mlxengine-llm-ggml
+cargo build --release --locked -q --workspace  # as scripts/test.sh: one llama.cpp build
 home=$(mktemp -d); log=$home/server.log
 MLXENGINE_HOME=$home target/release/mlxengine serve --port 0 --preload default 2>"$log" &
 pid=$!

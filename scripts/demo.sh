@@ -9,7 +9,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
-cargo build --release --locked -p mlxengine -p mlxengine-embed -p mlxengine-llm -p mlxengine-llm-ggml
+# The whole workspace, as scripts/test.sh builds it: a different package selection changes
+# feature unification and makes cargo build llama.cpp a second time.
+cargo build --release --locked --workspace
 bin=target/release/mlxengine
 if [ "${1:-}" = "--chat" ]; then
   exec "$bin" chat
