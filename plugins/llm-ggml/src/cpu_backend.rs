@@ -107,8 +107,8 @@ const AMX_VARIANTS: &[&str] = &["sapphirerapids"];
 fn score(path: &Path) -> Result<i32, String> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{}: bad path", path.display()))?;
-    // SAFETY: the module is one of llama.cpp's CPU backends (its constructors only
-    // register nothing until ggml_backend_load); we only call its score function.
+    // SAFETY: the module is one of llama.cpp's CPU backends; opening it registers nothing
+    // (that is ggml_backend_load's job), and its score function only reads CPUID.
     unsafe {
         let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
         if h.is_null() {
@@ -151,6 +151,7 @@ pub fn load() -> Result<CpuBackend, String> {
     let forced = std::env::var("MLXENGINE_GGML_CPU_VARIANT").ok();
     let amx = std::env::var_os("MLXENGINE_GGML_AMX").is_some_and(|v| v == "1");
     let mut best: Option<(i32, &str)> = None;
+    let mut unloadable = Vec::new();
     for tag in &available {
         let is_forced = forced.as_deref() == Some(tag.as_str());
         if forced.is_some() && !is_forced
@@ -158,7 +159,10 @@ pub fn load() -> Result<CpuBackend, String> {
         {
             continue;
         }
-        let s = score(&path(tag))?;
+        let s = score(&path(tag)).unwrap_or_else(|e| {
+            unloadable.push(e);
+            0
+        });
         if s > 0 && best.is_none_or(|(b, _)| s > b) {
             best = Some((s, tag));
         }
@@ -172,13 +176,18 @@ pub fn load() -> Result<CpuBackend, String> {
             ),
             Some(f) => format!("MLXENGINE_GGML_CPU_VARIANT={f}: it does not run on this CPU"),
             _ => format!(
-                "none of the llama.cpp CPU backends in {} runs on this CPU (variants: {}{})",
+                "none of the llama.cpp CPU backends in {} runs on this CPU (variants: {}{}){}",
                 dir.display(),
                 available.join(", "),
                 if amx {
                     ""
                 } else {
                     "; AMX variants need MLXENGINE_GGML_AMX=1"
+                },
+                if unloadable.is_empty() {
+                    String::new()
+                } else {
+                    format!("; could not open: {}", unloadable.join("; "))
                 }
             ),
         });
