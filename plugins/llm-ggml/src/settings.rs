@@ -1,12 +1,13 @@
 //! llama.cpp context settings: the registry's per-model `[models.options]` over defaults
 //! chosen for the device.
 //!
-//! Defaults, measured (`bench/llm_decode.sh`, SmolLM2-135M Q4_1; docs/ggml-backend.md):
-//! on llama.cpp's CPU backend, flash attention costs decode speed at every prompt length
-//! we measured — Xeon (AVX-512): 88.9 tok/s off vs 49.7 on at a 512-token prompt; EPYC
-//! (AVX2): see BENCHMARKS.md — while it gains prefill only ~9%; so it is off on CPU builds.
-//! The KV cache stays f16 (llama.cpp's default; f32 costs twice the memory for no measured
-//! gain). GPU builds keep llama.cpp's own choice (`auto`).
+//! Defaults, measured (SmolLM2-135M Q4_1, 512-token prompt; BENCHMARKS.md, "CPU
+//! portability"): llama.cpp's CPU flash attention has no single right setting — off won
+//! 1.8x decode on a 2-core Sapphire Rapids (88.9 vs 49.7 tok/s), tied on a 2-core EPYC
+//! (prefill ~8% faster on) and on the H200 host's Xeon at 2 threads, and lost ~13% at 16
+//! threads there. CPU builds default to off, the setting whose worst case is smallest;
+//! GPU builds keep llama.cpp's choice (`auto`). The KV cache stays f16 (llama.cpp's
+//! default). A model's registry options override any of it.
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use serde_json::Value;
