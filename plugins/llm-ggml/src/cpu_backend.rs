@@ -31,8 +31,6 @@ const SUFFIX: &str = ".so";
 /// The CPU backend in use.
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
-    /// Directory the variants were loaded from.
-    pub dir: PathBuf,
     /// The variant llama.cpp chose (`haswell`, `zen4`, …).
     pub variant: String,
     /// Variants available there.
@@ -202,7 +200,6 @@ pub fn load() -> Result<CpuBackend, String> {
     }
     Ok(CpuBackend {
         variant: tag.to_owned(),
-        dir,
         available,
         forced: forced.is_some(),
     })

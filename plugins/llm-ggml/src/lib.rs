@@ -61,8 +61,8 @@ const MAX_SEQS: usize = 16;
 /// Smallest KV cache (tokens over all sequences), so requests can join a running batch.
 const MIN_KV_CELLS: usize = 4096;
 
-pub mod cpu_backend;
-pub mod settings;
+mod cpu_backend;
+mod settings;
 mod teacher;
 
 pub use teacher::Scorer;
@@ -102,11 +102,6 @@ fn silence_llama_logs() {
 
 fn backend() -> Result<&'static LlamaBackend, PluginError> {
     runtime().map(|(b, _)| b)
-}
-
-/// The llama.cpp CPU backend variant this process uses, loading it if needed.
-pub fn cpu_variant() -> Result<CpuBackend, PluginError> {
-    runtime().map(|(_, c)| c.clone())
 }
 
 /// Physical CPU cores (llama.cpp is fastest with one thread per core).
