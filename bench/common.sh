@@ -64,3 +64,13 @@ steal_since() {
   now=$(awk '/^cpu /{print $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
   python3 -c 'import sys; s0,t0,s1,t1=map(float,sys.argv[1:]); print("%.1f" % (100*(s1-s0)/max(1,t1-t0)))' $STEAL_START $now
 }
+
+# The ggml provider's context settings for a model, as its probe reports them:
+#   ggml_settings MLXENGINE_BINARY [--registry FILE] MODEL_ID
+ggml_settings() {
+  local bin=$1; shift
+  local model=${*: -1}
+  "$bin" "${@:1:$#-1}" info "$model" --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))'
+}
+# What the llama.cpp peer is given (bench/peers.py, llm_decode.sh): the provider's CPU defaults.
+LLAMA_SETTINGS="flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"

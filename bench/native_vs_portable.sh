@@ -30,7 +30,7 @@ flash_attn = "auto"
 TOML
 quiet_guard
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "portable: $(target/release/mlxengine --registry "$nat/reg.toml" info smol-llama-defaults --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))')"
+echo "portable: $(ggml_settings target/release/mlxengine --registry "$nat/reg.toml" smol-llama-defaults)"
 run() { "$1" --registry "$nat/reg.toml" bench --model smol-llama-defaults --backend ggml --prompt-tokens "$P" --max-tokens 128 --runs 3 --json \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["decode_tps"]["median"], d["prefill_tps"]["median"])'; }
 rows=""

@@ -54,7 +54,7 @@ done
 out=bench/results
 mkdir -p "$out"
 quiet_guard
-SETTINGS="ggml provider: $($MLX info smollm2-135m-instruct --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))'); llama.cpp: flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"
+SETTINGS="ggml provider: $(ggml_settings $MLX smollm2-135m-instruct); llama.cpp: $LLAMA_SETTINGS"
 log "settings: $SETTINGS"
 R=$home/rows.jsonl
 row() { echo "$1" >>"$R"; }

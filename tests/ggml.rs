@@ -43,8 +43,7 @@ fn engine() -> Engine {
         "llama",
         Source::Path(util::smollm2_f32_twin()),
     );
-    // Float settings: no flash attention (its CPU path accumulates V in f16), f32 KV cache.
-    twin.options = serde_json::json!({"flash_attn": "off", "kv_type": "f32"});
+    twin.options = serde_json::from_str(util::GGML_FLOAT_OPTIONS).unwrap();
     e.add_model(twin).unwrap();
     e.add_model(ModelEntry::new(
         "gemma",

@@ -35,8 +35,7 @@ fn spec(path: &Path, options: &str) -> ModelSpec {
     }
 }
 
-/// Float settings: no flash attention (its CPU path accumulates V in f16), f32 KV cache.
-const FLOAT: &str = r#"{"flash_attn":"off","kv_type":"f32"}"#;
+use util::GGML_FLOAT_OPTIONS as FLOAT;
 
 struct Case {
     prompt: String,

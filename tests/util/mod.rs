@@ -82,6 +82,10 @@ pub fn smollm2_q4_1() -> PathBuf {
         .unwrap_or_else(|| panic!("no GGUF in {}: run scripts/setup.sh", dir.display()))
 }
 
+/// ggml provider options for float parity: no flash attention (its CPU path accumulates V
+/// in f16), an f32 KV cache.
+pub const GGML_FLOAT_OPTIONS: &str = r#"{"flash_attn":"off","kv_type":"f32"}"#;
+
 /// Its float twin: every tensor of the Q4_1 file dequantized to F32 by our GGUF writer
 /// (the same weight values, no quantized kernels), made once into the models cache.
 pub fn smollm2_f32_twin() -> PathBuf {
