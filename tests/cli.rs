@@ -110,7 +110,7 @@ fn plugins_json_lists_the_embed_plugin() {
         .find(|p| p["name"] == "mlx-embed")
         .expect("mlx-embed listed");
     assert_eq!(embed["kinds"], serde_json::json!(["embed"]));
-    assert_eq!(embed["api_version"], 1);
+    assert_eq!(embed["api_version"], plugin_api::API_VERSION);
     assert!(embed["features"]
         .as_array()
         .unwrap()

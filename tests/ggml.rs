@@ -56,11 +56,7 @@ fn engine() -> Engine {
 }
 
 fn chat(prompt: &str) -> TextInput {
-    let m = ChatMessage {
-        role: "user".into(),
-        content: prompt.into(),
-        images: Default::default(),
-    };
+    let m = ChatMessage::text("user", prompt);
     TextInput {
         prompt: "".into(),
         messages: vec![m].into(),

@@ -6,8 +6,8 @@ mod util;
 use mlxengine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
 use plugin_api::{
     text::{
-        ChatMessage, FinishReason, GenerateRequest, SamplingParams, StreamControl, StreamEvent,
-        TextInput,
+        ChatMessage, ContentPart, FinishReason, GenerateRequest, SamplingParams, StreamControl,
+        StreamEvent, TextInput,
     },
     ErrorKind, ModelKind,
 };
@@ -47,11 +47,7 @@ fn raw(prompt: &str) -> TextInput {
 }
 
 fn chat(prompt: &str) -> TextInput {
-    let m = ChatMessage {
-        role: "user".into(),
-        content: prompt.into(),
-        images: Default::default(),
-    };
+    let m = ChatMessage::text("user", prompt);
     TextInput {
         prompt: "".into(),
         messages: vec![m].into(),
@@ -236,7 +232,7 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
 
     let long = "word ".repeat(9000);
     let (kind, msg) = plugin_error(e.generate("smol", &request(vec![raw(&long)], 4), sink));
-    assert_eq!(kind, ErrorKind::INVALID_REQUEST);
+    assert_eq!(kind, ErrorKind::CONTEXT_LENGTH);
     assert!(
         msg.contains("input #0: the prompt has 9001 tokens, the model's context is 8192"),
         "{msg}"
@@ -449,23 +445,15 @@ fn registry_system_prompt_applies_when_the_user_gives_none() {
     let explicit = TextInput {
         prompt: "".into(),
         messages: vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "You are a pirate.".into(),
-                images: Default::default(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "Hi".into(),
-                images: Default::default(),
-            },
+            ChatMessage::text("system", "You are a pirate."),
+            ChatMessage::text("user", "Hi"),
         ]
         .into(),
     };
     assert_eq!(prompt_tokens("smol", explicit.clone()), pirate);
     // A system message from the user wins over the registry's.
     let mut own = explicit;
-    own.messages[0].content = "Be brief.".into();
+    own.messages[0].parts = vec![ContentPart::text("Be brief.")].into();
     assert_ne!(prompt_tokens("pirate", own), pirate);
 }
 

@@ -1,9 +1,9 @@
 //! Facts about this machine that plugins need to decide whether and how to run.
 
 use abi_stable::std_types::RString;
-use plugin_api::DeviceInfo;
+use plugin_api::{Accelerator, DeviceInfo};
 
-/// Measure this machine: cores, SIMD features, RAM (cgroup limit respected).
+/// Measure this machine: cores, SIMD features, RAM (cgroup limit respected), GPUs.
 pub fn probe() -> DeviceInfo {
     let (total, available) = memory();
     DeviceInfo {
@@ -15,7 +15,41 @@ pub fn probe() -> DeviceInfo {
         cpu_features: cpu_features().into_iter().map(RString::from).collect(),
         total_memory: total,
         available_memory: available,
+        physical_cores: physical_cores() as u32,
+        accelerators: accelerators().into(),
+        options: RString::new(),
     }
+}
+
+/// NVIDIA GPUs, as `nvidia-smi` lists them (CUDA ordinal order); none where it is absent.
+pub fn accelerators() -> Vec<Accelerator> {
+    let Ok(out) = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,name,memory.total,memory.free,compute_cap",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let [index, name, total, free, cc] = f[..] else {
+                return None;
+            };
+            let mib = |v: &str| v.parse::<u64>().map_or(0, |m| m << 20);
+            Some(Accelerator {
+                index: index.parse().ok()?,
+                api: "cuda".into(),
+                name: name.into(),
+                total_memory: mib(total),
+                free_memory: mib(free),
+                compute_capability: cc.into(),
+            })
+        })
+        .collect()
 }
 
 fn cpu_features() -> Vec<&'static str> {
@@ -147,27 +181,4 @@ pub fn blas_libraries() -> Vec<String> {
     libs.sort();
     libs.dedup();
     libs
-}
-
-/// NVIDIA GPUs (name, total memory in bytes), from `nvidia-smi` when it is installed.
-pub fn nvidia_gpus() -> Vec<(String, u64)> {
-    let Ok(out) = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name,memory.total",
-            "--format=csv,noheader,nounits",
-        ])
-        .output()
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (name, mib) = l.rsplit_once(',')?;
-            Some((
-                name.trim().to_owned(),
-                mib.trim().parse::<u64>().ok()? << 20,
-            ))
-        })
-        .collect()
 }

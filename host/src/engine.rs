@@ -13,8 +13,8 @@ use plugin_api::{
         FinishReason, GenerateOutput, GenerateRequest, GenerateResponse, StreamControl,
         StreamEvent, TokenSink, TokenSink_TO,
     },
-    DeviceInfo, Features, LoadRequest, ModelBox, ModelInfo, ModelKind, ModelSpec, PluginDescriptor,
-    PluginError, Probe, ProbeRequest,
+    DeviceInfo, ErrorKind, EstimateRequest, Features, LoadRequest, ModelBox, ModelInfo, ModelKind,
+    ModelSpec, PluginDescriptor, PluginError, Probe, ProbeRequest,
 };
 use std::{
     collections::HashMap,
@@ -488,10 +488,10 @@ impl Engine {
             .insert(key.to_owned(), std::time::Instant::now());
     }
 
-    /// Admission control: check the model's estimate against the budget, choosing the
-    /// MLX load dtype (float32 when it fits, else bfloat16) and unloading idle models,
-    /// least recently used first, to make room. Returns the entry to load (its dtype
-    /// possibly chosen) and its estimate.
+    /// Admission control: check the plugin's estimate against the budget (the plugin is
+    /// told what is free, and may choose a smaller load dtype to fit), unloading idle
+    /// models, least recently used first, to make room. Returns the entry to load (with
+    /// the dtype the plugin estimated for) and its estimate.
     fn admit(
         &self,
         mut entry: ModelEntry,
@@ -499,32 +499,24 @@ impl Engine {
         key: &str,
     ) -> Result<(ModelEntry, u64), HostError> {
         let budget = self.memory_budget();
-        let (_, est) = match self.estimate(&entry, plugin, None, 1) {
-            Ok(e) => e,
+        let (in_use, _) = self.memory_in_use();
+        let est = match self.estimate_within(&entry, plugin, None, 1, budget.saturating_sub(in_use))
+        {
+            Ok((_, e)) => e,
             Err(e) => {
                 tracing::warn!(model = %entry.id, "no memory estimate, loading unchecked: {e}");
                 return Ok((entry, 0));
             }
         };
-        let mut need = est.total_bytes;
-        let mut note = String::new();
-        let mlx_cpu_auto = entry.dtype.is_none()
-            && plugin.descriptor.name.as_str() == "mlx-llm"
-            && est.weights_as == "float32";
-        let (in_use, _) = self.memory_in_use();
-        if mlx_cpu_auto && in_use + need > budget {
-            // Float32 is the fastest on CPU but does not fit: half the weights' memory.
-            let mut half = entry.clone();
-            half.dtype = Some("bfloat16".into());
-            if let Ok((_, e)) = self.estimate(&half, plugin, None, 1) {
-                note = format!(
-                    " (float32 would need {}; bfloat16 chosen)",
-                    fit::human(need)
-                );
-                need = e.total_bytes;
-                entry = half;
-            }
+        if entry.dtype.is_none() {
+            entry.dtype = est.dtype.clone();
         }
+        let need = est.total_bytes;
+        let note = if est.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", est.note)
+        };
         loop {
             let (in_use, keys) = self.memory_in_use();
             if in_use + need <= budget {
@@ -535,9 +527,6 @@ impl Engine {
             }
             if self.evict_lru(key).is_none() {
                 let mut would_fit = Vec::new();
-                if mlx_cpu_auto && entry.dtype.is_none() {
-                    would_fit.push("--dtype bfloat16".to_owned());
-                }
                 if !keys.is_empty() {
                     would_fit.push(format!("unloading {}", keys.join(", ")));
                 }
@@ -587,21 +576,47 @@ impl Engine {
         context: Option<u64>,
         batch: u64,
     ) -> Result<(fit::Facts, fit::Estimate), HostError> {
-        let path = self.local_path(entry)?;
-        let facts = fit::facts(&path, entry.kind).map_err(|e| HostError::Estimate {
+        self.estimate_within(entry, plugin, context, batch, 0)
+    }
+
+    /// [`estimate`](Self::estimate), telling the plugin that `available` bytes are free
+    /// (0 = no limit) so it can choose what fits.
+    fn estimate_within(
+        &self,
+        entry: &ModelEntry,
+        plugin: &PluginHandle,
+        context: Option<u64>,
+        batch: u64,
+        available: u64,
+    ) -> Result<(fit::Facts, fit::Estimate), HostError> {
+        let failed = |reason: String| HostError::Estimate {
             id: entry.id.clone(),
-            reason: e,
-        })?;
-        let probe = probe(plugin, &self.device, Some(self.spec(entry, Some(&path))));
+            reason,
+        };
+        let path = self.local_path(entry)?;
+        let facts = fit::facts(&path).map_err(failed)?;
         let ctx = context.unwrap_or_else(|| working_context(entry, &facts));
-        let est = fit::estimate(
-            &facts,
-            plugin.descriptor.name.as_str(),
-            probe.backend.as_str(),
-            entry.dtype.as_deref(),
-            ctx,
-            batch,
-        );
+        let name = plugin.descriptor.name.as_str();
+        let Some(estimate) = plugin.module.estimate() else {
+            return Ok((
+                facts.clone(),
+                fit::Estimate::from_files(name, &facts, ctx, batch),
+            ));
+        };
+        let req = EstimateRequest {
+            model: self.spec(entry, Some(&path)),
+            device: self.device.clone(),
+            context: ctx.min(u64::from(u32::MAX)) as u32,
+            batch: batch.clamp(1, u64::from(u32::MAX)) as u32,
+            memory_available: available,
+        };
+        let est = match estimate(&req).into_result() {
+            Ok(m) => fit::Estimate::from_plugin(name, &m),
+            Err(e) if e.kind == ErrorKind::UNSUPPORTED => {
+                fit::Estimate::from_files(name, &facts, ctx, batch)
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
         Ok((facts, est))
     }
 

@@ -490,12 +490,12 @@ fn cmd_device(engine: &Engine, as_json: bool) -> Result<()> {
     let v = json!({
         "os": d.os.as_str(), "arch": d.arch.as_str(),
         "cpu": device::cpu_model(),
-        "logical_cores": d.cpu_cores, "physical_cores": device::physical_cores(),
+        "logical_cores": d.cpu_cores, "physical_cores": d.physical_cores,
         "cpu_features": d.cpu_features.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
         "total_memory_bytes": d.total_memory, "available_memory_bytes": d.available_memory,
         "memory_budget_bytes": engine.memory_budget(),
         "mlx_backend": mlx_backend,
-        "gpus": device::nvidia_gpus().iter().map(|(n, m)| json!({"name": n, "memory_bytes": m})).collect::<Vec<_>>(),
+        "gpus": d.accelerators.iter().map(|a| json!({"name": a.name.as_str(), "memory_bytes": a.total_memory, "api": a.api.as_str(), "compute_capability": a.compute_capability.as_str()})).collect::<Vec<_>>(),
         "blas": device::blas_libraries(),
         "plugins": probes,
     });
@@ -528,8 +528,15 @@ fn cmd_device(engine: &Engine, as_json: bool) -> Result<()> {
         "  MLX:     {}",
         mlx_backend.as_deref().unwrap_or("no MLX plugin loaded")
     );
-    for (name, mem) in device::nvidia_gpus() {
-        println!("  GPU:     {name}, {}", human(mem));
+    for a in d.accelerators.iter() {
+        println!(
+            "  GPU:     {} {}: {}, {}, compute capability {}",
+            a.api,
+            a.index,
+            a.name,
+            human(a.total_memory),
+            a.compute_capability
+        );
     }
     println!("  BLAS:    {}", device::blas_libraries().join(", "));
     for p in &probes {
@@ -550,7 +557,6 @@ fn cmd_recommend(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<(
         .map(|k| ModelKind::from_name(k).with_context(|| format!("unknown kind `{k}`")))
         .transpose()?;
     let budget = engine.memory_budget();
-    let cores = mlxengine::device::physical_cores();
     let entries: Vec<ModelEntry> = engine
         .registry()
         .models()
@@ -582,7 +588,7 @@ fn cmd_recommend(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<(
         let tps = est
             .as_ref()
             .filter(|_| m.kind == ModelKind::LLM)
-            .and_then(|e| fit::expected_decode_tps(e, &backend, cores));
+            .and_then(fit::expected_decode_tps);
         let reason = match (&est, &why) {
             (_, Some(w)) => w.clone(),
             (Some(e), None) if !fits => format!(
@@ -622,7 +628,11 @@ fn cmd_recommend(engine: &Engine, kind: Option<&str>, as_json: bool) -> Result<(
     if as_json {
         return print_json(&json!({"budget_bytes": budget, "models": rows}));
     }
-    println!("memory budget {} ({} physical cores)", human(budget), cores);
+    println!(
+        "memory budget {} ({} physical cores)",
+        human(budget),
+        engine.device().physical_cores
+    );
     for r in &rows {
         let est = r["estimate_bytes"].as_u64().map_or("?".into(), human);
         let speed = r["expected_decode_tps"]
@@ -992,14 +1002,6 @@ fn memory_json(baseline_rss: u64) -> serde_json::Value {
     })
 }
 
-fn message(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-        images: Default::default(),
-    }
-}
-
 fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
     let model = match &a.model {
         Some(m) => m.clone(),
@@ -1013,9 +1015,9 @@ fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
     let input = if a.chat || a.system.is_some() {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
-            msgs.push(message("system", s));
+            msgs.push(ChatMessage::text("system", s));
         }
-        msgs.push(message("user", &prompt));
+        msgs.push(ChatMessage::text("user", &prompt));
         TextInput {
             prompt: "".into(),
             messages: msgs.into(),
@@ -1075,7 +1077,7 @@ fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
     let reset = |h: &mut Vec<ChatMessage>| {
         h.clear();
         if let Some(s) = &a.system {
-            h.push(message("system", s));
+            h.push(ChatMessage::text("system", s));
         }
     };
     reset(&mut history);
@@ -1096,7 +1098,7 @@ fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        history.push(message("user", &line));
+        history.push(ChatMessage::text("user", &line));
         let input = TextInput {
             prompt: "".into(),
             messages: history.clone().into(),
@@ -1109,7 +1111,7 @@ fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
         });
         println!();
         match res {
-            Ok(r) => history.push(message("assistant", r.outputs[0].text.as_str())),
+            Ok(r) => history.push(ChatMessage::text("assistant", r.outputs[0].text.as_str())),
             Err(e) => {
                 // One failed turn does not end the session.
                 history.pop();
@@ -1141,7 +1143,7 @@ fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
     let input = if a.chat {
         TextInput {
             prompt: "".into(),
-            messages: vec![message("user", &prompt)].into(),
+            messages: vec![ChatMessage::text("user", &prompt)].into(),
         }
     } else {
         TextInput {

@@ -166,9 +166,21 @@ impl PluginSet {
 /// Load and check one plugin library.
 pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
     let header = lib_header_from_path(path).map_err(|e| describe(&e))?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| describe(&e))?;
+    let module = match header.init_root_module::<PluginModRef>() {
+        Ok(m) => m,
+        // abi_stable accepts a root module with at least the host's fields (a plugin of
+        // the same or a newer minor). A plugin built against an older minor has fewer:
+        // it is compatible when the host's layout extends the plugin's — the same check
+        // with the roles swapped: every field and method the plugin has matches the
+        // host's, recursively; the host reads the ones it lacks as `None` / defaults.
+        Err(LibraryError::AbiInstability(_)) if extends_plugin_layout(header) => {
+            // SAFETY: the layout was checked just above, in the direction that holds for
+            // an older plugin: the plugin's root module is a prefix of the host's.
+            unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+                .map_err(|e| describe(&e))?
+        }
+        Err(e) => return Err(describe(&e)),
+    };
     let version = module.api_version();
     if version != API_VERSION {
         return Err(format!(
@@ -188,6 +200,19 @@ pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
     })
 }
 
+/// Whether the host's root-module layout extends the plugin's (an older minor of the
+/// same API: fewer root fields, fewer trait methods, everything else identical).
+fn extends_plugin_layout(header: &abi_stable::library::LibHeader) -> bool {
+    use abi_stable::{abi_stability::abi_checking::check_layout_compatibility, StableAbi};
+    header
+        .root_mod_consts()
+        .layout()
+        .into_option()
+        .is_some_and(|plugin| {
+            check_layout_compatibility(plugin, <PluginModRef as StableAbi>::LAYOUT).is_ok()
+        })
+}
+
 /// One readable line for an abi_stable load error.
 fn describe(e: &LibraryError) -> String {
     match e {
@@ -201,8 +226,14 @@ fn describe(e: &LibraryError) -> String {
             expected_version,
             actual_version,
         } => {
+            // plugin-api's major version is the API version; 0.x releases were API 1.
+            let api = |v: &abi_stable::sabi_types::VersionNumber| v.major.max(1);
             format!(
-                "interface crate version mismatch for {library_name}: host has {expected_version}, plugin has {actual_version}"
+                "built for plugin API {} (plugin-api {actual_version}), this host speaks plugin API {} \
+                 (plugin-api {expected_version}, {library_name}); rebuild the plugin against plugin-api {}",
+                api(actual_version),
+                api(expected_version),
+                expected_version.major
             )
         }
         LibraryError::AbiInstability(_) => {
@@ -216,5 +247,38 @@ fn describe(e: &LibraryError) -> String {
             .next()
             .unwrap_or("load error")
             .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_types::VersionNumber;
+
+    #[test]
+    fn an_api_1_plugin_is_refused_naming_both_api_versions() {
+        // What abi_stable reports for a plugin built against plugin-api 0.1.0 (API 1).
+        let e = LibraryError::IncompatibleVersionNumber {
+            library_name: PluginModRef::NAME,
+            expected_version: VersionNumber::new(PluginModRef::VERSION_STRINGS).unwrap(),
+            actual_version: VersionNumber {
+                major: 0,
+                minor: 1,
+                patch: 0,
+            },
+        };
+        let msg = describe(&e);
+        assert!(
+            msg.contains("built for plugin API 1 (plugin-api 0.1.0)")
+                && msg.contains(&format!("this host speaks plugin API {API_VERSION}")),
+            "{msg}"
+        );
+        // The interface crate's major version is the API version.
+        assert_eq!(
+            VersionNumber::new(PluginModRef::VERSION_STRINGS)
+                .unwrap()
+                .major,
+            API_VERSION
+        );
     }
 }

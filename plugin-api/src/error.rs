@@ -23,6 +23,14 @@ impl ErrorKind {
     pub const PANIC: Self = Self(7);
     /// Any other failure inside the plugin or its compute library.
     pub const INTERNAL: Self = Self(8);
+    /// The input (prompt and requested tokens, images) does not fit the model's context.
+    pub const CONTEXT_LENGTH: Self = Self(9);
+    /// The request is well-formed but its data is not usable: an image that does not
+    /// decode, a token id outside the vocabulary, a part kind the model cannot read.
+    pub const INVALID_INPUT: Self = Self(10);
+    /// An allocation failed (device or host memory); the model may need a smaller
+    /// dtype, quantization or context. Unlike `RESOURCE_EXHAUSTED`, waiting won't help.
+    pub const OUT_OF_MEMORY: Self = Self(11);
 
     /// A short lowercase name (`"unsupported"`, ...), `"unknown(N)"` for codes this
     /// version does not know.
@@ -36,6 +44,9 @@ impl ErrorKind {
             Self::CANCELLED => "cancelled".into(),
             Self::PANIC => "plugin panic".into(),
             Self::INTERNAL => "internal error".into(),
+            Self::CONTEXT_LENGTH => "context length exceeded".into(),
+            Self::INVALID_INPUT => "invalid input".into(),
+            Self::OUT_OF_MEMORY => "out of memory".into(),
             Self(n) => format!("unknown({n})"),
         }
     }

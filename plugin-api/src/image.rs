@@ -25,6 +25,15 @@ pub struct ImageRequest {
     pub seed: ROption<u64>,
     /// Number of images.
     pub count: u32,
+    /// Sampler / scheduler name (`"euler"`, `"euler_a"`, `"ddim"`, `"dpmpp_2m"`,
+    /// `"lcm"`); empty = the model's `scheduler_config.json`.
+    pub sampler: RString,
+    /// img2img: the encoded starting image (PNG, JPEG); empty = txt2img.
+    pub init_image: RVec<u8>,
+    /// Inpainting: an encoded mask of `init_image`'s size (white = repaint); empty = none.
+    pub mask: RVec<u8>,
+    /// img2img: how far from `init_image` to move, 0..=1 (0 = model default).
+    pub strength: f32,
     /// Additions without an ABI change, as a JSON object (empty = none).
     pub options: RString,
 }

@@ -7,13 +7,18 @@
 //! the layout of everything that crosses, and then checks [`API_VERSION`] itself.
 //!
 //! # Compatibility rules (see `docs/writing-a-plugin.md`)
-//! - The ABI is **append-only**: new root-module functions go after the last field,
-//!   new [`Model`] methods go at the end with a default body, new enum-like values get
-//!   new constants. Nothing is removed, reordered or changes type.
+//! - This crate's major version *is* [`API_VERSION`]; a minor release appends. A host
+//!   loads every plugin built against the same major, older or newer minor.
+//! - The ABI is **append-only** within a major: new root-module functions go after the
+//!   last field (the host reads every field after `load_model` as an `Option`, so a
+//!   plugin built against an older minor loads and answers "unsupported" for what it
+//!   lacks); new [`Model`] methods go at the end with a default body (called when an
+//!   older plugin's vtable lacks them); new enum-like values get new constants. Nothing
+//!   is removed, reordered or changes type.
 //! - Closed structs (requests, responses) never change layout; each carries an
 //!   `options` JSON string for additions that do not warrant a new struct.
-//! - Any change that breaks these rules bumps [`API_VERSION`]; the host refuses plugins
-//!   built for another version, naming both numbers.
+//! - Any change that breaks these rules bumps [`API_VERSION`] and the major version;
+//!   the host refuses plugins built for another major, naming both numbers.
 
 #![allow(non_local_definitions)] // emitted by abi_stable's #[sabi_trait] expansion
 
@@ -23,13 +28,14 @@ mod types;
 pub mod embed;
 pub mod image;
 pub mod lora;
+pub mod progress;
 pub mod quant;
 pub mod text;
 
 pub use error::{ErrorKind, PluginError};
 pub use types::{
-    DeviceInfo, Features, LoadRequest, ModelInfo, ModelKind, ModelSpec, PluginDescriptor, Probe,
-    ProbeRequest,
+    Accelerator, DeviceInfo, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo,
+    ModelKind, ModelSpec, PluginDescriptor, Probe, ProbeRequest,
 };
 
 use abi_stable::{
@@ -42,19 +48,20 @@ use abi_stable::{
 };
 
 /// Version of this interface. A plugin built for another version is refused at load.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// Result type of every call that crosses the ABI.
 pub type PluginResult<T> = RResult<T, PluginError>;
 
 /// The root module a plugin exports (with `#[export_root_module]`).
 ///
-/// A prefix type: fields after the last prefix field may be absent in older plugins, and
-/// the host reads them through the generated accessors, which return `Option`.
+/// A prefix type: the fields up to `load_model` are in every plugin of this major
+/// version; the host reads the later ones through the generated accessors, which return
+/// `None` when a plugin built against an older minor lacks them.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
-#[sabi(missing_field(panic))]
+#[sabi(missing_field(option))]
 pub struct PluginMod {
     /// The [`API_VERSION`] the plugin was built against.
     pub api_version: u32,
@@ -64,11 +71,17 @@ pub struct PluginMod {
     /// A score of 0 means it cannot.
     pub probe: extern "C" fn(&ProbeRequest) -> PluginResult<Probe>,
     /// Load a model; the returned object serves requests until dropped.
-    pub load_model: extern "C" fn(&LoadRequest) -> PluginResult<ModelBox>,
-    /// Convert a model directory (the `quant` kind). Plugins of other kinds answer
-    /// [`ErrorKind::UNSUPPORTED`].
     #[sabi(last_prefix_field)]
-    pub quantize: extern "C" fn(&quant::QuantizeRequest) -> PluginResult<quant::QuantizeReport>,
+    pub load_model: extern "C" fn(&LoadRequest) -> PluginResult<ModelBox>,
+    /// The memory loading a model would take, and the dtype it would load as, from the
+    /// model's files (nothing loaded). The host only adds and compares the parts.
+    pub estimate: extern "C" fn(&EstimateRequest) -> PluginResult<MemoryEstimate>,
+    /// Convert a model (the `quant` kind), reporting progress; the sink can cancel.
+    /// Plugins of other kinds answer [`ErrorKind::UNSUPPORTED`].
+    pub convert: extern "C" fn(
+        &quant::QuantizeRequest,
+        progress::ProgressSinkMut<'_>,
+    ) -> PluginResult<quant::QuantizeReport>,
 }
 
 impl RootModule for PluginModRef {
@@ -85,6 +98,7 @@ impl RootModule for PluginModRef {
 #[sabi_trait]
 pub trait Model: Send + Sync {
     /// Facts about the loaded model.
+    #[sabi(last_prefix_field)]
     fn info(&self) -> ModelInfo;
 
     /// Text embeddings (`embed` kind).
@@ -102,13 +116,17 @@ pub trait Model: Send + Sync {
         RResult::RErr(PluginError::unsupported("text generation"))
     }
 
-    /// Image generation (`diffusion` kind): PNG bytes out.
-    fn generate_image(&self, _req: &image::ImageRequest) -> PluginResult<image::ImageResponse> {
+    /// Image generation (`diffusion` kind): PNG bytes out; a progress report per
+    /// denoising step, and the sink can cancel.
+    fn generate_image(
+        &self,
+        _req: &image::ImageRequest,
+        _progress: progress::ProgressSinkMut<'_>,
+    ) -> PluginResult<image::ImageResponse> {
         RResult::RErr(PluginError::unsupported("image generation"))
     }
 
     /// LoRA adapters: load, unload, fuse into the base weights, list.
-    #[sabi(last_prefix_field)]
     fn adapter(&self, _req: &lora::AdapterRequest) -> PluginResult<lora::AdapterResponse> {
         RResult::RErr(PluginError::unsupported("LoRA adapters"))
     }

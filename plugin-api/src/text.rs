@@ -8,26 +8,98 @@ use abi_stable::{
     StableAbi,
 };
 
-/// An encoded image (PNG, JPEG, ...) attached to a chat message.
+/// What a [`ContentPart`] holds. An open set of codes.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PartKind(pub u8);
+
+impl PartKind {
+    /// UTF-8 text in `text`.
+    pub const TEXT: Self = Self(0);
+    /// An encoded image (PNG, JPEG, WebP, ...) in `data`, its MIME type in `mime`.
+    pub const IMAGE: Self = Self(1);
+    /// Encoded audio in `data` (reserved: no plugin reads it yet).
+    pub const AUDIO: Self = Self(2);
+
+    /// Lowercase name (`"text"`, `"image"`, `"audio"`, `"unknown"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TEXT => "text",
+            Self::IMAGE => "image",
+            Self::AUDIO => "audio",
+            _ => "unknown",
+        }
+    }
+}
+
+/// One part of a chat message, in the order the user wrote them (text and images may
+/// interleave).
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
-pub struct ImageInput {
-    /// The encoded file bytes.
+#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
+pub struct ContentPart {
+    /// What the part holds.
+    pub kind: PartKind,
+    /// The text, for [`PartKind::TEXT`].
+    pub text: RString,
+    /// The encoded bytes, for media parts.
     pub data: RVec<u8>,
-    /// MIME type if known (`"image/png"`), else empty.
+    /// MIME type of `data` if known (`"image/png"`), else empty.
     pub mime: RString,
+}
+
+impl ContentPart {
+    /// A text part.
+    pub fn text(text: impl Into<RString>) -> Self {
+        Self {
+            kind: PartKind::TEXT,
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    /// An image part from its encoded bytes.
+    pub fn image(data: Vec<u8>, mime: impl Into<RString>) -> Self {
+        Self {
+            kind: PartKind::IMAGE,
+            data: data.into(),
+            mime: mime.into(),
+            ..Default::default()
+        }
+    }
 }
 
 /// One chat message.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
 pub struct ChatMessage {
     /// `"system"`, `"user"`, `"assistant"`, `"tool"`.
     pub role: RString,
-    /// Text content.
-    pub content: RString,
-    /// Images, for vision-language models (in order, before the text).
-    pub images: RVec<ImageInput>,
+    /// The content, in order.
+    pub parts: RVec<ContentPart>,
+}
+
+impl ChatMessage {
+    /// A message of one text part.
+    pub fn text(role: &str, text: &str) -> Self {
+        Self {
+            role: role.into(),
+            parts: vec![ContentPart::text(text)].into(),
+        }
+    }
+
+    /// The text parts joined (what a text-only model sees).
+    pub fn joined_text(&self) -> String {
+        self.parts
+            .iter()
+            .filter(|p| p.kind == PartKind::TEXT)
+            .map(|p| p.text.as_str())
+            .collect()
+    }
+
+    /// Whether any part is not text.
+    pub fn has_media(&self) -> bool {
+        self.parts.iter().any(|p| p.kind != PartKind::TEXT)
+    }
 }
 
 /// One sequence to generate from: a raw prompt, or chat messages rendered with the

@@ -190,6 +190,12 @@ pub struct DeviceInfo {
     pub total_memory: u64,
     /// RAM available now in bytes; 0 if unknown.
     pub available_memory: u64,
+    /// Physical CPU cores available to this process (what compute threads should use).
+    pub physical_cores: u32,
+    /// GPUs and other accelerators the host found (empty on CPU-only machines).
+    pub accelerators: RVec<Accelerator>,
+    /// Additions without an ABI change, as a JSON object (empty = none).
+    pub options: RString,
 }
 
 /// The model a request targets, resolved by the host from the registry.
@@ -277,4 +283,79 @@ pub struct ModelInfo {
     pub parameters: u64,
     /// Bytes held by the weights.
     pub weight_bytes: u64,
+}
+
+/// A compute accelerator the host found (a GPU), passed to plugins in [`DeviceInfo`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct Accelerator {
+    /// Index among devices of its API (CUDA ordinal, Metal registry order).
+    pub index: u32,
+    /// The API: `"cuda"`, `"metal"`, `"rocm"`, ...
+    pub api: RString,
+    /// Marketing name (`"NVIDIA H200"`).
+    pub name: RString,
+    /// Device memory in bytes; 0 if unknown.
+    pub total_memory: u64,
+    /// Device memory free now in bytes; 0 if unknown.
+    pub free_memory: u64,
+    /// Compute capability or family (`"9.0"` for CUDA; `"apple9"` for Metal); may be empty.
+    pub compute_capability: RString,
+}
+
+/// Input of the root module's `estimate`: what would loading this model cost?
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct EstimateRequest {
+    /// The model (its files are local).
+    pub model: ModelSpec,
+    /// This machine.
+    pub device: DeviceInfo,
+    /// Tokens per sequence to plan the KV cache and activations for (0 = the plugin's
+    /// working default).
+    pub context: u32,
+    /// Sequences decoded together (at least 1).
+    pub batch: u32,
+    /// Memory the host can give this model now, in bytes (0 = no limit). A plugin with a
+    /// choice (a smaller load dtype) picks what fits and says so in `note`.
+    pub memory_available: u64,
+}
+
+/// Output of `estimate`: the memory a load would take and how the weights would be held.
+/// The host adds the parts and checks the sum against its budget; it knows no formulas.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, Default)]
+pub struct MemoryEstimate {
+    /// What the weights become when loaded (`"float32"`, `"Q4_1 (memory-mapped GGUF)"`).
+    pub weights_as: RString,
+    /// The load dtype the plugin would use; the host passes it back in
+    /// [`ModelSpec::dtype`] when it loads, so estimate and load agree.
+    pub dtype: ROption<RString>,
+    /// Weights in memory.
+    pub weights_bytes: u64,
+    /// KV cache for `context` tokens × `batch` sequences.
+    pub kv_cache_bytes: u64,
+    /// Activations, compute buffers, allocator slack.
+    pub runtime_bytes: u64,
+    /// Tokens per sequence the estimate is for.
+    pub context: u32,
+    /// Sequences the estimate is for.
+    pub batch: u32,
+    /// Weight bytes per second this plugin streams while decoding one sequence on this
+    /// device, where measured (so speed ≈ this / weights_bytes); 0 = not measured.
+    pub decode_bytes_per_s: f64,
+    /// One line on a choice the plugin made (`"float32 would need 1.2 GB; bfloat16
+    /// chosen"`), may be empty.
+    pub note: RString,
+    /// Additions without an ABI change, as a JSON object (empty = none).
+    pub options: RString,
+}
+
+impl MemoryEstimate {
+    /// Weights + KV cache + runtime.
+    pub fn total_bytes(&self) -> u64 {
+        self.weights_bytes
+            .saturating_add(self.kv_cache_bytes)
+            .saturating_add(self.runtime_bytes)
+    }
 }

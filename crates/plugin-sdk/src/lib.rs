@@ -19,11 +19,13 @@ use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
     image::{ImageRequest, ImageResponse},
     lora::{AdapterRequest, AdapterResponse},
+    progress::{ProgressEvent, ProgressSinkMut},
     quant::{QuantizeReport, QuantizeRequest},
     text::{
         GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSinkMut,
     },
-    ErrorKind, LoadRequest, ModelInfo, PluginDescriptor, PluginError, Probe, ProbeRequest,
+    ErrorKind, EstimateRequest, LoadRequest, MemoryEstimate, ModelInfo, PluginDescriptor,
+    PluginError, Probe, ProbeRequest,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -51,9 +53,19 @@ pub trait Plugin {
     fn probe(req: &ProbeRequest) -> Probe;
     /// Load a model.
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError>;
-    /// Convert a model directory (`quant` plugins).
-    fn quantize(_req: &QuantizeRequest) -> Result<QuantizeReport, PluginError> {
-        Err(PluginError::unsupported("quantization"))
+    /// The memory a load of `req.model` would take (weights, KV cache, runtime) and the
+    /// dtype it would load as, from the files alone. Without it the host budgets the
+    /// file size plus a margin.
+    fn estimate(_req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+        Err(PluginError::unsupported("memory estimates"))
+    }
+    /// Convert a model (`quant` plugins), reporting to `progress`; stop with `CANCELLED`
+    /// (leaving nothing half-written) when it answers `StreamControl::Stop`.
+    fn convert(
+        _req: &QuantizeRequest,
+        _progress: &mut dyn Progress,
+    ) -> Result<QuantizeReport, PluginError> {
+        Err(PluginError::unsupported("model conversion"))
     }
 }
 
@@ -74,8 +86,12 @@ pub trait LoadedModel: Send + Sync + 'static {
     ) -> Result<GenerateResponse, PluginError> {
         Err(PluginError::unsupported("text generation"))
     }
-    /// Image generation.
-    fn generate_image(&self, _req: &ImageRequest) -> Result<ImageResponse, PluginError> {
+    /// Image generation; a `progress` report per step (it may cancel).
+    fn generate_image(
+        &self,
+        _req: &ImageRequest,
+        _progress: &mut dyn Progress,
+    ) -> Result<ImageResponse, PluginError> {
         Err(PluginError::unsupported("image generation"))
     }
     /// LoRA adapters.
@@ -111,6 +127,27 @@ impl Sink for TokenSinkMut<'_> {
     }
     fn rejected(&mut self, error: &PluginError) {
         self.on_rejected(error)
+    }
+}
+
+/// The plugin's side of the host's `ProgressSink`, in plain Rust.
+pub trait Progress {
+    /// Work advanced; [`StreamControl::Stop`] asks the plugin to cancel.
+    fn report(&mut self, ev: &ProgressEvent) -> StreamControl;
+}
+
+impl Progress for ProgressSinkMut<'_> {
+    fn report(&mut self, ev: &ProgressEvent) -> StreamControl {
+        self.on_progress(ev)
+    }
+}
+
+/// A [`Progress`] that ignores reports and never cancels (tests, batch tools).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn report(&mut self, _ev: &ProgressEvent) -> StreamControl {
+        StreamControl::Continue
     }
 }
 
@@ -155,8 +192,12 @@ impl plugin_api::Model for Guarded {
     ) -> RResult<GenerateResponse, PluginError> {
         guard(|| self.0.generate(req, &mut sink))
     }
-    fn generate_image(&self, req: &ImageRequest) -> RResult<ImageResponse, PluginError> {
-        guard(|| self.0.generate_image(req))
+    fn generate_image(
+        &self,
+        req: &ImageRequest,
+        mut progress: ProgressSinkMut<'_>,
+    ) -> RResult<ImageResponse, PluginError> {
+        guard(|| self.0.generate_image(req, &mut progress))
     }
     fn adapter(&self, req: &AdapterRequest) -> RResult<AdapterResponse, PluginError> {
         guard(|| self.0.adapter(req))
@@ -193,10 +234,16 @@ macro_rules! export_plugin {
                     ))
                 })
             }
-            extern "C" fn quantize(
+            extern "C" fn estimate(
+                req: &api::EstimateRequest,
+            ) -> api::PluginResult<api::MemoryEstimate> {
+                $crate::guard(|| <$plugin as $crate::Plugin>::estimate(req))
+            }
+            extern "C" fn convert(
                 req: &api::quant::QuantizeRequest,
+                mut progress: api::progress::ProgressSinkMut<'_>,
             ) -> api::PluginResult<api::quant::QuantizeReport> {
-                $crate::guard(|| <$plugin as $crate::Plugin>::quantize(req))
+                $crate::guard(|| <$plugin as $crate::Plugin>::convert(req, &mut progress))
             }
 
             api::PluginMod {
@@ -204,7 +251,8 @@ macro_rules! export_plugin {
                 descriptor,
                 probe,
                 load_model,
-                quantize,
+                estimate,
+                convert,
             }
             .leak_into_prefix()
         }

@@ -2,11 +2,61 @@
 //! transformers configures Jinja (trim/lstrip blocks, Python string methods,
 //! `raise_exception`, `strftime_now`).
 
+use plugin_api::text::ChatMessage;
+use std::borrow::Cow;
+
 /// A chat message for template rendering.
 #[derive(serde::Serialize)]
 pub struct Message<'a> {
     pub role: &'a str,
-    pub content: &'a str,
+    pub content: Cow<'a, str>,
+}
+
+/// What a text-only model's chat template sees for input `index`: its messages' text,
+/// after the model's default `system_prompt` unless the input has a system message.
+/// A message with an image (or any other media part) is refused.
+pub fn text_messages<'a>(
+    messages: &'a [ChatMessage],
+    system_prompt: Option<&'a str>,
+    index: usize,
+) -> Result<Vec<Message<'a>>, String> {
+    if messages.iter().any(ChatMessage::has_media) {
+        return Err(format!(
+            "input #{index}: image inputs need a vision-language (vlm) model"
+        ));
+    }
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    if let Some(sys) =
+        system_prompt.filter(|_| !messages.iter().any(|m| m.role.as_str() == "system"))
+    {
+        out.push(Message {
+            role: "system",
+            content: Cow::Borrowed(sys),
+        });
+    }
+    out.extend(messages.iter().map(|m| Message {
+        role: m.role.as_str(),
+        content: match m.parts.as_slice() {
+            [one] => Cow::Borrowed(one.text.as_str()),
+            _ => Cow::Owned(m.joined_text()),
+        },
+    }));
+    Ok(out)
+}
+
+/// The message of a `CONTEXT_LENGTH` error for the first prompt (of `prompt_lens`, in
+/// input order) that leaves no room to generate in a context of `ctx` tokens.
+pub fn context_overflow(
+    prompt_lens: impl IntoIterator<Item = usize>,
+    ctx: usize,
+) -> Option<String> {
+    prompt_lens
+        .into_iter()
+        .enumerate()
+        .find(|(_, n)| *n >= ctx)
+        .map(|(i, n)| {
+            format!("input #{i}: the prompt has {n} tokens, the model's context is {ctx}")
+        })
 }
 
 /// Render `messages` with the model's Jinja chat template (minijinja with Python-style
@@ -95,7 +145,7 @@ mod tests {
             t,
             &[Message {
                 role: "user",
-                content: " Hi ",
+                content: " Hi ".into(),
             }],
             "",
             "",
@@ -111,7 +161,7 @@ mod tests {
                 py,
                 &[Message {
                     role: "user",
-                    content: " a "
+                    content: " a ".into()
                 }],
                 "",
                 ""

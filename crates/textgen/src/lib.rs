@@ -7,6 +7,6 @@ mod chat;
 mod sequence;
 mod stop;
 
-pub use chat::{render_chat, Message};
+pub use chat::{context_overflow, render_chat, text_messages, Message};
 pub use sequence::{cancel_running, stats, SeqOutput, Timings};
 pub use stop::{holdback, TextStream, Utf8Pieces};

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use plugin_api::{
-    text::{ChatMessage, GenerateRequest, SamplingParams, TextInput},
+    text::{ChatMessage, ContentPart, GenerateRequest, SamplingParams, TextInput},
     ErrorKind, PluginError,
 };
 use serde::Deserialize;
@@ -130,15 +130,14 @@ impl ApiError {
             format!("model `{model}`: {}", e.message)
         };
         match e.kind {
-            ErrorKind::INVALID_REQUEST => {
-                let mut err = Self::invalid("", msg);
-                if e.message.contains("context is") {
-                    err.code = Some("context_length_exceeded");
-                    err.param = Some("messages".into());
-                }
+            ErrorKind::CONTEXT_LENGTH => {
+                let mut err = Self::invalid("messages", msg);
+                err.code = Some("context_length_exceeded");
                 err
             }
-            ErrorKind::UNSUPPORTED => Self::invalid("", msg),
+            ErrorKind::INVALID_REQUEST | ErrorKind::INVALID_INPUT | ErrorKind::UNSUPPORTED => {
+                Self::invalid("", msg)
+            }
             ErrorKind::NOT_FOUND => Self::new(StatusCode::NOT_FOUND, "invalid_request_error", msg),
             ErrorKind::RESOURCE_EXHAUSTED => Self::unavailable(msg),
             _ => Self::internal(msg),
@@ -252,6 +251,52 @@ pub struct Part {
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    /// `{"url": "data:image/png;base64,..."}` (Chat Completions) or the URL string itself
+    /// (`input_image` of the Responses API).
+    #[serde(default)]
+    pub image_url: Option<Value>,
+}
+
+/// Largest image accepted in one content part (decoded bytes).
+pub const MAX_IMAGE_BYTES: usize = 20 << 20;
+
+/// The bytes and MIME type of an image part's `data:` URL. Remote URLs are refused: the
+/// server fetches nothing on a client's behalf.
+fn image_part(url: Option<&Value>, param: &str) -> Result<ContentPart, ApiError> {
+    use base64::Engine as _;
+    let url = match url {
+        Some(Value::String(u)) => u.as_str(),
+        Some(Value::Object(o)) => o.get("url").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
+    };
+    let bad = |m: &str| ApiError::invalid(&format!("{param}.image_url"), m.to_owned());
+    if url.is_empty() {
+        return Err(bad("an image part needs `image_url.url`"));
+    }
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Err(bad(
+            "only `data:` URLs are accepted (the server does not fetch remote images); send the image as data:image/...;base64,...",
+        ));
+    };
+    let Some((meta, data)) = rest.split_once(',') else {
+        return Err(bad("a data: URL needs a `,` before its data"));
+    };
+    let Some(mime) = meta.strip_suffix(";base64") else {
+        return Err(bad("the data: URL must be base64-encoded (`;base64,`)"));
+    };
+    if !mime.starts_with("image/") {
+        return Err(bad(&format!("`{mime}` is not an image type")));
+    }
+    if data.len() / 4 * 3 > MAX_IMAGE_BYTES {
+        return Err(bad(&format!(
+            "the image is larger than {} MB",
+            MAX_IMAGE_BYTES >> 20
+        )));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| bad(&format!("base64: {e}")))?;
+    Ok(ContentPart::image(bytes, mime))
 }
 
 /// One chat message.
@@ -503,15 +548,15 @@ pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>,
                     ))
                 }
             };
-            let content = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
+            let parts: Vec<ContentPart> = match &m.content {
+                None => Vec::new(),
+                Some(Content::Text(t)) => vec![ContentPart::text(t.as_str())],
                 Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
+                    let mut out = Vec::with_capacity(parts.len());
                     for (j, p) in parts.iter().enumerate() {
                         let param = format!("messages[{i}].content[{j}]");
                         match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => text.push_str(t),
+                            ("text", Some(t)) => out.push(ContentPart::text(t.as_str())),
                             ("text", None) => {
                                 return Err(ApiError::invalid(
                                     &param,
@@ -524,6 +569,9 @@ pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>,
                                     "image content parts need a vision-language (vlm) model; this model reads text only",
                                 ))
                             }
+                            ("image_url" | "input_image", _) => {
+                                out.push(image_part(p.image_url.as_ref(), &param)?)
+                            }
                             (kind, _) => {
                                 return Err(ApiError::invalid(
                                     &param,
@@ -532,14 +580,78 @@ pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>,
                             }
                         }
                     }
-                    text
+                    out
                 }
             };
             Ok(ChatMessage {
                 role: role.into(),
-                content: content.into(),
-                images: Default::default(),
+                parts: parts.into(),
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::text::PartKind;
+
+    fn parse(content: Value, vlm_ok: bool) -> Result<Vec<ChatMessage>, ApiError> {
+        let m: Message =
+            serde_json::from_value(json!({"role": "user", "content": content})).unwrap();
+        chat_messages(&[m], vlm_ok)
+    }
+
+    #[test]
+    fn text_and_images_keep_their_order() {
+        // A 1×1 PNG's first bytes are enough: the server passes bytes through, the vlm
+        // plugin decodes them.
+        let png = [0x89u8, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+        let url = format!(
+            "data:image/png;base64,{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png)
+        );
+        let msgs = parse(
+            json!([
+                {"type": "text", "text": "Compare "},
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": " with "},
+                {"type": "input_image", "image_url": url},
+            ]),
+            true,
+        )
+        .unwrap();
+        let kinds: Vec<PartKind> = msgs[0].parts.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                PartKind::TEXT,
+                PartKind::IMAGE,
+                PartKind::TEXT,
+                PartKind::IMAGE
+            ]
+        );
+        assert_eq!(msgs[0].parts[1].data.as_slice(), png);
+        assert_eq!(msgs[0].parts[1].mime.as_str(), "image/png");
+        assert_eq!(msgs[0].joined_text(), "Compare  with ");
+    }
+
+    #[test]
+    fn bad_image_parts_name_the_part() {
+        let msg = |content: Value, vlm_ok: bool| {
+            let e = parse(content, vlm_ok).expect_err("refused");
+            format!("{} {}", e.param.unwrap_or_default(), e.message)
+        };
+        let remote =
+            json!([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]);
+        assert!(msg(remote.clone(), true).contains("messages[0].content[0].image_url"));
+        assert!(msg(remote.clone(), true).contains("does not fetch remote images"));
+        assert!(msg(remote, false).contains("vision-language"));
+        let not_image =
+            json!([{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}}]);
+        assert!(msg(not_image, true).contains("not an image type"));
+        let broken =
+            json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]);
+        assert!(msg(broken, true).contains("base64"));
+    }
 }

@@ -7,6 +7,7 @@
 
 mod encoder;
 mod error;
+mod estimate;
 pub mod models;
 mod pool;
 mod st;
@@ -18,8 +19,8 @@ use abi_stable::std_types::{RString, RVec};
 use mlx_rs::Dtype;
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
-    DeviceInfo, ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor,
-    PluginError, Probe, ProbeRequest,
+    DeviceInfo, ErrorKind, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo,
+    ModelKind, PluginDescriptor, PluginError, Probe, ProbeRequest,
 };
 use plugin_sdk::{LoadedModel, Plugin};
 use std::path::Path;
@@ -81,6 +82,10 @@ impl Plugin for EmbedPlugin {
             backend: backend.into(),
             reason: reason.into(),
         }
+    }
+
+    fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+        estimate::estimate(req)
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {

@@ -19,8 +19,8 @@ use plugin_api::{
     text::{
         FinishReason, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput,
     },
-    ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, ModelSpec, PluginDescriptor,
-    PluginError, Probe, ProbeRequest,
+    DeviceInfo, ErrorKind, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo,
+    ModelKind, ModelSpec, PluginDescriptor, PluginError, Probe, ProbeRequest,
 };
 use plugin_sdk::{LoadedModel, Plugin, Sink};
 use std::{
@@ -29,7 +29,7 @@ use std::{
     sync::{Mutex, OnceLock},
     time::Instant,
 };
-use textgen::{Message, SeqOutput, Timings, Utf8Pieces};
+use textgen::{SeqOutput, Timings, Utf8Pieces};
 
 /// GGUF `general.architecture` values this provider advertises (llama.cpp reads many
 /// more; these are the ones the registry and tests use).
@@ -62,6 +62,7 @@ const MAX_SEQS: usize = 16;
 const MIN_KV_CELLS: usize = 4096;
 
 mod cpu_backend;
+mod estimate;
 mod settings;
 mod teacher;
 
@@ -104,22 +105,12 @@ fn backend() -> Result<&'static LlamaBackend, PluginError> {
     runtime().map(|(b, _)| b)
 }
 
-/// Physical CPU cores (llama.cpp is fastest with one thread per core).
-pub fn physical_cores() -> usize {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let mut cores = std::collections::HashSet::new();
-    let mut phys = "";
-    for line in cpuinfo.lines() {
-        if let Some(v) = line.strip_prefix("physical id") {
-            phys = v.trim_start_matches([' ', '\t', ':']);
-        } else if let Some(v) = line.strip_prefix("core id") {
-            cores.insert(format!("{phys}/{}", v.trim_start_matches([' ', '\t', ':'])));
-        }
-    }
-    if cores.is_empty() {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cores.len()
+/// Threads for llama.cpp: one per physical core (it is fastest so), as the host measured
+/// them; the logical CPUs when the device says nothing.
+fn compute_threads(device: &DeviceInfo) -> usize {
+    match device.physical_cores {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
     }
 }
 
@@ -155,7 +146,7 @@ impl Plugin for GgmlPlugin {
             backend: backend.into(),
             reason: reason.into(),
         };
-        let mut settings = Settings::device_default(GPU_BUILD, physical_cores());
+        let mut settings = Settings::device_default(GPU_BUILD, compute_threads(&req.device));
         if let Some(m) = req.model.as_ref().into_option() {
             let path = Path::new(m.path.as_str());
             if !m.path.is_empty() && gguf::model_file(path).is_none() {
@@ -186,13 +177,17 @@ impl Plugin for GgmlPlugin {
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
-        Ok(Box::new(GgmlModel::open(&req.model)?))
+        Ok(Box::new(GgmlModel::open(&req.model, &req.device)?))
+    }
+
+    fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+        estimate::estimate(req)
     }
 }
 
 impl GgmlModel {
     /// Load the GGUF `spec` names with the settings its registry options ask for.
-    fn open(spec: &ModelSpec) -> Result<Self, PluginError> {
+    fn open(spec: &ModelSpec, device: &DeviceInfo) -> Result<Self, PluginError> {
         let id = spec.id.to_string();
         let path = Path::new(spec.path.as_str());
         let file = gguf::model_file(path).ok_or_else(|| {
@@ -205,7 +200,7 @@ impl GgmlModel {
                 ),
             )
         })?;
-        let settings = Settings::device_default(GPU_BUILD, physical_cores())
+        let settings = Settings::device_default(GPU_BUILD, compute_threads(device))
             .with_options(spec.options.as_str())
             .map_err(|e| {
                 err(
@@ -392,29 +387,11 @@ impl GgmlModel {
             }
             vocab.tokenize(input.prompt.as_bytes(), self.add_bos, true)
         } else {
-            if input.messages.iter().any(|m| !m.images.is_empty()) {
-                return Err(bad(format!(
-                    "input #{i}: image inputs need a vision-language (vlm) model"
-                )));
-            }
             let template = self.template.as_deref().ok_or_else(|| {
                 bad("the model has no chat template; send a raw prompt instead".into())
             })?;
-            let mut msgs: Vec<Message<'_>> = Vec::new();
-            if let Some(sys) = self
-                .system_prompt
-                .as_deref()
-                .filter(|_| !input.messages.iter().any(|m| m.role.as_str() == "system"))
-            {
-                msgs.push(Message {
-                    role: "system",
-                    content: sys,
-                });
-            }
-            msgs.extend(input.messages.iter().map(|m| Message {
-                role: m.role.as_str(),
-                content: m.content.as_str(),
-            }));
+            let msgs = textgen::text_messages(&input.messages, self.system_prompt.as_deref(), i)
+                .map_err(bad)?;
             let text = textgen::render_chat(template, &msgs, &self.bos, &self.eos).map_err(bad)?;
             vocab.tokenize(text.as_bytes(), false, true)
         };
@@ -443,13 +420,8 @@ impl GgmlModel {
             .enumerate()
             .map(|(i, inp)| self.prompt_tokens(&self.model, inp, i))
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, p) in prompts.iter().enumerate() {
-            if p.len() >= ctx_train {
-                return Err(bad(format!(
-                    "input #{i}: the prompt has {} tokens, the model's context is {ctx_train}",
-                    p.len()
-                )));
-            }
+        if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx_train) {
+            return Err(err(ErrorKind::CONTEXT_LENGTH, &self.id, msg));
         }
         let need = prompts
             .iter()

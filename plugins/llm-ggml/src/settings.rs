@@ -118,6 +118,17 @@ impl Settings {
         Ok(self)
     }
 
+    /// Bytes per KV cache element as a fraction (numerator, denominator): ggml's block
+    /// sizes (q8_0: 34 bytes per 32 values, q4_0: 18 per 32).
+    pub fn kv_bytes_per_element(&self) -> (u64, u64) {
+        match self.kv_name() {
+            "f32" => (4, 1),
+            "q8_0" => (34, 32),
+            "q4_0" => (18, 32),
+            _ => (2, 1),
+        }
+    }
+
     fn kv_name(&self) -> &'static str {
         KV_TYPES[self.kv].0
     }

@@ -12,7 +12,7 @@ pub struct Scorer(GgmlModel);
 impl Scorer {
     /// Load the GGUF `spec` names, with its registry options applied.
     pub fn open(spec: &ModelSpec) -> Result<Self, PluginError> {
-        Ok(Scorer(GgmlModel::open(spec)?))
+        Ok(Scorer(GgmlModel::open(spec, &Default::default())?))
     }
 
     /// Row `i` holds the full-vocabulary logits predicting `continuation[i]` after `prompt`

@@ -18,12 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lm = loader::load(path.as_ref(), opts)?;
     let req = GenerateRequest {
         inputs: vec![TextInput {
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: prompt.as_str().into(),
-                images: Default::default(),
-            }]
-            .into(),
+            messages: vec![ChatMessage::text("user", &prompt)].into(),
             ..Default::default()
         }]
         .into(),

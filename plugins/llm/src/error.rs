@@ -25,6 +25,8 @@ pub enum LlmError {
     Architecture(String, String),
     #[error("{0}")]
     Request(String),
+    #[error("{0}")]
+    ContextLength(String),
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
     #[error(transparent)]
@@ -54,6 +56,7 @@ impl From<LlmError> for PluginError {
                 gguf::GgufError::UnsupportedQuant { .. } | gguf::GgufError::Architecture { .. },
             ) => ErrorKind::UNSUPPORTED,
             LlmError::Request(_) => ErrorKind::INVALID_REQUEST,
+            LlmError::ContextLength(_) => ErrorKind::CONTEXT_LENGTH,
             LlmError::Mlx(_) => ErrorKind::INTERNAL,
             _ => ErrorKind::LOAD,
         };

@@ -7,7 +7,7 @@ use crate::{
     loader::Loaded,
     models::{KvCache, Positions},
     sampling::Sampler,
-    tokenizer::{render_chat, Message, StreamDecoder},
+    tokenizer::{render_chat, StreamDecoder},
 };
 use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
 use plugin_api::text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput};
@@ -33,24 +33,8 @@ pub fn prompt_ids(
         }
         lm.tokenizer.encode_raw(input.prompt.as_str())?
     } else {
-        if input.messages.iter().any(|m| !m.images.is_empty()) {
-            return Err(LlmError::Request(format!(
-                "input #{index}: image inputs need a vision-language (vlm) model"
-            )));
-        }
-        let mut msgs: Vec<Message<'_>> = Vec::with_capacity(input.messages.len() + 1);
-        if let Some(sys) =
-            system_prompt.filter(|_| !input.messages.iter().any(|m| m.role.as_str() == "system"))
-        {
-            msgs.push(Message {
-                role: "system",
-                content: sys,
-            });
-        }
-        msgs.extend(input.messages.iter().map(|m| Message {
-            role: m.role.as_str(),
-            content: m.content.as_str(),
-        }));
+        let msgs = textgen::text_messages(&input.messages, system_prompt, index)
+            .map_err(LlmError::Request)?;
         lm.tokenizer
             .encode_rendered(&render_chat(&lm.tokenizer, &msgs)?)?
     };
@@ -133,13 +117,8 @@ pub fn generate(
         .enumerate()
         .map(|(i, input)| prompt_ids(lm, system_prompt, input, i))
         .collect::<Result<Vec<_>, _>>()?;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.len() >= ctx {
-            return Err(LlmError::Request(format!(
-                "input #{i}: the prompt has {} tokens, the model's context is {ctx}",
-                p.len()
-            )));
-        }
+    if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx) {
+        return Err(LlmError::ContextLength(msg));
     }
     let _ = mlx_rs::memory::reset_peak_memory();
     let stops: Vec<String> = req

@@ -6,6 +6,7 @@
 //! chunked prefill, sampling, stop strings, streaming with cancellation and batching.
 
 mod error;
+mod estimate;
 pub mod generate;
 pub mod loader;
 pub mod models;
@@ -19,8 +20,8 @@ use mlx_common::{dtype_name, mlx_backend, parse_dtype};
 use mlx_rs::Dtype;
 use plugin_api::{
     text::{GenerateRequest, GenerateResponse},
-    ErrorKind, Features, LoadRequest, ModelInfo, ModelKind, PluginDescriptor, PluginError, Probe,
-    ProbeRequest,
+    ErrorKind, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo, ModelKind,
+    PluginDescriptor, PluginError, Probe, ProbeRequest,
 };
 use plugin_sdk::{LoadedModel, Plugin};
 use std::{path::Path, sync::Mutex};
@@ -127,6 +128,10 @@ impl Plugin for LlmPlugin {
                 reason: "MLX on GPU".into(),
             },
         }
+    }
+
+    fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+        estimate::estimate(req)
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {

@@ -40,11 +40,7 @@ fn reference() -> Vec<serde_json::Value> {
 fn input(case: &serde_json::Value) -> TextInput {
     let prompt = case["prompt"].as_str().unwrap();
     if case["chat"].as_bool().unwrap() {
-        let msg = ChatMessage {
-            role: "user".into(),
-            content: prompt.into(),
-            images: Default::default(),
-        };
+        let msg = ChatMessage::text("user", prompt);
         TextInput {
             prompt: "".into(),
             messages: vec![msg].into(),

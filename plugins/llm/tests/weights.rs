@@ -23,11 +23,7 @@ fn imported(dir: &Path) -> std::path::PathBuf {
 }
 
 fn france(lm: &loader::Loaded) -> (Vec<u32>, String) {
-    let msg = ChatMessage {
-        role: "user".into(),
-        content: "What is the capital of France?".into(),
-        images: Default::default(),
-    };
+    let msg = ChatMessage::text("user", "What is the capital of France?");
     let req = GenerateRequest {
         inputs: vec![TextInput {
             prompt: "".into(),

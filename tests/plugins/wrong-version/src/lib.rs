@@ -3,9 +3,10 @@
 
 use abi_stable::{export_root_module, prefix_type::PrefixTypeTrait, std_types::RResult};
 use plugin_api::{
+    progress::ProgressSinkMut,
     quant::{QuantizeReport, QuantizeRequest},
-    LoadRequest, ModelBox, PluginDescriptor, PluginError, PluginMod, PluginModRef, Probe,
-    ProbeRequest,
+    EstimateRequest, LoadRequest, MemoryEstimate, ModelBox, PluginDescriptor, PluginError,
+    PluginMod, PluginModRef, Probe, ProbeRequest,
 };
 
 extern "C" fn descriptor() -> RResult<PluginDescriptor, PluginError> {
@@ -17,8 +18,14 @@ extern "C" fn probe(_: &ProbeRequest) -> RResult<Probe, PluginError> {
 extern "C" fn load_model(_: &LoadRequest) -> RResult<ModelBox, PluginError> {
     RResult::RErr(PluginError::unsupported("load"))
 }
-extern "C" fn quantize(_: &QuantizeRequest) -> RResult<QuantizeReport, PluginError> {
-    RResult::RErr(PluginError::unsupported("quantize"))
+extern "C" fn estimate(_: &EstimateRequest) -> RResult<MemoryEstimate, PluginError> {
+    RResult::RErr(PluginError::unsupported("estimate"))
+}
+extern "C" fn convert(
+    _: &QuantizeRequest,
+    _: ProgressSinkMut<'_>,
+) -> RResult<QuantizeReport, PluginError> {
+    RResult::RErr(PluginError::unsupported("convert"))
 }
 
 /// Root module claiming API version 999.
@@ -29,7 +36,8 @@ pub fn root() -> PluginModRef {
         descriptor,
         probe,
         load_model,
-        quantize,
+        estimate,
+        convert,
     }
     .leak_into_prefix()
 }

@@ -1,0 +1,92 @@
+//! This plugin's memory estimate (API 2's `estimate` entry) and its load-dtype policy.
+//!
+//! Weights are converted to the load dtype (float32 on CPU, where MLX's f32 path goes
+//! through BLAS; bfloat16 on GPU, where MLX-quantized weights also stay packed); the KV
+//! cache grows in steps of 256 tokens in that dtype; a GGUF is converted one tensor at a
+//! time, so its largest tensor (the embedding table) exists once more in float32 at the
+//! peak; activations of one prefill chunk and its logits. On CPU, when float32 does not
+//! fit what the host can give, bfloat16 is chosen (half the weights). Constants
+//! calibrated against measured peak resident memory (docs/device-fit.md, tests/fit.rs).
+
+use crate::{generate::PREFILL_CHUNK, load_options};
+use mlx_common::{dtype_name, mlx_backend};
+use mlx_rs::Dtype;
+use plugin_api::{ErrorKind, EstimateRequest, MemoryEstimate, PluginError};
+
+/// MLX's fixed overhead (library state, allocator, BLAS buffers).
+const MLX_BASE: u64 = 20_000_000;
+/// Weight bytes per second streamed while decoding one sequence on MLX's CPU path on the
+/// 2-core x86-64 reference machine (SmolLM2-135M: ~10 tok/s from 538 MB of f32), per 2
+/// physical cores. Not measured on GPUs (0).
+const CPU_DECODE_BYTES_PER_S_2_CORES: f64 = 5.4e9;
+
+pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+    let id = req.model.id.as_str();
+    let f = model_facts::facts(std::path::Path::new(req.model.path.as_str()))
+        .map_err(|e| PluginError::new(ErrorKind::LOAD, format!("model `{id}`: {e}")))?;
+    let backend = mlx_backend();
+    let requested = req.model.dtype.as_ref().map(|d| d.as_str()).into_option();
+    let first = of_dtype(&f, req, backend, load_options(requested, backend)?.dtype);
+    if requested.is_some()
+        || first.dtype.as_ref().map(|d| d.as_str()).into_option() != Some("float32")
+        || req.memory_available == 0
+        || first.total_bytes() <= req.memory_available
+    {
+        return Ok(first);
+    }
+    let mut half = of_dtype(&f, req, backend, Dtype::Bfloat16);
+    half.note = format!(
+        "float32 would need {:.0} MB; bfloat16 chosen",
+        first.total_bytes() as f64 / 1e6
+    )
+    .into();
+    Ok(half)
+}
+
+fn of_dtype(
+    f: &model_facts::Facts,
+    req: &EstimateRequest,
+    backend: &str,
+    dt: Dtype,
+) -> MemoryEstimate {
+    let context = u64::from(req.context.max(1));
+    let batch = u64::from(req.batch.max(1));
+    let elt: u64 = if dt == Dtype::Float32 { 4 } else { 2 };
+    let quantized_kept = backend != "mlx-cpu" && f.quantization.starts_with("mlx-");
+    let weights = if quantized_kept {
+        f.file_bytes
+    } else {
+        f.parameters * elt
+    };
+    let kv_per_token = 2 * f.layers * f.kv_heads * f.head_dim;
+    let kv = kv_per_token * context.div_ceil(256) * 256 * batch * elt;
+    let transient = if f.format == "gguf" {
+        f.vocab * f.hidden * 4
+    } else {
+        0
+    };
+    let chunk = (PREFILL_CHUNK as u64).min(context) * batch;
+    let act = chunk * (f.hidden * 48 + f.vocab * 4);
+    let name = dtype_name(dt);
+    let cores = u64::from(req.device.physical_cores.max(1)) as f64;
+    MemoryEstimate {
+        weights_as: (if quantized_kept {
+            f.quantization.clone()
+        } else {
+            name.clone()
+        })
+        .into(),
+        dtype: Some(abi_stable::std_types::RString::from(name)).into(),
+        weights_bytes: weights,
+        kv_cache_bytes: kv,
+        runtime_bytes: MLX_BASE + transient + act,
+        context: context as u32,
+        batch: batch as u32,
+        decode_bytes_per_s: if backend == "mlx-cpu" {
+            CPU_DECODE_BYTES_PER_S_2_CORES * (cores / 2.0).min(4.0)
+        } else {
+            0.0
+        },
+        ..Default::default()
+    }
+}
