@@ -60,6 +60,12 @@ fn interface_copy(dir: &Path, version: &str, edit: impl Fn(String) -> String) {
     .unwrap();
 }
 
+/// One target directory for every crate built out of the workspace by the tests
+/// (compat fixtures, the SDK template), so abi_stable is compiled once for them all.
+fn out_of_tree_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("out-of-tree")
+}
+
 /// Build the fixture plugin `name` (its `lib.rs` is `plugin_src`) against the interface
 /// copy in `dir`; returns the library.
 fn build_fixture(dir: &Path, name: &str, plugin_src: &str) -> PathBuf {
@@ -87,7 +93,7 @@ fn build_fixture(dir: &Path, name: &str, plugin_src: &str) -> PathBuf {
         .current_dir(&crate_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TARGET_DIR", out_of_tree_target())
         .output()
         .expect("run cargo");
     assert!(
@@ -96,7 +102,8 @@ fn build_fixture(dir: &Path, name: &str, plugin_src: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let (prefix, suffix) = mlxengine::plugins::library_pattern();
-    dir.join("target/release")
+    out_of_tree_target()
+        .join("release")
         .join(format!("{prefix}{name}{suffix}"))
 }
 

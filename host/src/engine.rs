@@ -575,7 +575,7 @@ impl Engine {
         plugin: &PluginHandle,
         context: Option<u64>,
         batch: u64,
-    ) -> Result<(fit::Facts, fit::Estimate), HostError> {
+    ) -> Result<(Option<fit::Facts>, fit::Estimate), HostError> {
         self.estimate_within(entry, plugin, context, batch, 0)
     }
 
@@ -588,20 +588,27 @@ impl Engine {
         context: Option<u64>,
         batch: u64,
         available: u64,
-    ) -> Result<(fit::Facts, fit::Estimate), HostError> {
+    ) -> Result<(Option<fit::Facts>, fit::Estimate), HostError> {
         let failed = |reason: String| HostError::Estimate {
             id: entry.id.clone(),
             reason,
         };
         let path = self.local_path(entry)?;
-        let facts = fit::facts(&path).map_err(failed)?;
-        let ctx = context.unwrap_or_else(|| working_context(entry, &facts));
+        // Facts are for people and for plugins without an estimate; a model whose files
+        // are not weights the host can read (a plugin's own format) is the plugin's to
+        // size.
+        let facts = fit::facts(&path);
+        let ctx = context.unwrap_or_else(|| working_context(entry, facts.as_ref().ok()));
         let name = plugin.descriptor.name.as_str();
+        let from_files = |facts: &Result<fit::Facts, String>| {
+            facts
+                .as_ref()
+                .map(|f| fit::Estimate::from_files(name, f, ctx, batch))
+                .map_err(|e| failed(e.clone()))
+        };
         let Some(estimate) = plugin.module.estimate() else {
-            return Ok((
-                facts.clone(),
-                fit::Estimate::from_files(name, &facts, ctx, batch),
-            ));
+            let est = from_files(&facts)?;
+            return Ok((facts.ok(), est));
         };
         let req = EstimateRequest {
             model: self.spec(entry, Some(&path)),
@@ -612,12 +619,10 @@ impl Engine {
         };
         let est = match estimate(&req).into_result() {
             Ok(m) => fit::Estimate::from_plugin(name, &m),
-            Err(e) if e.kind == ErrorKind::UNSUPPORTED => {
-                fit::Estimate::from_files(name, &facts, ctx, batch)
-            }
+            Err(e) if e.kind == ErrorKind::UNSUPPORTED => from_files(&facts)?,
             Err(e) => return Err(failed(e.to_string())),
         };
-        Ok((facts, est))
+        Ok((facts.ok(), est))
     }
 
     /// `plugin`'s probe of this device (no model).
@@ -830,10 +835,10 @@ pub const WORKING_CONTEXT: u64 = 2048;
 
 /// The context a model is admitted for: [`WORKING_CONTEXT`], or less when the model's
 /// own (or the registry's) context is shorter.
-pub fn working_context(entry: &ModelEntry, facts: &fit::Facts) -> u64 {
+pub fn working_context(entry: &ModelEntry, facts: Option<&fit::Facts>) -> u64 {
     let mut c = WORKING_CONTEXT;
-    if facts.context_length > 0 {
-        c = c.min(facts.context_length);
+    if let Some(n) = facts.map(|f| f.context_length).filter(|&n| n > 0) {
+        c = c.min(n);
     }
     if let Some(r) = entry.context_length {
         c = c.min(u64::from(r));

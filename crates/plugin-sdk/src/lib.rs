@@ -14,6 +14,11 @@
 
 pub use plugin_api;
 
+#[cfg(feature = "loader")]
+pub mod loader;
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use abi_stable::std_types::{RResult, RVec};
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
