@@ -500,8 +500,9 @@ impl Engine {
     ) -> Result<(ModelEntry, u64), HostError> {
         let budget = self.memory_budget();
         let (in_use, _) = self.memory_in_use();
-        let est = match self.estimate_within(&entry, plugin, None, 1, budget.saturating_sub(in_use))
-        {
+        // What is free now (at least 1: 0 would mean "no limit" to the plugin).
+        let free = budget.saturating_sub(in_use).max(1);
+        let est = match self.estimate_within(&entry, plugin, None, 1, free) {
             Ok((_, e)) => e,
             Err(e) => {
                 tracing::warn!(model = %entry.id, "no memory estimate, loading unchecked: {e}");
