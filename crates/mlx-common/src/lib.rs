@@ -10,9 +10,11 @@
 
 pub mod activation;
 pub mod blas;
+mod error;
 mod linear;
 mod weights;
 
+pub use error::ModelError;
 pub use linear::{Linear, Quantized};
 pub use weights::{Weights, WeightsError};
 

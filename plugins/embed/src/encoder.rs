@@ -79,10 +79,11 @@ impl Encoder {
     ) -> Result<Self, EmbedError> {
         let arch = model_type(dir)?;
         if !models::supports(&arch) {
-            return Err(EmbedError::Architecture(
-                arch,
-                models::ARCHITECTURES.join(", "),
-            ));
+            return Err(EmbedError::Architecture {
+                plugin: "embed",
+                name: arch,
+                supported: models::ARCHITECTURES.join(", "),
+            });
         }
         let config = bert::Config::from_file(&dir.join("config.json"))?;
         let sentence = SentenceConfig::load(dir)?;

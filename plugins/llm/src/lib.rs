@@ -149,10 +149,11 @@ impl Plugin for LlmPlugin {
         let path = Path::new(spec.path.as_str());
         let model_type = loader::model_type(path).map_err(ctx)?;
         if !models::supports(&model_type) {
-            return Err(ctx(LlmError::Architecture(
-                model_type,
-                models::supported_list(),
-            )));
+            return Err(ctx(LlmError::Architecture {
+                plugin: "llm",
+                name: model_type,
+                supported: models::supported_list(),
+            }));
         }
         let mut loaded = loader::load(path, opts).map_err(ctx)?;
         let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();

@@ -127,7 +127,11 @@ pub fn load_model(
         .unwrap_or_default()
         .to_owned();
     if !models::supports(&model_type) {
-        return Err(LlmError::Architecture(model_type, models::supported_list()));
+        return Err(LlmError::Architecture {
+            plugin: "llm",
+            name: model_type,
+            supported: models::supported_list(),
+        });
     }
     let mut weights = Weights::load(path, opts.dtype)?;
     if let Some(q) = cfg
@@ -155,7 +159,11 @@ fn build_model(
     let arch = models::ARCHITECTURES
         .iter()
         .find(|a| a.model_type == model_type)
-        .ok_or_else(|| LlmError::Architecture(model_type.to_owned(), models::supported_list()))?;
+        .ok_or_else(|| LlmError::Architecture {
+            plugin: "llm",
+            name: model_type.to_owned(),
+            supported: models::supported_list(),
+        })?;
     let model = (arch.load)(cfg, file, &mut weights)?;
     weights.finish()?;
     Ok(model)
