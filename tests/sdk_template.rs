@@ -68,21 +68,21 @@ fn the_template_builds_and_tests_out_of_tree_and_loads_in_the_host() {
     let plugins = tempfile::tempdir().unwrap();
     std::fs::copy(&lib, plugins.path().join(lib.file_name().unwrap())).unwrap();
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-        .args([
-            "--plugin-dir",
-            plugins.path().to_str().unwrap(),
-            "plugins",
-            "--json",
-        ])
-        .env("MLXENGINE_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mlx = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+            .args(["--plugin-dir", plugins.path().to_str().unwrap()])
+            .args(args)
+            .env("MLXENGINE_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = mlx(&["plugins", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = v["plugins"]
         .as_array()
@@ -101,20 +101,6 @@ fn the_template_builds_and_tests_out_of_tree_and_loads_in_the_host() {
         r#"{"model_type": "ngram-hash", "dim": 16, "n": 3}"#,
     )
     .unwrap();
-    let mlx = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-            .args(["--plugin-dir", plugins.path().to_str().unwrap()])
-            .args(args)
-            .env("MLXENGINE_HOME", home.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
     let dir = model.path().to_str().unwrap();
     mlx(&[
         "add",

@@ -5,23 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// `target/<profile>`: where cargo puts the dylibs of this workspace.
-pub fn artifact_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
-}
-
-/// The built library `lib<name>.so` (platform naming), or a panic saying how to build it.
+/// The built library `lib<name>.so` in `target/<profile>` (platform naming), or a panic
+/// saying how to build it.
 pub fn dylib(name: &str) -> PathBuf {
-    let file = if cfg!(target_os = "macos") {
-        format!("lib{name}.dylib")
-    } else if cfg!(windows) {
-        format!("{name}.dll")
-    } else {
-        format!("lib{name}.so")
-    };
-    let p = artifact_dir().join(&file);
+    let p = plugin_sdk::testing::cdylib(name);
     assert!(
         p.is_file(),
         "{} is missing: build the workspace first (`cargo build --release --workspace`, as scripts/test.sh does)",

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod blas;
 mod error;
+pub mod estimate;
 mod linear;
 mod weights;
 

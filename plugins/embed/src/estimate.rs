@@ -7,18 +7,16 @@
 //! measured peak resident memory (docs/device-fit.md, tests/fit.rs).
 
 use crate::load_dtype;
-use mlx_common::dtype_name;
+use mlx_common::{
+    dtype_name,
+    estimate::{request_facts, requested_dtype, MLX_BASE_BYTES},
+};
 use mlx_rs::Dtype;
-use plugin_api::{ErrorKind, EstimateRequest, MemoryEstimate, PluginError};
-
-/// MLX's fixed overhead (library state, allocator, BLAS buffers).
-const MLX_BASE: u64 = 20_000_000;
+use plugin_api::{EstimateRequest, MemoryEstimate, PluginError};
 
 pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
-    let id = req.model.id.as_str();
-    let f = model_facts::facts(std::path::Path::new(req.model.path.as_str()))
-        .map_err(|e| PluginError::new(ErrorKind::LOAD, format!("model `{id}`: {e}")))?;
-    let dtype = load_dtype(req.model.dtype.as_ref().map(|d| d.as_str()).into_option())?;
+    let f = request_facts(req)?;
+    let dtype = load_dtype(requested_dtype(req))?;
     let elt = if dtype == Dtype::Float32 { 4 } else { 2 };
     let context = u64::from(req.context.max(1));
     let batch = u64::from(req.batch.max(1));
@@ -30,7 +28,7 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         dtype: Some(name.into()).into(),
         weights_bytes: f.parameters * elt,
         kv_cache_bytes: 0,
-        runtime_bytes: MLX_BASE + act,
+        runtime_bytes: MLX_BASE_BYTES + act,
         context: context as u32,
         batch: batch as u32,
         ..Default::default()

@@ -9,26 +9,27 @@
 //! calibrated against measured peak resident memory (docs/device-fit.md, tests/fit.rs).
 
 use crate::{generate::PREFILL_CHUNK, load_options};
-use mlx_common::{dtype_name, mlx_backend};
+use mlx_common::{
+    dtype_name,
+    estimate::{request_facts, requested_dtype, MLX_BASE_BYTES},
+    mlx_backend,
+};
 use mlx_rs::Dtype;
-use plugin_api::{ErrorKind, EstimateRequest, MemoryEstimate, PluginError};
+use plugin_api::{EstimateRequest, MemoryEstimate, PluginError};
 
-/// MLX's fixed overhead (library state, allocator, BLAS buffers).
-const MLX_BASE: u64 = 20_000_000;
 /// Weight bytes per second streamed while decoding one sequence on MLX's CPU path on the
 /// 2-core x86-64 reference machine (SmolLM2-135M: ~10 tok/s from 538 MB of f32), per 2
 /// physical cores. Not measured on GPUs (0).
 const CPU_DECODE_BYTES_PER_S_2_CORES: f64 = 5.4e9;
 
 pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
-    let id = req.model.id.as_str();
-    let f = model_facts::facts(std::path::Path::new(req.model.path.as_str()))
-        .map_err(|e| PluginError::new(ErrorKind::LOAD, format!("model `{id}`: {e}")))?;
+    let f = request_facts(req)?;
     let backend = mlx_backend();
-    let requested = req.model.dtype.as_ref().map(|d| d.as_str()).into_option();
-    let first = of_dtype(&f, req, backend, load_options(requested, backend)?.dtype);
+    let requested = requested_dtype(req);
+    let dtype = load_options(requested, backend)?.dtype;
+    let first = of_dtype(&f, req, backend, dtype);
     if requested.is_some()
-        || first.dtype.as_ref().map(|d| d.as_str()).into_option() != Some("float32")
+        || dtype != Dtype::Float32
         || req.memory_available == 0
         || first.total_bytes() <= req.memory_available
     {
@@ -79,7 +80,7 @@ fn of_dtype(
         dtype: Some(abi_stable::std_types::RString::from(name)).into(),
         weights_bytes: weights,
         kv_cache_bytes: kv,
-        runtime_bytes: MLX_BASE + transient + act,
+        runtime_bytes: MLX_BASE_BYTES + transient + act,
         context: context as u32,
         batch: batch as u32,
         decode_bytes_per_s: if backend == "mlx-cpu" {
