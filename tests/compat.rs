@@ -11,7 +11,7 @@
 //! `CARGO_TARGET_TMPDIR` and built there out of the workspace, offline, as an outside
 //! author's plugin would be built.
 
-use mlxengine::plugins::load_library;
+use engine::plugins::load_library;
 use plugin_api::{
     lora::{AdapterOp, AdapterRequest},
     DeviceInfo, ErrorKind, LoadRequest, ModelKind, ModelSpec,
@@ -101,7 +101,7 @@ fn build_fixture(dir: &Path, name: &str, plugin_src: &str) -> PathBuf {
         "building fixture {name} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (prefix, suffix) = mlxengine::plugins::library_pattern();
+    let (prefix, suffix) = engine::plugins::library_pattern();
     out_of_tree_target()
         .join("release")
         .join(format!("{prefix}{name}{suffix}"))

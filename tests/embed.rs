@@ -3,7 +3,7 @@
 
 mod util;
 
-use mlxengine::{Engine, ModelEntry, PluginSet, Registry, Source};
+use engine::{Engine, ModelEntry, PluginSet, Registry, Source};
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
     ErrorKind, ModelKind,
@@ -42,7 +42,7 @@ fn matches_sentence_transformers_reference() {
         .iter()
         .map(|c| c["text"].as_str().unwrap().to_owned())
         .collect();
-    let out = engine.embed("minilm", &req(&texts)).unwrap();
+    let out = engine.embed("minilm", &util::emb(req(&texts))).unwrap();
     assert_eq!(out.dim, 384);
     for (i, c) in cases.iter().enumerate() {
         let want: Vec<f32> = serde_json::from_value(c["embedding"].clone()).unwrap();
@@ -88,12 +88,12 @@ fn mixed_texts() -> Vec<String> {
 fn a_batch_of_256_equals_one_by_one() {
     let engine = engine();
     let texts = mixed_texts();
-    let batch = engine.embed("minilm", &req(&texts)).unwrap();
+    let batch = engine.embed("minilm", &util::emb(req(&texts))).unwrap();
     assert_eq!(batch.data.len(), 256 * 384);
     let mut worst = 1.0f64;
     for (i, t) in texts.iter().enumerate() {
         let single = engine
-            .embed("minilm", &req(std::slice::from_ref(t)))
+            .embed("minilm", &util::emb(req(std::slice::from_ref(t))))
             .unwrap();
         let cos = util::cosine(&batch.data[i * 384..(i + 1) * 384], &single.data);
         worst = worst.min(cos);
@@ -108,36 +108,41 @@ fn over_long_text_without_truncation_is_an_invalid_request() {
     let long = vec!["word ".repeat(400)];
     let mut r = req(&long);
     r.truncate = false;
-    let e = engine.embed("minilm", &r).unwrap_err();
+    let e = engine.embed("minilm", &util::emb(r.clone())).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("text #0 has 402 tokens, more than the model's maximum of 256"),
         "{msg}"
     );
     match e {
-        mlxengine::HostError::Plugin { error, .. } => {
+        engine::HostError::Plugin { error, .. } => {
             assert_eq!(error.kind, ErrorKind::INVALID_REQUEST)
         }
         other => panic!("{other}"),
     }
     // With truncation (the default) it is embedded from its first 256 tokens.
-    assert_eq!(engine.embed("minilm", &req(&long)).unwrap().dim, 384);
+    assert_eq!(
+        engine.embed("minilm", &util::emb(req(&long))).unwrap().dim,
+        384
+    );
 }
 
 #[test]
 fn empty_request_is_rejected() {
-    let e = engine().embed("minilm", &req(&[])).unwrap_err().to_string();
-    assert!(e.contains("`texts` is empty"), "{e}");
+    // Refused where it enters, before any plugin sees it.
+    let e = engine::request::Embed::new(req(&[])).unwrap_err();
+    assert_eq!(e.field, "texts");
+    assert!(e.to_string().contains("the request has no texts"), "{e}");
 }
 
 #[test]
 fn pooling_and_normalization_options() {
     let engine = engine();
     let t = vec!["A man is eating food.".to_owned()];
-    let mean = engine.embed("minilm", &req(&t)).unwrap();
+    let mean = engine.embed("minilm", &util::emb(req(&t))).unwrap();
     let mut raw = req(&t);
     raw.normalize = Some(false).into();
-    let raw = engine.embed("minilm", &raw).unwrap();
+    let raw = engine.embed("minilm", &util::emb(raw.clone())).unwrap();
     let norm: f32 = raw.data.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(
         (norm - 1.0).abs() > 0.01,
@@ -146,7 +151,7 @@ fn pooling_and_normalization_options() {
     assert!(util::cosine(&raw.data, &mean.data) > 0.99999);
     let mut cls = req(&t);
     cls.pooling = Pooling::CLS;
-    let cls = engine.embed("minilm", &cls).unwrap();
+    let cls = engine.embed("minilm", &util::emb(cls.clone())).unwrap();
     assert!(
         util::cosine(&cls.data, &mean.data) < 0.99,
         "CLS pooling must differ from mean pooling"

@@ -40,7 +40,7 @@ fn estimates_are_within_15_percent_of_measured_peak_memory() {
         if let Some(d) = extra.get(1) {
             id = format!("{model}-{d}");
             let file = h.join(format!("{id}.toml"));
-            let src = mlxengine::engine::models_dir().join(model);
+            let src = engine::paths::models_dir().join(model);
             std::fs::write(
                 &file,
                 format!(

@@ -6,7 +6,7 @@
 
 mod util;
 
-use mlxengine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
+use engine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
 use plugin_api::{
     text::{ChatMessage, FinishReason, GenerateRequest, StreamControl, StreamEvent, TextInput},
     ModelKind,
@@ -14,7 +14,7 @@ use plugin_api::{
 use std::{path::PathBuf, process::Command};
 
 fn model_dir(id: &str) -> PathBuf {
-    let p = mlxengine::engine::models_dir().join(id);
+    let p = engine::paths::models_dir().join(id);
     assert!(
         p.is_dir(),
         "{} is missing: run scripts/setup.sh",
@@ -82,8 +82,10 @@ fn gen(
         max_tokens: n,
         ..Default::default()
     };
-    e.generate_on(id, backend, &req, &mut |_| StreamControl::Continue)
-        .unwrap()
+    e.generate_on(id, backend, &util::gen(req.clone()), &mut |_| {
+        StreamControl::Continue
+    })
+    .unwrap()
 }
 
 #[test]
@@ -174,7 +176,9 @@ fn a_k_quant_gguf_runs_on_ggml_and_mlx_names_the_fallback() {
         ..Default::default()
     };
     let err = e
-        .generate_on("gemma", Some("mlx"), &req, &mut |_| StreamControl::Continue)
+        .generate_on("gemma", Some("mlx"), &util::gen(req.clone()), &mut |_| {
+            StreamControl::Continue
+        })
         .unwrap_err();
     assert!(matches!(err, HostError::NoPlugin { .. }));
     let msg = err.to_string();
@@ -216,10 +220,15 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
         ..Default::default()
     };
     let mut streamed = String::new();
-    let out = e.generate_on("smol", b, &req, &mut |ev: &StreamEvent| {
-        streamed.push_str(&ev.text);
-        StreamControl::Continue
-    });
+    let out = e.generate_on(
+        "smol",
+        b,
+        &util::gen(req.clone()),
+        &mut |ev: &StreamEvent| {
+            streamed.push_str(&ev.text);
+            StreamControl::Continue
+        },
+    );
     let out = out.unwrap();
     assert!(!out.outputs[0].text.is_ascii());
     assert_eq!(streamed, out.outputs[0].text.as_str());
@@ -229,7 +238,9 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
     req.inputs = vec![chat("What is the capital of France?")].into();
     req.stream = false;
     let full = e
-        .generate_on("smol", b, &req, &mut |_| StreamControl::Continue)
+        .generate_on("smol", b, &util::gen(req.clone()), &mut |_| {
+            StreamControl::Continue
+        })
         .unwrap();
     let pieces: Vec<String> = (1..=3)
         .map(|n| {
@@ -237,9 +248,11 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
                 max_tokens: n,
                 ..req.clone()
             };
-            e.generate_on("smol", b, &r, &mut |_| StreamControl::Continue)
-                .unwrap()
-                .outputs[0]
+            e.generate_on("smol", b, &util::gen(r.clone()), &mut |_| {
+                StreamControl::Continue
+            })
+            .unwrap()
+            .outputs[0]
                 .text
                 .to_string()
         })
@@ -253,7 +266,9 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
     req.stop = vec![stop.into()].into();
     req.stream = true;
     let out = e
-        .generate_on("smol", b, &req, &mut |_| StreamControl::Continue)
+        .generate_on("smol", b, &util::gen(req.clone()), &mut |_| {
+            StreamControl::Continue
+        })
         .unwrap();
     let text = full.outputs[0].text.as_str();
     assert_eq!(
@@ -279,8 +294,10 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
             logprobs: true,
             ..Default::default()
         };
-        e.generate_on("smol-f32", b, &req, &mut |_| StreamControl::Continue)
-            .unwrap()
+        e.generate_on("smol-f32", b, &util::gen(req.clone()), &mut |_| {
+            StreamControl::Continue
+        })
+        .unwrap()
     };
     let batch = twin(inputs.clone());
     let mut compared = 0;
@@ -301,7 +318,7 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
     let mut n = 0;
     req.stop = Default::default();
     let out = e
-        .generate_on("smol", b, &req, &mut |_| {
+        .generate_on("smol", b, &util::gen(req.clone()), &mut |_| {
             n += 1;
             if n == 3 {
                 StreamControl::Stop

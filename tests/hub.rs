@@ -87,8 +87,8 @@ fn repos() -> tempfile::TempDir {
         let rel = f.strip_prefix(&minilm).unwrap();
         link(&f, &r.join("testorg/minilm-pulled").join(rel));
     }
-    let gguf = mlxengine::engine::models_dir()
-        .join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf =
+        engine::paths::models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     link(
         &gguf,
         &r.join("testorg/smollm2-gguf/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -788,7 +788,7 @@ fn pulled_models_run_and_stay_usable_offline() {
 }
 
 fn venv_python() -> PathBuf {
-    let p = mlxengine::engine::cache_dir().join("test-venv/bin/python");
+    let p = engine::paths::cache_dir().join("test-venv/bin/python");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh",
@@ -837,7 +837,7 @@ fn huggingface_hub_agrees_with_the_test_server_and_shares_the_cache() {
 /// hand, no git-lfs needed).
 #[test]
 fn pull_from_olah_then_run() {
-    let olah = mlxengine::engine::cache_dir().join("olah-venv/bin/olah-cli");
+    let olah = engine::paths::cache_dir().join("olah-venv/bin/olah-cli");
     assert!(
         olah.is_file(),
         "{} is missing: run scripts/setup.sh",

@@ -3,7 +3,7 @@
 
 mod util;
 
-use mlxengine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
+use engine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
 use plugin_api::{
     text::{
         ChatMessage, ContentPart, FinishReason, GenerateRequest, SamplingParams, StreamControl,
@@ -14,7 +14,7 @@ use plugin_api::{
 use std::{path::PathBuf, process::Command};
 
 fn smollm_dir() -> PathBuf {
-    let p = mlxengine::engine::models_dir().join("smollm2-135m-instruct");
+    let p = engine::paths::models_dir().join("smollm2-135m-instruct");
     assert!(
         p.is_dir(),
         "{} is missing: run scripts/setup.sh",
@@ -68,7 +68,7 @@ fn run(
 ) -> (plugin_api::text::GenerateResponse, Vec<StreamEvent>) {
     let mut events = Vec::new();
     let out = e
-        .generate("smol", req, &mut |ev| {
+        .generate("smol", &util::gen(req.clone()), &mut |ev| {
             events.push(ev.clone());
             StreamControl::Continue
         })
@@ -155,7 +155,7 @@ fn the_sink_can_cancel_a_generation() {
     req.stream = true;
     let mut n = 0;
     let out = e
-        .generate("smol", &req, &mut |_| {
+        .generate("smol", &util::gen(req.clone()), &mut |_| {
             n += 1;
             if n == 3 {
                 StreamControl::Stop
@@ -218,7 +218,7 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
     let e = engine();
     let sink = &mut |_: &StreamEvent| StreamControl::Continue;
     let err = e
-        .generate("nope", &request(vec![raw("hi")], 4), sink)
+        .generate("nope", &util::gen(request(vec![raw("hi")], 4)), sink)
         .unwrap_err()
         .to_string();
     assert!(
@@ -226,12 +226,17 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
         "{err}"
     );
 
-    let (kind, msg) = plugin_error(e.generate("smol", &request(vec![raw("hi")], 0), sink));
-    assert_eq!(kind, ErrorKind::INVALID_REQUEST);
-    assert!(msg.contains("max_tokens must be at least 1"), "{msg}");
+    // Refused where it enters (the CLI or the server), before any plugin sees it.
+    let bad = engine::request::Generate::new(request(vec![raw("hi")], 0)).unwrap_err();
+    assert_eq!(bad.field, "max_tokens");
+    assert!(
+        bad.message.contains("max_tokens must be at least 1"),
+        "{bad}"
+    );
 
     let long = "word ".repeat(9000);
-    let (kind, msg) = plugin_error(e.generate("smol", &request(vec![raw(&long)], 4), sink));
+    let (kind, msg) =
+        plugin_error(e.generate("smol", &util::gen(request(vec![raw(&long)], 4)), sink));
     assert_eq!(kind, ErrorKind::CONTEXT_LENGTH);
     assert!(
         msg.contains("input #0: the prompt has 9001 tokens, the model's context is 8192"),
@@ -250,7 +255,8 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
         Source::Path(missing.clone()),
     ))
     .unwrap();
-    let (kind, msg) = plugin_error(e.generate("missing", &request(vec![raw("hi")], 4), sink));
+    let (kind, msg) =
+        plugin_error(e.generate("missing", &util::gen(request(vec![raw("hi")], 4)), sink));
     assert_eq!(kind, ErrorKind::NOT_FOUND);
     assert!(msg.contains("model.safetensors: missing file"), "{msg}");
 
@@ -267,7 +273,7 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
     .unwrap();
     // The plugin's probe already sees the truncation, so no provider is chosen.
     let msg = e
-        .generate("corrupt", &request(vec![raw("hi")], 4), sink)
+        .generate("corrupt", &util::gen(request(vec![raw("hi")], 4)), sink)
         .unwrap_err()
         .to_string();
     assert!(
@@ -288,7 +294,8 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
         Source::Path(mamba),
     ))
     .unwrap();
-    let (kind, msg) = plugin_error(e.generate("mamba-local", &request(vec![raw("hi")], 4), sink));
+    let (kind, msg) =
+        plugin_error(e.generate("mamba-local", &util::gen(request(vec![raw("hi")], 4)), sink));
     assert_eq!(kind, ErrorKind::UNSUPPORTED);
     assert!(
         msg.contains("model_type `mamba` is not supported by the llm plugin (supported: llama"),
@@ -303,7 +310,7 @@ fn bad_inputs_are_clear_errors_and_the_host_keeps_running() {
     e.add_model(ModelEntry::new("mamba-hub", ModelKind::LLM, "mamba", src))
         .unwrap();
     let err = e
-        .generate("mamba-hub", &request(vec![raw("hi")], 4), sink)
+        .generate("mamba-hub", &util::gen(request(vec![raw("hi")], 4)), sink)
         .unwrap_err()
         .to_string();
     assert!(
@@ -429,7 +436,7 @@ fn registry_system_prompt_applies_when_the_user_gives_none() {
     entry.system_prompt = Some("You are a pirate.".into());
     e.add_model(entry).unwrap();
     let prompt_tokens = |id: &str, input: TextInput| {
-        e.generate(id, &request(vec![input], 1), &mut |_| {
+        e.generate(id, &util::gen(request(vec![input], 1)), &mut |_| {
             StreamControl::Continue
         })
         .unwrap()

@@ -3,7 +3,7 @@
 
 mod util;
 
-use mlxengine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
+use engine::{Engine, HostError, ModelEntry, PluginSet, Registry, Source};
 use plugin_api::{embed::EmbedRequest, ErrorKind, Features, ModelKind};
 
 fn texts(t: &[&str]) -> EmbedRequest {
@@ -23,7 +23,7 @@ fn mixed_dir() -> tempfile::TempDir {
         ("test_wrong_version", "oldapi"),
         ("test_panicky", "panicky"),
     ]);
-    let (prefix, suffix) = mlxengine::plugins::library_pattern();
+    let (prefix, suffix) = engine::plugins::library_pattern();
     std::fs::write(
         dir.path().join(format!("{prefix}garbage{suffix}")),
         b"this is not an ELF file",
@@ -83,7 +83,10 @@ fn real_embed_plugin_through_the_abi() {
     );
     engine.add_model(entry).unwrap();
     let out = engine
-        .embed("injected-minilm", &texts(&["A man is eating food."]))
+        .embed(
+            "injected-minilm",
+            &util::emb(texts(&["A man is eating food."])),
+        )
         .unwrap();
     assert_eq!(out.dim, 384);
     let reference = util::reference();
@@ -93,7 +96,7 @@ fn real_embed_plugin_through_the_abi() {
     assert!(cos >= 0.999, "cosine {cos}");
     assert!(engine.remove_model("injected-minilm"));
     assert!(matches!(
-        engine.embed("injected-minilm", &texts(&["x"])),
+        engine.embed("injected-minilm", &util::emb(texts(&["x"]))),
         Err(HostError::UnknownModel { .. })
     ));
 }
@@ -115,7 +118,7 @@ fn a_panicking_plugin_returns_an_error_and_the_host_keeps_working() {
         ))
         .unwrap();
     for _ in 0..2 {
-        match engine.embed("boom", &texts(&["hi"])) {
+        match engine.embed("boom", &util::emb(texts(&["hi"]))) {
             Err(HostError::Plugin { error, plugin, .. }) => {
                 assert_eq!(error.kind, ErrorKind::PANIC);
                 assert_eq!(plugin, "test-panicky");
@@ -142,7 +145,7 @@ fn a_panicking_plugin_returns_an_error_and_the_host_keeps_working() {
         ))
         .unwrap();
     let e = engine
-        .embed("boom-load", &texts(&["hi"]))
+        .embed("boom-load", &util::emb(texts(&["hi"])))
         .unwrap_err()
         .to_string();
     assert!(e.contains("plugin panic: deliberate panic in load"), "{e}");
@@ -157,7 +160,7 @@ fn a_panicking_plugin_returns_an_error_and_the_host_keeps_working() {
         .unwrap();
     assert_eq!(
         engine
-            .embed("minilm", &texts(&["still alive"]))
+            .embed("minilm", &util::emb(texts(&["still alive"])))
             .unwrap()
             .dim,
         384
@@ -232,7 +235,7 @@ fn a_wrong_kind_request_names_both_kinds() {
         ))
         .unwrap();
     let e = engine
-        .embed("chat", &texts(&["x"]))
+        .embed("chat", &util::emb(texts(&["x"])))
         .unwrap_err()
         .to_string();
     assert_eq!(e, "model `chat` is a `llm` model, not `embed`");
@@ -259,7 +262,7 @@ fn a_model_without_local_files_names_where_it_looked() {
         ))
         .unwrap();
     let e = engine
-        .embed("absent-model", &texts(&["x"]))
+        .embed("absent-model", &util::emb(texts(&["x"])))
         .unwrap_err()
         .to_string();
     assert!(

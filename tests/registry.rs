@@ -1,7 +1,7 @@
 //! The registry: every kind of mistake is an error naming file, line, model and key;
 //! merging and runtime injection.
 
-use mlxengine::{ModelEntry, Registry, Source};
+use engine::{ModelEntry, Registry, Source};
 use plugin_api::ModelKind;
 use std::path::Path;
 
@@ -56,7 +56,7 @@ fn valid_registry_parses() {
 
 #[test]
 fn shipped_registry_is_valid() {
-    let r = mlxengine::load_registry(&[]).expect("shipped registry.toml parses");
+    let r = engine::load_registry(&[]).expect("shipped registry.toml parses");
     let m = r
         .get("all-minilm-l6-v2")
         .expect("default embedding model registered");

@@ -61,7 +61,7 @@ fn the_template_builds_and_tests_out_of_tree_and_loads_in_the_host() {
     cargo(&copy, &target, &["test"]);
 
     // Dropped into a plugin folder, the host lists it beside its own plugins.
-    let (prefix, suffix) = mlxengine::plugins::library_pattern();
+    let (prefix, suffix) = engine::plugins::library_pattern();
     let lib: PathBuf = target
         .join("release")
         .join(format!("{prefix}ngram_embed{suffix}"));

@@ -73,7 +73,7 @@ impl Drop for Server {
 }
 
 fn python() -> PathBuf {
-    let p = mlxengine::engine::cache_dir().join("test-venv/bin/python");
+    let p = engine::paths::cache_dir().join("test-venv/bin/python");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh (installs openai and prometheus-client)",

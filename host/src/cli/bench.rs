@@ -1,10 +1,16 @@
-//! `mlxengine bench-embed` and `mlxengine bench-abi`: the embedding and ABI figures of
-//! `bench/run_all.sh` (LLM figures come from `mlxengine bench`).
+//! `mlxengine bench` (generation speed), `bench-embed` and `bench-abi`: the figures of
+//! `bench/run_all.sh`.
 
 use super::print_json;
+use super::{
+    generate::{checked, SamplingArgs},
+    human_bytes,
+};
 use anyhow::{bail, Result};
 use clap::Args;
-use mlxengine::{fit::human, Engine};
+use engine::request::{Embed, Generate};
+use engine::{fit::human, Engine};
+use plugin_api::text::{ChatMessage, GenerateRequest, TextInput};
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
     text::{StreamControl, StreamEvent},
@@ -105,31 +111,33 @@ pub fn cmd_bench_embed(engine: &Engine, a: &BenchEmbedArgs) -> Result<()> {
     if a.runs == 0 || a.batch.contains(&0) {
         bail!("--runs and every --batch must be at least 1");
     }
-    let baseline = mlxengine::device::rss_now();
-    let req = |texts: &[String]| EmbedRequest {
-        texts: texts.iter().map(|t| t.as_str().into()).collect(),
-        pooling: Pooling::MODEL_DEFAULT,
-        normalize: None.into(),
-        truncate: true,
-        options: "".into(),
+    let baseline = engine::device::rss_now();
+    let req = |texts: &[String]| {
+        Embed::new(EmbedRequest {
+            texts: texts.iter().map(|t| t.as_str().into()).collect(),
+            pooling: Pooling::MODEL_DEFAULT,
+            normalize: None.into(),
+            truncate: true,
+            options: "".into(),
+        })
     };
     let mut rows = Vec::new();
     for &b in &a.batch {
         let pool = sentences(b.max(256));
-        engine.embed(&model, &req(&pool[..b]))?; // warm-up (and load)
-                                                 // Enough calls to embed at least 256 sentences, at least --runs.
+        engine.embed(&model, &req(&pool[..b])?)?; // warm-up (and load)
+                                                  // Enough calls to embed at least 256 sentences, at least --runs.
         let calls = a.runs.max(256usize.div_ceil(b));
         let mut per_s = Vec::new();
         for c in 0..calls {
             let start = (c * b) % pool.len();
             let batch: Vec<String> = pool.iter().cycle().skip(start).take(b).cloned().collect();
             let t = Instant::now();
-            engine.embed(&model, &req(&batch))?;
+            engine.embed(&model, &req(&batch)?)?;
             per_s.push(b as f64 / t.elapsed().as_secs_f64());
         }
         rows.push((b, calls, stats(per_s)));
     }
-    let peak = mlxengine::device::rss_peak();
+    let peak = engine::device::rss_peak();
     if a.json {
         let r: Vec<_> = rows
             .iter()
@@ -163,8 +171,8 @@ pub fn cmd_bench_abi(engine: &Engine, a: &BenchAbiArgs) -> Result<()> {
         None => engine.default_model(ModelKind::LLM)?,
     };
     // A real generation for the per-token time the overhead is compared with.
-    let req = plugin_api::text::GenerateRequest {
-        inputs: vec![plugin_api::text::TextInput {
+    let req = checked(GenerateRequest {
+        inputs: vec![TextInput {
             prompt: "The history of the lighthouse begins".into(),
             messages: Default::default(),
         }]
@@ -176,7 +184,7 @@ pub fn cmd_bench_abi(engine: &Engine, a: &BenchAbiArgs) -> Result<()> {
         stream: true,
         adapter: None.into(),
         options: "".into(),
-    };
+    })?;
     let mut noop = |_: &StreamEvent| StreamControl::Continue;
     engine.generate(&model, &req, &mut noop)?;
     let r = engine.generate(&model, &req, &mut noop)?;
@@ -207,4 +215,132 @@ pub fn cmd_bench_abi(engine: &Engine, a: &BenchAbiArgs) -> Result<()> {
         pct(callback)
     );
     Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    pub(crate) dtype: Option<String>,
+    /// Registry id of a language model (default: the registry's default LLM).
+    #[arg(long, short)]
+    pub(crate) model: Option<String>,
+    /// Prompt text (default: a synthetic prompt of about --prompt-tokens tokens).
+    #[arg(long)]
+    pub(crate) prompt: Option<String>,
+    /// Send the prompt through the chat template.
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// Length of the synthetic prompt, in words (≈ tokens).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) prompt_tokens: usize,
+    /// New tokens per run.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) max_tokens: u32,
+    /// Measured runs (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    pub(crate) backend: Option<String>,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => engine.default_model(ModelKind::LLM)?,
+    };
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    const WORDS: [&str; 16] = [
+        "the", "river", "carried", "old", "stories", "past", "quiet", "towns", "where", "people",
+        "still", "remember", "long", "summer", "nights", "and",
+    ];
+    let prompt = a.prompt.clone().unwrap_or_else(|| {
+        (0..a.prompt_tokens.max(1))
+            .map(|i| WORDS[i % WORDS.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let input = if a.chat {
+        TextInput {
+            prompt: "".into(),
+            messages: vec![ChatMessage::text("user", &prompt)].into(),
+        }
+    } else {
+        TextInput {
+            prompt: prompt.as_str().into(),
+            messages: Default::default(),
+        }
+    };
+    let sampling = SamplingArgs {
+        max_tokens: a.max_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop: vec![],
+    };
+    let req = sampling.request(vec![input], false)?;
+    let mut noop = |_: &plugin_api::text::StreamEvent| StreamControl::Continue;
+    let load_start = std::time::Instant::now();
+    let backend = a.backend.as_deref();
+    let warm = engine.generate_on(&model, backend, &sampling_short(&req)?, &mut noop)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        runs.push(engine.generate_on(&model, backend, &req, &mut noop)?);
+    }
+    let stat = |f: &dyn Fn(&plugin_api::text::GenerateResponse) -> f64| {
+        stats(runs.iter().map(f).collect())
+    };
+    let ttft = stat(&|r| r.stats.time_to_first_token_ms);
+    let pre = stat(&|r| r.stats.prefill_tokens_per_s);
+    let dec = stat(&|r| r.stats.decode_tokens_per_s);
+    let mem = stat(&|r| r.stats.peak_memory_bytes as f64);
+    let prompt_tokens = runs[0].stats.prompt_tokens;
+    let generated = runs[0].stats.generated_tokens;
+    if a.json {
+        let j = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
+        return print_json(&json!({
+            "model": model, "backend": engine.served_by(&model, backend), "runs": a.runs,
+            "prompt_tokens": prompt_tokens, "generated_tokens": generated,
+            "load_and_warmup_ms": load_ms, "warmup_prompt_tokens": warm.stats.prompt_tokens,
+            "ttft_ms": j(ttft), "prefill_tps": j(pre), "decode_tps": j(dec), "peak_memory_bytes": j(mem),
+        }));
+    }
+    println!(
+        "{model} on {}: {prompt_tokens} prompt tokens, {generated} generated, {} runs after a warm-up (median, min–max)",
+        engine.served_by(&model, backend).unwrap_or_default(),
+        a.runs
+    );
+    println!(
+        "  time to first token  {:>9.1} ms    ({:.1}–{:.1})",
+        ttft.0, ttft.1, ttft.2
+    );
+    println!(
+        "  prefill              {:>9.1} tok/s ({:.1}–{:.1})",
+        pre.0, pre.1, pre.2
+    );
+    println!(
+        "  decode               {:>9.1} tok/s ({:.1}–{:.1})",
+        dec.0, dec.1, dec.2
+    );
+    println!("  peak memory          {:>9}", human_bytes(mem.0 as u64));
+    Ok(())
+}
+
+/// The warm-up request: same prompt, few new tokens.
+pub(crate) fn sampling_short(req: &Generate) -> Result<Generate> {
+    let mut r = req.clone().into_inner();
+    r.max_tokens = r.max_tokens.min(8);
+    checked(r)
 }

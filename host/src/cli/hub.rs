@@ -1,15 +1,13 @@
 //! `mlxengine search | pull | ls | rm` and `info OWNER/NAME`: the model store commands.
 
-use super::{append_user_entry, load_registry, lock_user_registry, print_json, Cli};
-use anyhow::{bail, Context, Result};
+use super::print_json;
+use anyhow::{Context, Result};
 use clap::Args;
-use mlxengine::{
-    fit::human,
-    hub::{self, progress, Hub, RepoRef},
-    store, Engine, ModelEntry, Source,
-};
+use engine::{fit::human, registry::UserRegistry, store, Engine, Source};
+use hub::{progress, Hub, RepoRef};
 use plugin_api::ModelKind;
 use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -146,7 +144,7 @@ pub fn cmd_hub_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
     let budget = engine.memory_budget();
     // The estimate for models not downloaded yet (weights as published plus runtime); the
     // refined one needs the files: `mlxengine info <id>` after `pull` gives it.
-    let need = mlxengine::fit::estimate_from_registry(
+    let need = engine::fit::estimate_from_registry(
         i.plugin.as_deref().unwrap_or(""),
         Some(i.download_bytes),
         None,
@@ -216,7 +214,7 @@ pub fn cmd_hub_info(engine: &Engine, id: &str, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn cmd_pull(cli: &Cli, engine: &Engine, a: &PullArgs) -> Result<()> {
+pub fn cmd_pull(registries: &[PathBuf], engine: &Engine, a: &PullArgs) -> Result<()> {
     let r = RepoRef::parse(&a.repo)?;
     let hub = Hub::from_env();
     let i = store::inspect(engine, &hub, &r, &a.include, &a.exclude)?;
@@ -233,7 +231,7 @@ pub fn cmd_pull(cli: &Cli, engine: &Engine, a: &PullArgs) -> Result<()> {
     let registered = if a.no_register || i.plugin.is_err() {
         None
     } else {
-        Some(register(cli, &i.entry(a.id.as_deref()))?)
+        Some(UserRegistry::lock(registries)?.register_pulled(&i.entry(a.id.as_deref()))?)
     };
     if a.json {
         return print_json(&json!({
@@ -268,33 +266,6 @@ fn verb(k: ModelKind) -> &'static str {
         ModelKind::EMBED => "embed",
         _ => "generate",
     }
-}
-
-/// Add `entry` to the user's runtime registry unless a model of the same repo is there;
-/// returns the id it is registered as. Serialized across processes by a lock file.
-fn register(cli: &Cli, entry: &ModelEntry) -> Result<String> {
-    let _lock = lock_user_registry()?;
-    let reg = load_registry(&cli.registries)?;
-    let Source::Hub { repo, revision, .. } = &entry.source else {
-        bail!("only Hub models are registered by pull");
-    };
-    if let Some(m) = reg.models().find(|m| {
-        matches!(&m.source, Source::Hub { repo: r2, revision: v2, .. } if r2 == repo && v2 == revision)
-    }) {
-        return Ok(m.id.clone());
-    }
-    if let Some(m) = reg.get(&entry.id) {
-        bail!(
-            "the id `{}` is taken by a model defined at {}; choose another with --id",
-            entry.id,
-            m.origin
-        );
-    }
-    let text = entry.to_toml();
-    let mut check = reg;
-    check.merge_str(&text, "mlxengine pull", std::path::Path::new("."))?;
-    append_user_entry(&text)?;
-    Ok(entry.id.clone())
 }
 
 pub fn cmd_ls(engine: &Engine, as_json: bool) -> Result<()> {

@@ -6,6 +6,12 @@
 //! entry is validated into a [`ModelEntry`]. Every mistake is an error naming the file,
 //! line, model id and key.
 
+mod files;
+
+pub use files::{
+    load_registry, shipped_registry_path, user_registry_path, UserRegistry, BUILTIN_REGISTRY,
+};
+
 use plugin_api::{Features, ModelKind};
 use serde::Deserialize;
 use std::{

@@ -3,10 +3,10 @@
 //! any weights), whether a loaded plugin serves it, pulling it, and registering it.
 
 use crate::{
-    engine::{Engine, HostError},
-    hub::{self, Hub, HubError, RepoListing, RepoRef, Selection},
     registry::{ModelEntry, Source},
+    Engine, HostError,
 };
+use hub::{Hub, HubError, RepoListing, RepoRef, Selection};
 use plugin_api::{Features, ModelKind};
 use serde_json::Value as Json;
 

@@ -49,8 +49,14 @@ pub struct Progress {
     lines: Mutex<Option<Lines>>,
 }
 
-fn mb(b: u64) -> String {
-    crate::fit::human(b)
+/// `1.5 GB`, `320 MB`: sizes for people.
+pub fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
 }
 
 impl Progress {
@@ -79,7 +85,10 @@ impl Progress {
                 pb.set_message(format!("{repo} ({files} files)"));
                 *self.overall.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
             }
-            Mode::Lines => eprintln!("[pull] {repo}: {files} file(s), {} to download", mb(bytes)),
+            Mode::Lines => eprintln!(
+                "[pull] {repo}: {files} file(s), {} to download",
+                human_size(bytes)
+            ),
             Mode::Quiet => {}
         }
     }
@@ -97,11 +106,11 @@ impl Progress {
             }
             Mode::Lines => {
                 let resume = if have > 0 {
-                    format!(", resuming at {}", mb(have))
+                    format!(", resuming at {}", human_size(have))
                 } else {
                     String::new()
                 };
-                eprintln!("[pull] {file}: {}{resume}", mb(size));
+                eprintln!("[pull] {file}: {}{resume}", human_size(size));
                 let now = Instant::now();
                 *self.lines.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lines {
                     file: file.to_owned(),
@@ -137,10 +146,10 @@ impl Progress {
                 eprintln!(
                     "[pull] {}: {}/{} ({:.0}%), {}/s",
                     l.file,
-                    mb(l.pos),
-                    mb(l.size),
+                    human_size(l.pos),
+                    human_size(l.size),
                     100.0 * l.pos as f64 / l.size.max(1) as f64,
-                    mb((l.pos as f64 / secs) as u64)
+                    human_size((l.pos as f64 / secs) as u64)
                 );
             }
         }
@@ -172,7 +181,7 @@ impl Progress {
             let secs = l.started.elapsed().as_secs_f64().max(1e-3);
             eprintln!(
                 "[pull] {file}: done, verified ({} in {secs:.1} s)",
-                mb(l.size)
+                human_size(l.size)
             );
         }
     }
@@ -191,7 +200,7 @@ impl Progress {
 
     pub(crate) fn skip(&self, file: &str, size: u64, why: &str) {
         if self.mode == Mode::Lines {
-            eprintln!("[pull] {file}: {} {why}", mb(size));
+            eprintln!("[pull] {file}: {} {why}", human_size(size));
         }
     }
 

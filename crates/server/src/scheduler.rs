@@ -8,9 +8,9 @@
 //! an expired deadline or a shutdown stops that request only.
 
 use super::{metrics::Metrics, ApiError};
-use crate::{engine::GenerateSink, Engine};
+use engine::{request::Generate, Engine, GenerateSink};
 use plugin_api::{
-    text::{FinishReason, GenerateOutput, GenerateRequest, StreamControl, StreamEvent},
+    text::{FinishReason, GenerateOutput, StreamControl, StreamEvent},
     ErrorKind, Features, PluginError,
 };
 use std::{
@@ -19,7 +19,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Condvar, Mutex, MutexGuard,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -43,7 +43,7 @@ pub struct Job {
     /// Registry id of the model.
     pub model: String,
     /// The request (always streamed internally, so disconnects are seen at once).
-    pub req: GenerateRequest,
+    pub req: Generate,
     /// Where its messages go; dropped by the handler when the client disconnects.
     pub tx: UnboundedSender<JobMsg>,
     /// When it arrived (time to first token counts from here).
@@ -68,7 +68,6 @@ struct Worker {
     ready: Condvar,
     /// Requests running in the current call.
     running: AtomicUsize,
-    last_used: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,7 +103,6 @@ impl Scheduler {
                         queue: Mutex::default(),
                         ready: Condvar::new(),
                         running: AtomicUsize::new(0),
-                        last_used: Mutex::new(Instant::now()),
                     });
                     let (me, w2) = (self.clone(), w.clone());
                     std::thread::Builder::new()
@@ -124,19 +122,6 @@ impl Scheduler {
         self.metrics.queue(&worker.model, 1.0);
         worker.ready.notify_one();
         Ok(())
-    }
-
-    /// Models with nothing queued or running whose last use is older than `idle`.
-    pub fn idle_models(&self, idle: Duration) -> Vec<String> {
-        lock(&self.workers)
-            .values()
-            .filter(|w| {
-                w.running.load(Ordering::Relaxed) == 0
-                    && lock(&w.queue).is_empty()
-                    && lock(&w.last_used).elapsed() >= idle
-            })
-            .map(|w| w.model.clone())
-            .collect()
     }
 
     /// Requests waiting or running, over all models.
@@ -176,7 +161,6 @@ impl Scheduler {
                     queue = w.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            *lock(&w.last_used) = Instant::now();
             let was_loaded = self.engine.served_by(&w.model, None).is_some();
             let started = Instant::now();
             let m = match self.engine.load_for_generate(&w.model, None, &job.req) {
@@ -220,7 +204,6 @@ impl Scheduler {
                 w.running.fetch_sub(1, Ordering::Relaxed);
                 let _ = a.job.tx.send(JobMsg::Failed(error.clone()));
             }
-            *lock(&w.last_used) = Instant::now();
         }
     }
 }
@@ -315,7 +298,7 @@ impl GenerateSink for BatchSink<'_> {
         StreamControl::Continue
     }
 
-    fn poll_join(&mut self) -> Option<GenerateRequest> {
+    fn poll_join(&mut self) -> Option<Generate> {
         if !self.continuous || self.sched.stop_all.load(Ordering::Relaxed) {
             return None;
         }

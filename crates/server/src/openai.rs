@@ -1,10 +1,13 @@
 //! OpenAI's wire format: request bodies, errors, and their mapping onto plugin-api
 //! requests.
 
-use crate::engine::HostError;
 use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
+};
+use engine::{
+    request::{Generate, InvalidRequest},
+    HostError,
 };
 use plugin_api::{
     text::{ChatMessage, ContentPart, GenerateRequest, SamplingParams, TextInput},
@@ -142,6 +145,12 @@ impl ApiError {
             ErrorKind::RESOURCE_EXHAUSTED => Self::unavailable(msg),
             _ => Self::internal(msg),
         }
+    }
+
+    /// A request the engine's rules refuse (the field as plugin-api names it, which is
+    /// the OpenAI parameter's name where one exists).
+    pub fn from_invalid(e: InvalidRequest) -> Self {
+        Self::invalid(&e.field, e.message)
     }
 
     /// From a host error.
@@ -431,7 +440,7 @@ impl Common {
         &self,
         inputs: Vec<TextInput>,
         default_max_tokens: u32,
-    ) -> Result<GenerateRequest, ApiError> {
+    ) -> Result<Generate, ApiError> {
         let refuse = |param: &str, what: &str| {
             Err(ApiError::invalid(
                 param,
@@ -503,7 +512,7 @@ impl Common {
                 all.push(input.clone());
             }
         }
-        Ok(GenerateRequest {
+        Generate::new(GenerateRequest {
             inputs: all.into(),
             sampling: SamplingParams {
                 // OpenAI's default temperature is 1.
@@ -523,6 +532,7 @@ impl Common {
             adapter: None.into(),
             options: "".into(),
         })
+        .map_err(ApiError::from_invalid)
     }
 }
 

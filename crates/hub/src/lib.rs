@@ -13,13 +13,21 @@
 
 pub mod cache;
 pub mod download;
+mod error;
+mod http;
+mod listing;
+pub mod paths;
 pub mod progress;
+mod repo;
 pub mod select;
 
 use serde::Serialize;
 use std::{fmt, path::PathBuf, time::Duration};
 
 pub use cache::{CachedRepo, Snapshot};
+pub(crate) use error::status_error;
+pub use error::HubError;
+pub use repo::{validate_repo_id, validate_repo_path, RepoRef};
 pub use select::{select_files, Selection};
 
 /// The public Hub.
@@ -81,7 +89,7 @@ impl HubConfig {
                 .or_else(|| {
                     let path = env("HF_TOKEN_PATH")
                         .map(PathBuf::from)
-                        .unwrap_or_else(|| crate::engine::hf_home().join("token"));
+                        .unwrap_or_else(|| paths::hf_home().join("token"));
                     std::fs::read_to_string(path)
                         .ok()
                         .map(|t| t.trim().to_owned())
@@ -95,262 +103,12 @@ impl HubConfig {
             .max(1);
         Self {
             endpoint,
-            cache_dir: crate::engine::hf_hub_cache(),
+            cache_dir: paths::hf_hub_cache(),
             token,
             offline: truthy("HF_HUB_OFFLINE"),
             attempts,
             backoff: Duration::from_millis(500),
         }
-    }
-}
-
-/// A model repository id (`owner/name`, or a bare legacy `name`) and a revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoRef {
-    /// `owner/name`.
-    pub repo: String,
-    /// Branch, tag or commit (`main` when not given).
-    pub revision: String,
-}
-
-impl RepoRef {
-    /// Parse `owner/name[@revision]`, with the Hub's naming rules.
-    pub fn parse(s: &str) -> Result<Self, HubError> {
-        let (repo, revision) = match s.split_once('@') {
-            Some((r, rev)) => (r, rev),
-            None => (s, "main"),
-        };
-        validate_repo_id(repo)?;
-        validate_revision(repo, revision)?;
-        Ok(Self {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-        })
-    }
-
-    /// The cache folder name: `models--owner--name`.
-    pub fn folder(&self) -> String {
-        cache::repo_folder(&self.repo)
-    }
-}
-
-impl fmt::Display for RepoRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.revision == "main" {
-            f.write_str(&self.repo)
-        } else {
-            write!(f, "{}@{}", self.repo, self.revision)
-        }
-    }
-}
-
-/// Check a repo id against the Hub's rules: one or two parts of `[A-Za-z0-9._-]`, not
-/// starting or ending with `.`/`-`, no `--` or `..`, at most 96 characters a part.
-pub fn validate_repo_id(id: &str) -> Result<(), HubError> {
-    let bad = |why: &str| HubError::InvalidId {
-        id: id.to_owned(),
-        why: why.to_owned(),
-    };
-    if id.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    let parts: Vec<&str> = id.split('/').collect();
-    if parts.len() > 2 {
-        return Err(bad("expected `owner/name` (one `/`)"));
-    }
-    for p in &parts {
-        if p.is_empty() {
-            return Err(bad("an empty owner or name"));
-        }
-        if p.len() > 96 {
-            return Err(bad("a part is longer than 96 characters"));
-        }
-        if let Some(c) = p
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(bad(&format!(
-                "character `{c}` is not allowed (letters, digits, `.`, `_`, `-`)"
-            )));
-        }
-        if p.starts_with(['.', '-']) || p.ends_with(['.', '-']) {
-            return Err(bad("a part starts or ends with `.` or `-`"));
-        }
-        if p.contains("--") || p.contains("..") {
-            return Err(bad("`--` and `..` are not allowed"));
-        }
-    }
-    Ok(())
-}
-
-fn validate_revision(repo: &str, rev: &str) -> Result<(), HubError> {
-    let ok = !rev.is_empty()
-        && rev.len() <= 255
-        && !rev.starts_with('/')
-        && !rev.ends_with('/')
-        && !rev
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        && rev
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-    if ok {
-        Ok(())
-    } else {
-        Err(HubError::InvalidId {
-            id: format!("{repo}@{rev}"),
-            why: format!("revision `{rev}` is not a valid branch, tag or commit name"),
-        })
-    }
-}
-
-/// Check a file name the server listed: relative, `/`-separated, no `.`/`..`/empty
-/// segments, no backslashes or control characters. Anything else could write outside
-/// the snapshot folder.
-pub fn validate_repo_path(repo: &str, path: &str) -> Result<(), HubError> {
-    let ok = !path.is_empty()
-        && path.len() <= 1024
-        && !path.starts_with('/')
-        && !path.contains('\\')
-        && !path.chars().any(|c| c.is_control())
-        && !path
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..");
-    if ok {
-        Ok(())
-    } else {
-        Err(HubError::UnsafePath {
-            repo: repo.to_owned(),
-            path: path.escape_debug().to_string(),
-        })
-    }
-}
-
-/// What went wrong talking to the Hub or writing the cache. Messages name the repo, the
-/// file and the endpoint; never the token.
-#[derive(Debug, thiserror::Error)]
-pub enum HubError {
-    #[error("invalid model id `{id}`: {why}")]
-    InvalidId { id: String, why: String },
-    #[error("`{repo}` was not found on {endpoint} (no such model; check the spelling)")]
-    RepoNotFound { repo: String, endpoint: String },
-    #[error("`{repo}` has no revision `{revision}` (no such branch, tag or commit)")]
-    RevisionNotFound { repo: String, revision: String },
-    #[error("`{repo}` at {revision} has no file `{file}`")]
-    EntryNotFound {
-        repo: String,
-        revision: String,
-        file: String,
-    },
-    #[error("`{repo}` needs authentication on {endpoint}: it is private or gated (or does not exist). {hint}")]
-    AuthRequired {
-        repo: String,
-        endpoint: String,
-        hint: String,
-    },
-    #[error("`{repo}` is a gated model: your account has not been granted access yet. Accept its terms on {endpoint}/{repo} with the account your token belongs to, then retry")]
-    Gated { repo: String, endpoint: String },
-    #[error("access to `{repo}` is forbidden for this token (a private repository of another account, or a token without read access to it)")]
-    Forbidden { repo: String },
-    #[error("the server listed an unsafe file name `{path}` in `{repo}`; refusing to download anything from it")]
-    UnsafePath { repo: String, path: String },
-    #[error("{what}: HTTP {status}{detail}")]
-    Http {
-        what: String,
-        status: u16,
-        detail: String,
-    },
-    #[error("{what}: {msg}")]
-    Network { what: String, msg: String },
-    #[error("`{file}` of `{repo}` failed verification {attempts} time(s): {why}. Nothing was kept in the cache")]
-    Verify {
-        repo: String,
-        file: String,
-        attempts: u32,
-        why: String,
-    },
-    #[error("{op} {path}: {msg}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        msg: String,
-    },
-    #[error("offline (HF_HUB_OFFLINE is set) and `{repo}` is not fully cached: missing {missing}")]
-    Offline { repo: String, missing: String },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl HubError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, e: std::io::Error) -> Self {
-        let path = path.into();
-        let msg = if e.raw_os_error() == Some(28) {
-            format!("{e} — free some disk space and run the same command again; the bytes downloaded so far are kept and the download resumes")
-        } else {
-            e.to_string()
-        };
-        HubError::Io { op, path, msg }
-    }
-}
-
-/// Map an error answer of the Hub to the right [`HubError`], from its status and
-/// `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, `GatedRepo`).
-pub(crate) fn status_error(
-    cfg: &HubConfig,
-    repo: &str,
-    revision: &str,
-    file: Option<&str>,
-    status: u16,
-    error_code: Option<&str>,
-    message: Option<&str>,
-) -> HubError {
-    let endpoint = cfg.endpoint.clone();
-    match (status, error_code) {
-        (_, Some("GatedRepo")) => HubError::Gated {
-            repo: repo.to_owned(),
-            endpoint,
-        },
-        (401, _) => HubError::AuthRequired {
-            repo: repo.to_owned(),
-            endpoint,
-            hint: if cfg.token.is_some() {
-                "The token that was sent (from HF_TOKEN or the token file) was not accepted for it."
-                    .into()
-            } else {
-                "No token was sent: set HF_TOKEN (or log in with `huggingface-cli login`).".into()
-            },
-        },
-        (403, _) => HubError::Forbidden {
-            repo: repo.to_owned(),
-        },
-        (404, Some("RevisionNotFound")) => HubError::RevisionNotFound {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-        },
-        (404, Some("EntryNotFound")) => HubError::EntryNotFound {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-            file: file.unwrap_or("?").to_owned(),
-        },
-        (404, _) if file.is_some() => HubError::EntryNotFound {
-            repo: repo.to_owned(),
-            revision: revision.to_owned(),
-            file: file.unwrap_or("?").to_owned(),
-        },
-        (404, _) => HubError::RepoNotFound {
-            repo: repo.to_owned(),
-            endpoint,
-        },
-        _ => HubError::Http {
-            what: match file {
-                Some(f) => format!("downloading `{f}` of `{repo}`"),
-                None => format!("asking {endpoint} about `{repo}`"),
-            },
-            status,
-            detail: message
-                .map(|m| format!(" ({})", m.chars().take(200).collect::<String>()))
-                .unwrap_or_default(),
-        },
     }
 }
 

@@ -119,14 +119,7 @@ pub fn speed_class(tps: Option<f64>) -> &'static str {
 }
 
 /// `1.5 GB`, `320 MB`: sizes for people.
-pub fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else {
-        format!("{:.0} MB", b / 1e6)
-    }
-}
+pub use hub::progress::human_size as human;
 
 /// Parse a size: `4GB`, `512MB`, `1.5G`, `800M`, `1073741824` (decimal units; `GiB`/`MiB`
 /// binary).

@@ -1,4 +1,4 @@
-//! The download path: tree listing, and verified, resumable file downloads.
+//! The download path: verified, resumable file downloads.
 //!
 //! For each file: skip it if the snapshot already has it; take the blob's lock (another
 //! process pulling the same model waits here, then finds the blob done); resume
@@ -9,237 +9,22 @@
 //! only a blob whose size and checksum match is renamed into place. A checksum mismatch
 //! deletes the partial file and downloads once more, then fails.
 
-use super::{
+use crate::{
     cache::{FileLock, RepoCache, Snapshot},
     progress::Progress,
-    scrub, status_error, user_agent, validate_repo_path, HubConfig, HubError, RemoteFile,
-    RepoListing,
+    validate_repo_path, HubConfig, HubError, RemoteFile, RepoListing,
 };
 use reqwest::{header, StatusCode, Url};
 use sha2::Digest as _;
 use std::{
     fs,
-    future::Future,
     io::{Read, Write},
     time::Duration,
 };
 
-/// Run `fut` to completion on a fresh single-threaded runtime on its own thread, so
-/// callers may be plain threads or inside another tokio runtime.
-pub fn run<F>(fut: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime for the download")
-                .block_on(fut)
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-fn client() -> Result<reqwest::Client, HubError> {
-    reqwest::Client::builder()
-        .user_agent(user_agent())
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::limited(10))
-        .build()
-        .map_err(|e| HubError::Other(format!("HTTP client: {e}")))
-}
-
-fn authed(cfg: &HubConfig, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match &cfg.token {
-        Some(t) => rb.header(header::AUTHORIZATION, t.header()),
-        None => rb,
-    }
-}
-
-fn url(cfg: &HubConfig, segments: &[&str], path: Option<&str>) -> Result<Url, HubError> {
-    let mut u = Url::parse(&cfg.endpoint)
-        .map_err(|e| HubError::Other(format!("HF_ENDPOINT `{}`: {e}", cfg.endpoint)))?;
-    {
-        let mut s = u.path_segments_mut().map_err(|_| {
-            HubError::Other(format!(
-                "HF_ENDPOINT `{}` cannot be a base URL",
-                cfg.endpoint
-            ))
-        })?;
-        s.pop_if_empty();
-        for seg in segments {
-            s.extend(seg.split('/'));
-        }
-        if let Some(p) = path {
-            s.extend(p.split('/'));
-        }
-    }
-    Ok(u)
-}
-
-fn net(what: impl Into<String>, e: &reqwest::Error) -> HubError {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    HubError::Network {
-        what: what.into(),
-        msg: scrub(&msg),
-    }
-}
-
-fn header_str<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn error_of(
-    cfg: &HubConfig,
-    repo: &str,
-    revision: &str,
-    file: Option<&str>,
-    r: reqwest::Response,
-) -> HubError {
-    let status = r.status().as_u16();
-    let code = header_str(&r, "x-error-code").map(str::to_owned);
-    let msg = header_str(&r, "x-error-message").map(str::to_owned);
-    status_error(
-        cfg,
-        repo,
-        revision,
-        file,
-        status,
-        code.as_deref(),
-        msg.as_deref(),
-    )
-}
-
-fn retryable(s: StatusCode) -> bool {
-    s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
-}
-
-fn backoff(cfg: &HubConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = cfg.backoff.saturating_mul(1 << attempt.min(5));
-    retry_after
-        .unwrap_or(exp)
-        .min(Duration::from_secs(30))
-        .min(exp.max(Duration::from_secs(8)))
-}
-
-#[derive(serde::Deserialize)]
-struct TreeEntry {
-    #[serde(rename = "type")]
-    kind: String,
-    path: String,
-    #[serde(default)]
-    oid: Option<String>,
-    #[serde(default)]
-    size: Option<u64>,
-    #[serde(default)]
-    lfs: Option<TreeLfs>,
-}
-
-#[derive(serde::Deserialize)]
-struct TreeLfs {
-    #[serde(alias = "sha256")]
-    oid: String,
-    size: Option<u64>,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-/// Every file of `repo` at `commit` (`/api/models/{repo}/tree/{commit}?recursive=true`,
-/// following `Link: rel="next"` pages). Unsafe names fail the whole listing.
-pub async fn list_tree(
-    cfg: &HubConfig,
-    repo: &str,
-    commit: &str,
-) -> Result<Vec<RemoteFile>, HubError> {
-    let http = client()?;
-    let mut next = Some(url(cfg, &["api", "models", repo, "tree", commit], None)?);
-    if let Some(u) = &mut next {
-        u.query_pairs_mut().append_pair("recursive", "true");
-    }
-    let mut out = Vec::new();
-    let what = || format!("listing the files of `{repo}` on {}", cfg.endpoint);
-    while let Some(u) = next.take() {
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            match authed(cfg, http.get(u.clone())).send().await {
-                Ok(r) if retryable(r.status()) && attempt < cfg.attempts => {}
-                Ok(r) => break r,
-                Err(e) if attempt >= cfg.attempts => return Err(net(what(), &e)),
-                Err(_) => {}
-            }
-            tokio::time::sleep(backoff(cfg, attempt, None)).await;
-        };
-        if !resp.status().is_success() {
-            return Err(error_of(cfg, repo, commit, None, resp).await);
-        }
-        next = header_str(&resp, "link").and_then(next_link);
-        let entries: Vec<TreeEntry> = resp
-            .json()
-            .await
-            .map_err(|e| net(format!("{}: unexpected answer", what()), &e))?;
-        for e in entries {
-            validate_repo_path(repo, &e.path)?;
-            if e.kind != "file" {
-                continue;
-            }
-            let bad = |field: &str| {
-                HubError::Other(format!(
-                    "{}: entry `{}` has no valid `{field}`",
-                    what(),
-                    e.path
-                ))
-            };
-            let git_oid = e
-                .oid
-                .clone()
-                .filter(|o| is_hex(o, 40))
-                .ok_or_else(|| bad("oid"))?;
-            let lfs_sha256 = match &e.lfs {
-                Some(l) if is_hex(&l.oid, 64) => Some(l.oid.to_ascii_lowercase()),
-                Some(_) => return Err(bad("lfs.oid")),
-                None => None,
-            };
-            let size = e
-                .lfs
-                .as_ref()
-                .and_then(|l| l.size)
-                .or(e.size)
-                .ok_or_else(|| bad("size"))?;
-            out.push(RemoteFile {
-                path: e.path,
-                size,
-                git_oid: git_oid.to_ascii_lowercase(),
-                lfs_sha256,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out.dedup_by(|a, b| a.path == b.path);
-    Ok(out)
-}
-
-fn next_link(link: &str) -> Option<Url> {
-    link.split(',').find_map(|part| {
-        let (u, params) = part.split_once(';')?;
-        params
-            .contains("rel=\"next\"")
-            .then(|| Url::parse(u.trim().trim_start_matches('<').trim_end_matches('>')).ok())?
-    })
-}
+pub use crate::http::run;
+use crate::http::{authed, backoff, client, error_of, header_str, net, retryable, url};
+pub use crate::listing::list_tree;
 
 /// The running checksum of a file being downloaded.
 enum Hasher {

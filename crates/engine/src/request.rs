@@ -1,0 +1,272 @@
+//! Checked requests, one type per kind. A request is checked once, where it enters: the
+//! CLI builds one from its flags, the server from OpenAI JSON (two parsers of one type,
+//! as ripgrep's low-level → high-level arguments), and everything below — the engine,
+//! the server's scheduler, the plugins — trusts it. Plugins keep only the checks that need
+//! model facts (the prompt against the context length, an unknown pooling for this model).
+//!
+//! The rules here are the engine's: what any plugin may rely on. Front ends may be
+//! stricter (the OpenAI API caps `temperature` at 2 and `stop` at 4 strings); they check
+//! their own rules before building these.
+
+use plugin_api::{
+    embed::EmbedRequest,
+    text::{GenerateRequest, SamplingParams},
+    Features,
+};
+use std::ops::Deref;
+
+/// Most sequences in one generation request (prompts × choices).
+pub const MAX_SEQUENCES: usize = 256;
+/// Most texts in one embedding request.
+pub const MAX_TEXTS: usize = 2048;
+
+/// A request that breaks a rule: the field (as plugin-api names it) and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct InvalidRequest {
+    /// The field, as plugin-api names it (`max_tokens`, `inputs[2]`, `temperature`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidRequest {
+    InvalidRequest {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A generation request whose fields hold: 1 to [`MAX_SEQUENCES`] inputs, each a
+/// non-empty prompt or non-empty messages (not both); `max_tokens` ≥ 1; finite sampling
+/// parameters in range; `options` a JSON object or empty.
+#[derive(Debug, Clone)]
+pub struct Generate(GenerateRequest);
+
+impl Generate {
+    /// Check `req`.
+    pub fn new(req: GenerateRequest) -> Result<Self, InvalidRequest> {
+        let n = req.inputs.len();
+        if n == 0 {
+            return Err(invalid("inputs", "the request has no inputs"));
+        }
+        if n > MAX_SEQUENCES {
+            return Err(invalid(
+                "inputs",
+                format!("{n} sequences; one request takes at most {MAX_SEQUENCES}"),
+            ));
+        }
+        for (i, input) in req.inputs.iter().enumerate() {
+            match (input.prompt.is_empty(), input.messages.is_empty()) {
+                (true, true) => {
+                    return Err(invalid(format!("inputs[{i}]"), "give a prompt or messages"))
+                }
+                (false, false) => {
+                    return Err(invalid(
+                        format!("inputs[{i}]"),
+                        "give a prompt or messages, not both",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if req.max_tokens == 0 {
+            return Err(invalid("max_tokens", "max_tokens must be at least 1"));
+        }
+        check_sampling(&req.sampling)?;
+        check_options(req.options.as_str())?;
+        Ok(Self(req))
+    }
+
+    /// The request as the plugin ABI carries it.
+    pub fn into_inner(self) -> GenerateRequest {
+        self.0
+    }
+
+    /// The plugin features serving it takes: streaming when it streams, batching when it
+    /// holds more than one sequence.
+    pub fn needs(&self) -> Features {
+        let mut needs = Features::NONE;
+        if self.0.stream {
+            needs = needs.union(Features::STREAMING);
+        }
+        if self.0.inputs.len() > 1 {
+            needs = needs.union(Features::BATCHING);
+        }
+        needs
+    }
+}
+
+impl Deref for Generate {
+    type Target = GenerateRequest;
+    fn deref(&self) -> &GenerateRequest {
+        &self.0
+    }
+}
+
+fn check_sampling(s: &SamplingParams) -> Result<(), InvalidRequest> {
+    let within = |field: &str, v: f32, lo: f32, hi: f32| {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(invalid(
+                field,
+                format!("{field} must be between {lo} and {hi} (got {v})"),
+            ))
+        }
+    };
+    within("temperature", s.temperature, 0.0, f32::MAX)?;
+    within("top_p", s.top_p, 0.0, 1.0)?;
+    within("min_p", s.min_p, 0.0, 1.0)?;
+    within("presence_penalty", s.presence_penalty, -f32::MAX, f32::MAX)?;
+    within(
+        "frequency_penalty",
+        s.frequency_penalty,
+        -f32::MAX,
+        f32::MAX,
+    )?;
+    // Logits are divided by it: 0 would make them infinite.
+    if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0) {
+        return Err(invalid(
+            "repetition_penalty",
+            format!(
+                "repetition_penalty must be above 0 (got {}; 1 = off)",
+                s.repetition_penalty
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_options(options: &str) -> Result<(), InvalidRequest> {
+    if options.trim().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(options) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(invalid("options", "options must be a JSON object")),
+        Err(e) => Err(invalid("options", format!("options is not JSON: {e}"))),
+    }
+}
+
+/// An embedding request whose fields hold: 1 to [`MAX_TEXTS`] texts, none empty;
+/// `options` a JSON object or empty.
+#[derive(Debug, Clone)]
+pub struct Embed(EmbedRequest);
+
+impl Embed {
+    /// Check `req`.
+    pub fn new(req: EmbedRequest) -> Result<Self, InvalidRequest> {
+        let n = req.texts.len();
+        if n == 0 {
+            return Err(invalid("texts", "the request has no texts"));
+        }
+        if n > MAX_TEXTS {
+            return Err(invalid(
+                "texts",
+                format!("{n} texts; one request takes at most {MAX_TEXTS}"),
+            ));
+        }
+        if let Some(i) = req.texts.iter().position(|t| t.is_empty()) {
+            return Err(invalid(format!("texts[{i}]"), "texts must not be empty"));
+        }
+        check_options(req.options.as_str())?;
+        Ok(Self(req))
+    }
+}
+
+impl Deref for Embed {
+    type Target = EmbedRequest;
+    fn deref(&self) -> &EmbedRequest {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::text::TextInput;
+
+    fn request(prompt: &str, max_tokens: u32) -> GenerateRequest {
+        GenerateRequest {
+            inputs: vec![TextInput {
+                prompt: prompt.into(),
+                messages: Default::default(),
+            }]
+            .into(),
+            sampling: SamplingParams::default(),
+            max_tokens,
+            stop: Default::default(),
+            logprobs: false,
+            stream: false,
+            adapter: None.into(),
+            options: "".into(),
+        }
+    }
+
+    fn field(r: Result<Generate, InvalidRequest>) -> String {
+        r.unwrap_err().field
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert!(Generate::new(request("hi", 4)).is_ok());
+        assert_eq!(field(Generate::new(request("hi", 0))), "max_tokens");
+        assert_eq!(field(Generate::new(request("", 4))), "inputs[0]");
+        let mut r = request("hi", 4);
+        r.inputs = Default::default();
+        assert_eq!(field(Generate::new(r)), "inputs");
+        let mut r = request("hi", 4);
+        r.inputs = vec![r.inputs[0].clone(); MAX_SEQUENCES + 1].into();
+        assert_eq!(field(Generate::new(r)), "inputs");
+        for (name, set) in [
+            (
+                "temperature",
+                (|s: &mut SamplingParams| s.temperature = -0.1) as fn(&mut _),
+            ),
+            ("temperature", |s| s.temperature = f32::NAN),
+            ("top_p", |s| s.top_p = 1.5),
+            ("min_p", |s| s.min_p = -1.0),
+            ("repetition_penalty", |s| s.repetition_penalty = 0.0),
+            ("frequency_penalty", |s| s.frequency_penalty = f32::INFINITY),
+        ] {
+            let mut r = request("hi", 4);
+            set(&mut r.sampling);
+            assert_eq!(field(Generate::new(r)), name);
+        }
+        let mut r = request("hi", 4);
+        r.options = "[1]".into();
+        assert_eq!(field(Generate::new(r)), "options");
+    }
+
+    #[test]
+    fn needs_follow_streaming_and_batch_size() {
+        let mut r = request("hi", 4);
+        assert_eq!(Generate::new(r.clone()).unwrap().needs(), Features::NONE);
+        r.stream = true;
+        r.inputs = vec![r.inputs[0].clone(); 2].into();
+        let needs = Generate::new(r).unwrap().needs();
+        assert_eq!(
+            needs,
+            Features::STREAMING.union(Features::BATCHING),
+            "{needs:?}"
+        );
+    }
+
+    #[test]
+    fn embed_texts_are_checked() {
+        let req = |texts: Vec<&str>| EmbedRequest {
+            texts: texts.into_iter().map(Into::into).collect(),
+            pooling: plugin_api::embed::Pooling::MODEL_DEFAULT,
+            normalize: None.into(),
+            truncate: false,
+            options: "".into(),
+        };
+        assert!(Embed::new(req(vec!["a", "b"])).is_ok());
+        assert_eq!(Embed::new(req(vec![])).unwrap_err().field, "texts");
+        assert_eq!(
+            Embed::new(req(vec!["a", ""])).unwrap_err().field,
+            "texts[1]"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `POST /v1/embeddings`.
+
+use crate::middleware::{body_error, labelled};
+use crate::{
+    openai::{self, parse, ApiError, EmbeddingRequest},
+    resolve, St,
+};
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, State},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::Engine as _;
+use engine::request::Embed;
+use plugin_api::{
+    embed::{EmbedRequest, Pooling},
+    ModelKind,
+};
+use serde_json::{json, Value};
+
+pub(crate) async fn embeddings(
+    State(st): State<St>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut model = String::new();
+    let r = async {
+        let req: EmbeddingRequest = parse(&body.map_err(body_error)?)?;
+        let entry = resolve(&st, req.model.as_deref(), &[ModelKind::EMBED], "/v1/embeddings")?;
+        model = entry.id.clone();
+        let texts = match req.input {
+            openai::EmbedInput::One(t) => vec![t],
+            openai::EmbedInput::Many(v) => v,
+            openai::EmbedInput::Tokens(_) => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "token-id input is not supported; send text",
+                ))
+            }
+        };
+        if texts.is_empty() {
+            return Err(ApiError::invalid("input", "`input` must not be empty"));
+        }
+        if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+            return Err(ApiError::invalid(
+                &format!("input[{i}]"),
+                "input texts must not be empty",
+            ));
+        }
+        let base64 = match req.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "encoding_format",
+                    format!("`encoding_format` must be `float` or `base64` (got `{other}`)"),
+                ))
+            }
+        };
+        let ereq = Embed::new(EmbedRequest {
+            texts: texts.iter().map(|t| t.as_str().into()).collect(),
+            pooling: Pooling::MODEL_DEFAULT,
+            normalize: None.into(),
+            truncate: false,
+            options: "".into(),
+        })
+        .map_err(ApiError::from_invalid)?;
+        let (engine, id) = (st.engine.clone(), model.clone());
+        let resp = tokio::task::spawn_blocking(move || engine.embed(&id, &ereq))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::from_host(&e))?;
+        let dim = resp.dim as usize;
+        if let Some(d) = req.dimensions {
+            if d as usize != dim {
+                return Err(ApiError::invalid(
+                    "dimensions",
+                    format!("model `{model}` makes {dim}-dimensional vectors; `dimensions` must be {dim} or absent"),
+                ));
+            }
+        }
+        let data: Vec<Value> = resp
+            .data
+            .chunks(dim.max(1))
+            .enumerate()
+            .map(|(i, v)| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(v)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        let tokens = resp.prompt_tokens;
+        Ok(Json(json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }))
+        .into_response())
+    }
+    .await;
+    labelled(&model, r)
+}

@@ -1,0 +1,62 @@
+//! `mlxengine serve`: the flags of the OpenAI-compatible server.
+
+use anyhow::Result;
+use clap::Args;
+use engine::Engine;
+use std::time::Duration;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Load dtype for MLX models loaded by this command (float32, bfloat16, float16);
+    /// default: the device policy (float32 on CPU when it fits the budget).
+    #[arg(long)]
+    pub(crate) dtype: Option<String>,
+    /// Address to bind; 127.0.0.1 serves this machine only.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    /// Port; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub(crate) port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "MLXENGINE_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+    /// Load these models before accepting requests (`default` = the default LLM).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) preload: Vec<String>,
+    /// Requests waiting per model before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_queue: usize,
+    /// Seconds a request may take, queueing included.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) request_timeout: u64,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) max_body_mb: usize,
+    /// Unload models unused for this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) idle_unload: u64,
+    /// Seconds in-flight requests may run on after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) shutdown_timeout: u64,
+    /// max_tokens for requests that set none.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) default_max_tokens: u32,
+}
+
+pub(crate) fn cmd_serve(engine: Engine, a: &ServeArgs) -> Result<()> {
+    server::serve(
+        engine,
+        server::ServeOptions {
+            host: a.host.clone(),
+            port: a.port,
+            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            preload: a.preload.clone(),
+            max_queue: a.max_queue,
+            request_timeout: Duration::from_secs(a.request_timeout),
+            max_body: a.max_body_mb << 20,
+            idle_unload: (a.idle_unload > 0).then(|| Duration::from_secs(a.idle_unload)),
+            shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+            default_max_tokens: a.default_max_tokens,
+        },
+    )
+}
