@@ -159,9 +159,7 @@ impl Encoder {
 
     /// Embed a batch of texts.
     pub fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse, EmbedError> {
-        if req.texts.is_empty() {
-            return Err(EmbedError::Request("`texts` is empty".into()));
-        }
+        // The host checked the texts (`engine::request::Embed`); pooling is the model's.
         let pooling = match req.pooling {
             Pooling::MODEL_DEFAULT => self.sentence.pooling,
             p @ (Pooling::MEAN | Pooling::CLS | Pooling::LAST) => p,

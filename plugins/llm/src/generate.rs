@@ -26,11 +26,6 @@ pub fn prompt_ids(
     index: usize,
 ) -> Result<Vec<u32>, LlmError> {
     let ids = if input.messages.is_empty() {
-        if input.prompt.is_empty() {
-            return Err(LlmError::Request(format!(
-                "input #{index}: the prompt is empty"
-            )));
-        }
         lm.tokenizer.encode_raw(input.prompt.as_str())?
     } else {
         let msgs = textgen::text_messages(&input.messages, system_prompt, index)
@@ -97,18 +92,8 @@ pub fn generate(
     sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
 ) -> Result<GenerateResponse, LlmError> {
     let started = Instant::now();
-    if req.inputs.is_empty() {
-        return Err(LlmError::Request("the request has no inputs".into()));
-    }
-    if req.max_tokens == 0 {
-        return Err(LlmError::Request("max_tokens must be at least 1".into()));
-    }
-    let s = &req.sampling;
-    if !(s.temperature >= 0.0 && s.top_p >= 0.0 && s.min_p >= 0.0 && s.repetition_penalty >= 0.0) {
-        return Err(LlmError::Request(
-            "sampling: temperature, top_p, min_p and repetition_penalty must be ≥ 0".into(),
-        ));
-    }
+    // The host checked the request where it entered (`engine::request::Generate`: inputs,
+    // max_tokens, sampling ranges); what is left needs this model's facts.
     let model = lm.model.as_ref();
     let ctx = model.max_context();
     let prompts = req

@@ -1,0 +1,448 @@
+//! One generation call: prompts tokenized (through the shared chat-template code),
+//! sequences started in the shared context's KV cells, chunked prefill, then decode steps
+//! sampling every live sequence, with requests joining between steps (continuous
+//! batching) and each sequence answered through the sink as it ends.
+
+use crate::{backend, err, Ctx, GgmlModel, MAX_SEQS, MIN_KV_CELLS, PREFILL_CHUNK};
+use llama_cpp_2::{
+    context::params::LlamaContextParams, llama_batch::LlamaBatch, model::LlamaModel,
+    sampling::LlamaSampler, token::LlamaToken,
+};
+use plugin_api::{
+    text::{
+        FinishReason, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput,
+    },
+    ErrorKind, PluginError,
+};
+use plugin_sdk::Sink;
+use std::{num::NonZeroU32, time::Instant};
+use textgen::{SeqOutput, Timings, Utf8Pieces};
+
+/// One sequence of a call: the call's own inputs and those of joined requests.
+pub(crate) struct Seq {
+    /// Index in events (own inputs first, then joined ones in joining order).
+    index: u32,
+    /// Request it belongs to (0: the call's own).
+    group: usize,
+    /// llama.cpp sequence id.
+    slot: i32,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens decoded so far.
+    fed: usize,
+    /// Position of the next token.
+    pos: i32,
+    /// KV cells reserved (prompt + max tokens, capped by the context).
+    cells: usize,
+    pieces: Utf8Pieces,
+    sampler: LlamaSampler,
+    /// Index of this sequence's logits in the batch just decoded.
+    logits_at: Option<i32>,
+    out: SeqOutput,
+}
+
+/// A request served by a call: its own, or one that joined.
+pub(crate) struct Group {
+    req: GenerateRequest,
+    stops: Vec<String>,
+}
+
+pub(crate) fn sampler(
+    req: &GenerateRequest,
+    n_vocab: i32,
+    row: u64,
+    fallback: u64,
+) -> LlamaSampler {
+    let s = &req.sampling;
+    let mut chain = Vec::new();
+    if s.repetition_penalty != 1.0 || s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+        // -1: over the whole context, like the MLX provider (prompt included).
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            -1,
+            s.repetition_penalty,
+            s.frequency_penalty,
+            s.presence_penalty,
+        ));
+    }
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if s.top_k > 0 {
+            chain.push(LlamaSampler::top_k(s.top_k as i32));
+        }
+        if s.top_p > 0.0 && s.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        if s.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(s.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(s.temperature));
+        let seed = s.seed.into_option().unwrap_or(fallback).wrapping_add(row);
+        chain.push(LlamaSampler::dist(seed as u32));
+    }
+    LlamaSampler::chain_simple(chain)
+}
+
+pub(crate) fn log_softmax_at(logits: &[f32], token: usize) -> f32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits
+        .iter()
+        .map(|x| f64::from(x - m).exp())
+        .sum::<f64>()
+        .ln() as f32;
+    logits.get(token).map_or(0.0, |l| l - lse)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub(crate) fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl GgmlModel {
+    pub(crate) fn prompt_tokens(
+        &self,
+        model: &LlamaModel,
+        input: &TextInput,
+        i: usize,
+    ) -> Result<Vec<LlamaToken>, PluginError> {
+        let bad = |msg: String| err(ErrorKind::INVALID_REQUEST, &self.id, msg);
+        let vocab = model.vocab();
+        let tokens = if input.messages.is_empty() {
+            vocab.tokenize(input.prompt.as_bytes(), self.add_bos, true)
+        } else {
+            let template = self.template.as_deref().ok_or_else(|| {
+                bad("the model has no chat template; send a raw prompt instead".into())
+            })?;
+            let msgs = textgen::text_messages(&input.messages, self.system_prompt.as_deref(), i)
+                .map_err(bad)?;
+            let text = textgen::render_chat(template, &msgs, &self.bos, &self.eos).map_err(bad)?;
+            vocab.tokenize(text.as_bytes(), false, true)
+        };
+        if tokens.is_empty() {
+            return Err(bad(format!("input #{i}: the prompt has no tokens")));
+        }
+        Ok(tokens)
+    }
+}
+
+impl GgmlModel {
+    /// Validate and tokenize `req`: its prompts and the KV cells it needs (prompt plus
+    /// max tokens per input, capped by the context length).
+    pub(crate) fn prepare(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<(Vec<Vec<LlamaToken>>, usize), PluginError> {
+        // The host checked the request where it entered (`engine::request::Generate`);
+        // what is left needs this model's facts (its context).
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let prompts = req
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, inp)| self.prompt_tokens(&self.model, inp, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx_train) {
+            return Err(err(ErrorKind::CONTEXT_LENGTH, &self.id, msg));
+        }
+        let need = prompts
+            .iter()
+            .map(|p| (p.len() + req.max_tokens as usize).min(ctx_train))
+            .sum();
+        Ok((prompts, need))
+    }
+
+    /// The sequences of `req` (group `group`, indices from `base`, slots taken from `free`).
+    pub(crate) fn sequences(
+        &self,
+        req: &GenerateRequest,
+        prompts: Vec<Vec<LlamaToken>>,
+        group: usize,
+        base: u32,
+        free: &mut Vec<i32>,
+        seed: u64,
+    ) -> Vec<Seq> {
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let n_vocab = self.model.n_vocab();
+        prompts
+            .into_iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let mut sampler = sampler(req, n_vocab, i as u64, seed);
+                sampler.accept_many(prompt.iter());
+                Seq {
+                    index: base + i as u32,
+                    group,
+                    slot: free.pop().expect("the caller checked for free slots"),
+                    cells: (prompt.len() + req.max_tokens as usize).min(ctx_train),
+                    fed: 0,
+                    pos: 0,
+                    out: SeqOutput::new(prompt.len()),
+                    prompt,
+                    pieces: Utf8Pieces::default(),
+                    sampler,
+                    logits_at: None,
+                }
+            })
+            .collect()
+    }
+
+    /// The persistent context, (re)created when it has fewer than `cells` KV cells or
+    /// `seqs` sequence ids; its KV cache cleared.
+    pub(crate) fn context<'a>(
+        &self,
+        slot: &'a mut Option<Ctx>,
+        cells: usize,
+        seqs: usize,
+    ) -> Result<&'a mut Ctx, PluginError> {
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.cells < cells || c.seqs < seqs)
+        {
+            *slot = None; // free the old KV cache first
+        }
+        if slot.is_none() {
+            let cells = cells.max(MIN_KV_CELLS).div_ceil(256) * 256;
+            let seqs = seqs.max(MAX_SEQS);
+            let params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(cells as u32))
+                .with_n_batch((PREFILL_CHUNK + seqs) as u32)
+                .with_n_ubatch((PREFILL_CHUNK + seqs) as u32)
+                .with_n_seq_max(seqs as u32)
+                .with_kv_unified(true);
+            let params = self.settings.apply(params);
+            let model: &LlamaModel = &self.model;
+            // SAFETY: the context borrows the boxed model, which never moves and outlives
+            // it: `ctx` is declared before `model` in `GgmlModel`, so it is dropped first.
+            let model: &'static LlamaModel = unsafe { &*(model as *const LlamaModel) };
+            let ctx = model.new_context(backend()?, params).map_err(|e| {
+                err(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    &self.id,
+                    format!("llama.cpp context of {cells} cells: {e}"),
+                )
+            })?;
+            *slot = Some(Ctx { ctx, cells, seqs });
+        }
+        let c = slot.as_mut().expect("set above");
+        c.ctx.clear_kv_cache();
+        Ok(c)
+    }
+}
+
+impl GgmlModel {
+    pub(crate) fn run(
+        &self,
+        req: &GenerateRequest,
+        sink: &mut dyn Sink,
+    ) -> Result<GenerateResponse, PluginError> {
+        let started = Instant::now();
+        let seed = started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+        let ctx_train = self.model.n_ctx_train() as usize;
+        let (prompts, need) = self.prepare(req)?;
+        let own = prompts.len();
+        let mut guard = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = self.context(&mut guard, need, own)?;
+        let mut free: Vec<i32> = (0..ctx.seqs as i32).rev().collect();
+        let mut live = self.sequences(req, prompts, 0, 0, &mut free, seed);
+        let mut cells_free = ctx.cells - need;
+        let ctx = &mut ctx.ctx;
+        let stops_of = |r: &GenerateRequest| -> Vec<String> {
+            r.stop
+                .iter()
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let mut groups = vec![Group {
+            req: req.clone(),
+            stops: stops_of(req),
+        }];
+        let mut next_index = own as u32;
+        let mut done: Vec<Seq> = Vec::with_capacity(own);
+        let mut joins_open = true;
+        let vocab = self.model.vocab();
+        let mut batch = LlamaBatch::new(PREFILL_CHUNK + MAX_SEQS.max(own), 1);
+        let prefill_start = Instant::now();
+        let mut first_token_at: Option<Instant> = None;
+
+        loop {
+            // Requests waiting at the host join while there is room.
+            while joins_open && !free.is_empty() {
+                let Some(joined) = sink.poll_join() else {
+                    break;
+                };
+                let group = groups.len();
+                let admitted = self.prepare(&joined).and_then(|(prompts, need)| {
+                    if prompts.len() > free.len() || need > cells_free {
+                        return Err(err(
+                            ErrorKind::RESOURCE_EXHAUSTED,
+                            &self.id,
+                            format!(
+                                "no room in the running batch: needs {} sequence(s) and {need} KV cells; {} and {cells_free} free",
+                                prompts.len(),
+                                free.len()
+                            ),
+                        ));
+                    }
+                    cells_free -= need;
+                    Ok(self.sequences(&joined, prompts, group, next_index, &mut free, seed))
+                });
+                match admitted {
+                    Ok(seqs) => {
+                        next_index += seqs.len() as u32;
+                        live.extend(seqs);
+                        groups.push(Group {
+                            stops: stops_of(&joined),
+                            req: joined,
+                        });
+                    }
+                    Err(e) => {
+                        // No room: ask again once a sequence retires.
+                        joins_open = e.kind != ErrorKind::RESOURCE_EXHAUSTED;
+                        sink.rejected(&e);
+                    }
+                }
+            }
+            if live.is_empty() {
+                break;
+            }
+
+            // One decode call: the next token of every generating sequence, then prompt
+            // chunks of the sequences still reading their prompt.
+            batch.clear();
+            for seq in live.iter_mut().filter(|s| s.fed == s.prompt.len()) {
+                let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
+                seq.logits_at = Some(batch.n_tokens());
+                batch
+                    .add(last, seq.pos, &[seq.slot], true)
+                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
+                seq.pos += 1;
+            }
+            let mut budget = PREFILL_CHUNK;
+            for seq in live.iter_mut().filter(|s| s.fed < s.prompt.len()) {
+                let take = budget.min(seq.prompt.len() - seq.fed);
+                if take == 0 {
+                    break;
+                }
+                for j in seq.fed..seq.fed + take {
+                    let end = j + 1 == seq.prompt.len();
+                    if end {
+                        seq.logits_at = Some(batch.n_tokens());
+                    }
+                    batch
+                        .add(seq.prompt[j], j as i32, &[seq.slot], end)
+                        .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
+                }
+                seq.fed += take;
+                seq.pos = seq.fed as i32;
+                budget -= take;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+
+            // Sample, account and stream each sequence that produced logits.
+            let mut stop_groups: Vec<usize> = Vec::new();
+            for seq in live.iter_mut() {
+                let Some(at) = seq.logits_at.take() else {
+                    continue;
+                };
+                let g = &groups[seq.group];
+                let tok = seq.sampler.sample(ctx, at);
+                let logprob = g
+                    .req
+                    .logprobs
+                    .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
+                let eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
+                let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
+                    || seq.pos as usize + 1 >= ctx_train;
+                let mut text = if eos {
+                    String::new()
+                } else {
+                    seq.pieces.push(&vocab.token_to_piece(tok, false, None))
+                };
+                if eos || last {
+                    text.push_str(&seq.pieces.flush());
+                }
+                let ev = seq.out.accept(
+                    seq.index as usize,
+                    tok.0 as u32,
+                    logprob,
+                    &text,
+                    eos,
+                    last,
+                    &g.stops,
+                );
+                if g.req.stream && sink.event(&ev) == StreamControl::Stop {
+                    stop_groups.push(seq.group);
+                }
+            }
+            if first_token_at.is_none()
+                && live
+                    .iter()
+                    .chain(&done)
+                    .filter(|s| s.group == 0)
+                    .all(|s| !s.out.tokens.is_empty())
+            {
+                first_token_at = Some(Instant::now());
+            }
+            // Cancel the requests whose sink said stop.
+            for seq in live.iter_mut() {
+                if stop_groups.contains(&seq.group) && seq.out.running() {
+                    seq.out.finish = FinishReason::CANCELLED;
+                    let ev = StreamEvent {
+                        index: seq.index,
+                        token: seq.out.tokens.last().copied().unwrap_or(0),
+                        text: "".into(),
+                        logprob: 0.0,
+                        finish: FinishReason::CANCELLED,
+                    };
+                    let _ = sink.event(&ev);
+                }
+            }
+            // Retire finished sequences: report them, free their slot and KV cells.
+            let mut i = 0;
+            while i < live.len() {
+                if live[i].out.running() {
+                    i += 1;
+                    continue;
+                }
+                let seq = live.swap_remove(i);
+                sink.finished(seq.index, &seq.out.output());
+                let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
+                free.push(seq.slot);
+                cells_free += seq.cells;
+                joins_open = true;
+                if seq.group == 0 {
+                    done.push(seq);
+                }
+            }
+            // Keep the batch order stable (by index) so results do not depend on retirements.
+            live.sort_by_key(|s| s.index);
+        }
+        let done_at = Instant::now();
+        let first_token = first_token_at.unwrap_or(done_at);
+        let timings = Timings {
+            started,
+            prefill_s: first_token.duration_since(prefill_start).as_secs_f64(),
+            first_token,
+            done: done_at,
+        };
+        done.sort_by_key(|s| s.index);
+        let stats = textgen::stats(
+            &done.iter().map(|s| &s.out).collect::<Vec<_>>(),
+            &timings,
+            peak_rss(),
+        );
+        let outputs = done.into_iter().map(|s| s.out.into_output()).collect();
+        Ok(GenerateResponse { outputs, stats })
+    }
+}
