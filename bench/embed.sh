@@ -10,7 +10,7 @@ ROUNDS=${1:-5}
 RUNS=${2:-5}
 . bench/common.sh
 scripts/setup.sh
-cargo build --release --locked -q -p mlxengine -p mlxengine-embed
+cargo build --release --locked -q --workspace  # as scripts/test.sh: one llama.cpp build
 ensure_st_venv
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 for r in $(seq "$ROUNDS"); do
