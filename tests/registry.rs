@@ -75,6 +75,45 @@ fn unknown_kind_names_line_id_and_key() {
 }
 
 #[test]
+fn ids_that_are_not_folder_names_are_refused() {
+    // Ids name folders (`<models>/<id>`): `.`, `..`, hidden names and other characters
+    // are refused in files and at run time alike.
+    for id in [".", "..", ".hidden", "-x", "a/b", "Upper", ""] {
+        let text = format!(
+            "[[models]]\nid = {id:?}\nkind = \"embed\"\narchitecture = \"bert\"\nsource = {{ path = \"/m\" }}\n"
+        );
+        let e = err(&text);
+        assert!(
+            e.contains("key `id`") && e.contains("is not a model id"),
+            "{id:?}: {e}"
+        );
+        let mut r = Registry::new();
+        let entry = ModelEntry::new(id, ModelKind::EMBED, "bert", Source::Path("/m".into()));
+        let e = r.add(entry).expect_err(id).to_string();
+        assert!(e.contains("is not a model id"), "{id:?}: {e}");
+    }
+    let long = "a".repeat(129);
+    assert!(Registry::new()
+        .add(ModelEntry::new(
+            &long,
+            ModelKind::EMBED,
+            "bert",
+            Source::Path("/m".into())
+        ))
+        .is_err());
+    for id in ["a", "0.5b", "smollm2-135m_instruct.q4"] {
+        let mut r = Registry::new();
+        r.add(ModelEntry::new(
+            id,
+            ModelKind::EMBED,
+            "bert",
+            Source::Path("/m".into()),
+        ))
+        .expect(id);
+    }
+}
+
+#[test]
 fn duplicate_id_names_both_places() {
     let text = format!("{GOOD}\n[[models]]\nid = \"mini\"\nkind = \"embed\"\narchitecture = \"bert\"\nsource = {{ path = \"/m\" }}\n");
     let e = err(&text);

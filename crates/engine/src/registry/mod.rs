@@ -193,17 +193,8 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             model: Some(id.clone()),
             message,
         };
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        {
-            return Err(err(
-                m.id.span(),
-                format!(
-                    "key `id`: {id:?} must be non-empty lowercase letters, digits, `.`, `_` or `-`"
-                ),
-            ));
+        if let Err(why) = check_id(&id) {
+            return Err(err(m.id.span(), format!("key `id`: {why}")));
         }
         if let Some(prev) = out.iter().find(|e| e.id == id) {
             return Err(err(
@@ -356,6 +347,30 @@ pub fn expand_path(p: &str, base: &Path) -> PathBuf {
     }
 }
 
+/// Longest model id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Why `id` is not a model id: ids are lowercase letters, digits, `.`, `_` and `-`,
+/// starting with a letter or digit, at most [`MAX_ID_LEN`] characters. They name folders
+/// (`<models>/<id>`), so `.`, `..` and hidden names are refused.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    let ok_start = id
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok_chars && ok_start && id.len() <= MAX_ID_LEN {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a model id: lowercase letters, digits, `.`, `_` or `-`, starting \
+             with a letter or digit, at most {MAX_ID_LEN} characters"
+        ))
+    }
+}
+
 /// All models known to this process, by id, with where each came from.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
@@ -412,6 +427,14 @@ impl Registry {
 
     /// Inject a model at run time (library API). Fails if the id exists.
     pub fn add(&mut self, mut entry: ModelEntry) -> Result<(), RegistryError> {
+        if let Err(message) = check_id(&entry.id) {
+            return Err(RegistryError {
+                file: "runtime".into(),
+                line: None,
+                model: Some(entry.id.clone()),
+                message,
+            });
+        }
         if let Some(prev) = self.models.get(&entry.id) {
             return Err(RegistryError {
                 file: "runtime".into(),
