@@ -10,7 +10,8 @@ mod tokenizer;
 pub mod writer;
 
 pub use reader::{
-    metadata_from_prefix, to_json, type_name, Gguf, TensorInfo, Value, SUPPORTED_TYPES,
+    metadata_from_prefix, to_json, type_name, Gguf, TensorInfo, Value, MAX_ARRAY_LEN,
+    SUPPORTED_TYPES,
 };
 pub use tokenizer::{tokenizer_config_from_gguf, tokenizer_json_from_gguf};
 

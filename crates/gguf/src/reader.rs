@@ -124,6 +124,9 @@ pub struct Gguf {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// `buf` is only the start of the file (a Range read): running past it is "truncated",
+    /// so the caller reads more, never a verdict on the file.
+    prefix: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -132,7 +135,7 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|e| *e <= self.buf.len())
-            .ok_or("file is truncated")?;
+            .ok_or(TRUNCATED)?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -170,10 +173,26 @@ impl<'a> Reader<'a> {
                     return Err("arrays nested too deeply".into());
                 }
                 let ety = self.u32()?;
-                let n = self.u64()? as usize;
-                if n > self.buf.len() {
-                    return Err("array length exceeds the file".into());
+                let n = self.u64()?;
+                // Each element takes at least `min_size(ety)` bytes of the file: a claimed
+                // length the rest of the file cannot hold is refused before anything is
+                // allocated for it, and no real model needs arrays past MAX_ARRAY_LEN.
+                if n > MAX_ARRAY_LEN as u64 {
+                    return Err(format!(
+                        "array of {n} elements; this reader takes at most {MAX_ARRAY_LEN}"
+                    ));
                 }
+                let left = (self.buf.len() - self.pos) as u64;
+                if n.saturating_mul(min_size(ety)) > left {
+                    return Err(if self.prefix {
+                        TRUNCATED.into()
+                    } else {
+                        format!(
+                            "array of {n} elements does not fit in the {left} bytes left in the file"
+                        )
+                    });
+                }
+                let n = n as usize;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(ety, depth + 1)?);
@@ -188,14 +207,34 @@ impl<'a> Reader<'a> {
     }
 }
 
+const TRUNCATED: &str = "file is truncated";
+
+/// Most elements of one metadata array (the largest real ones, token lists and merges,
+/// hold a few hundred thousand).
+pub const MAX_ARRAY_LEN: usize = 1 << 22;
+
+/// The fewest bytes one metadata value of type `ty` takes in the file.
+fn min_size(ty: u32) -> u64 {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        // A string's length, a nested array's type and length, 64-bit numbers.
+        8 | 10..=12 => 8,
+        9 => 12,
+        // Unknown types fail when the first element is read.
+        _ => 1,
+    }
+}
+
 /// Bytes of `n` elements of a supported type.
 pub(crate) fn byte_size(ty: u32, n: usize) -> Option<usize> {
     match ty {
-        0 => Some(n * 4),
-        1 | 30 => Some(n * 2),
-        2 => Some(n / 32 * 18),
-        3 => Some(n / 32 * 20),
-        8 => Some(n / 32 * 34),
+        0 => n.checked_mul(4),
+        1 | 30 => n.checked_mul(2),
+        2 => (n / 32).checked_mul(18),
+        3 => (n / 32).checked_mul(20),
+        8 => (n / 32).checked_mul(34),
         _ => None,
     }
 }
@@ -203,8 +242,12 @@ pub(crate) fn byte_size(ty: u32, n: usize) -> Option<usize> {
 /// The metadata of a GGUF file from its first bytes (a download's prefix): `Ok(None)` when
 /// `buf` ends before the metadata does, `Err` when it is not GGUF.
 pub fn metadata_from_prefix(buf: &[u8]) -> Result<Option<BTreeMap<String, Value>>, String> {
-    let mut r = Reader { buf, pos: 0 };
-    let short = |e: String| e == "file is truncated";
+    let mut r = Reader {
+        buf,
+        pos: 0,
+        prefix: true,
+    };
+    let short = |e: String| e == TRUNCATED;
     match r.take(4) {
         Ok(m) if m == b"GGUF" => {}
         Ok(_) => return Err("not a GGUF file (bad magic)".into()),
@@ -260,7 +303,11 @@ impl Gguf {
             file: path.into(),
             msg,
         };
-        let mut r = Reader { buf: &map, pos: 0 };
+        let mut r = Reader {
+            buf: &map,
+            pos: 0,
+            prefix: false,
+        };
         if r.take(4).map_err(&bad)? != b"GGUF" {
             return Err(bad("not a GGUF file (bad magic)".into()));
         }
@@ -321,8 +368,23 @@ impl Gguf {
             map,
         };
         for t in &g.tensors {
-            if let Some(size) = byte_size(t.ggml_type, t.elements()) {
-                if g.data_start + t.offset + size > g.map.len() {
+            let elements = t
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "tensor `{}`: shape {:?} overflows",
+                        t.name, t.shape
+                    ))
+                })?;
+            if let Some(size) = byte_size(t.ggml_type, elements) {
+                // Checked: an offset or size near 2^64 must not wrap past the test.
+                let end = g
+                    .data_start
+                    .checked_add(t.offset)
+                    .and_then(|e| e.checked_add(size));
+                if end.is_none_or(|e| e > g.map.len()) {
                     return Err(bad(format!(
                         "tensor `{}` extends past the end of the file (truncated download?)",
                         t.name

@@ -127,3 +127,47 @@ fn broken_files_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn claimed_lengths_and_offsets_are_bounded_by_the_file() {
+    let err = |f: &tempfile::NamedTempFile| Gguf::open(f.path()).err().unwrap().to_string();
+    // 10^9 strings claimed in a 1 GB sparse file: refused before anything is allocated
+    // for them (this reserved 32 GB and aborted the process).
+    let mut arr = 8u32.to_le_bytes().to_vec();
+    arr.extend(1_000_000_000u64.to_le_bytes());
+    let f = write_gguf(&[("tokenizer.ggml.tokens", 9, arr)], &[]);
+    f.as_file().set_len(1 << 30).unwrap();
+    let e = err(&f);
+    assert!(
+        e.contains("tokenizer.ggml.tokens") && e.contains("at most 4194304"),
+        "{e}"
+    );
+    // Under that cap, but more strings than the rest of the file can hold (8 bytes each
+    // at the least).
+    let mut arr = 8u32.to_le_bytes().to_vec();
+    arr.extend(4_000_000u64.to_le_bytes());
+    let e = err(&write_gguf(&[("tokenizer.ggml.tokens", 9, arr)], &[]));
+    assert!(e.contains("does not fit in the"), "{e}");
+    // Within the file but past what any model needs.
+    let n = gguf::MAX_ARRAY_LEN as u64 + 1;
+    let mut arr = 0u32.to_le_bytes().to_vec();
+    arr.extend(n.to_le_bytes());
+    arr.extend(vec![0u8; n as usize]);
+    let e = err(&write_gguf(&[("big", 9, arr)], &[]));
+    assert!(e.contains("`big`") && e.contains("at most 4194304"), "{e}");
+    // A tensor offset near 2^64 must not wrap around the bounds check. The offset field
+    // of the only tensor sits after the header (24 bytes), its name (8 + 1), dimension
+    // count (4), one dimension (8) and type (4).
+    let f = write_gguf(&[], &[("t", vec![32], 0, vec![0u8; 128])]);
+    let mut bytes = std::fs::read(f.path()).unwrap();
+    bytes[49..57].copy_from_slice(&(u64::MAX - 16).to_le_bytes());
+    std::fs::write(f.path(), &bytes).unwrap();
+    assert!(
+        err(&f).contains("tensor `t` extends past the end"),
+        "{}",
+        err(&f)
+    );
+    // A shape whose element count overflows.
+    let f = write_gguf(&[], &[("s", vec![1 << 40, 1 << 40], 0, vec![0u8; 32])]);
+    assert!(err(&f).contains("tensor `s`: shape"), "{}", err(&f));
+}
