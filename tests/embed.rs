@@ -157,3 +157,55 @@ fn pooling_and_normalization_options() {
         "CLS pooling must differ from mean pooling"
     );
 }
+
+#[test]
+fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
+    // A token id of 10^9 used to index the embedding table unchecked: the request that met
+    // it crashed the host. The model is now refused at load, naming the file and token.
+    let src = util::minilm_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name();
+        if name != "tokenizer.json" {
+            std::os::unix::fs::symlink(f.path(), dir.path().join(&name)).unwrap();
+        }
+    }
+    let mut tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+    tok["model"]["vocab"]["zzzzqx"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
+    let engine = engine();
+    engine
+        .add_model(ModelEntry::new(
+            "bad-tokenizer",
+            ModelKind::EMBED,
+            "bert",
+            Source::Path(dir.path().to_owned()),
+        ))
+        .unwrap();
+    let e = engine
+        .embed("bad-tokenizer", &util::emb(req(&["zzzzqx".to_owned()])))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("\"zzzzqx\" has id 1000000000"),
+        "{msg}"
+    );
+    match e {
+        engine::HostError::Plugin { error, .. } => assert_eq!(error.kind, ErrorKind::LOAD),
+        other => panic!("{other}"),
+    }
+    // The host and the good model still serve.
+    assert_eq!(
+        engine
+            .embed("minilm", &util::emb(req(&["still here".to_owned()])))
+            .unwrap()
+            .dim,
+        384
+    );
+}

@@ -13,6 +13,7 @@ pub mod blas;
 mod error;
 pub mod estimate;
 mod linear;
+pub mod tokens;
 mod weights;
 
 pub use error::ModelError;

@@ -102,6 +102,7 @@ impl Encoder {
             file: tok_path.clone(),
             msg: e.to_string(),
         })?;
+        mlx_common::tokens::check_ids(&tokenizer, config.vocab_size as usize, &tok_path)?;
         // Padding and truncation are ours (batching, model limits), not tokenizer.json's.
         tokenizer.with_padding(None);
         tokenizer

@@ -101,7 +101,7 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
             .unwrap_or_default()
             .to_owned();
         let model = build_model(&cfg, &file, weights)?;
-        return Ok(finish(model, model_type, tokenizer, opts));
+        return finish(model, model_type, tokenizer, &file, opts);
     }
     let (model, model_type, cfg) = load_model(path, opts)?;
     let mut eos = models::cfg_ids(&cfg, "eos_token_id");
@@ -110,7 +110,13 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded, LlmError> {
         eos.extend(models::cfg_ids(&read_config(&gen)?, "eos_token_id"));
     }
     let tokenizer = TextTokenizer::from_dir(path, &eos)?;
-    Ok(finish(model, model_type, tokenizer, opts))
+    finish(
+        model,
+        model_type,
+        tokenizer,
+        &path.join("tokenizer.json"),
+        opts,
+    )
 }
 
 /// Load only the network of an HF-layout directory (no tokenizer): for parity tests and
@@ -173,17 +179,19 @@ fn finish(
     model: Box<dyn CausalLm>,
     model_type: String,
     mut tokenizer: TextTokenizer,
+    tokenizer_file: &Path,
     opts: LoadOptions,
-) -> Loaded {
+) -> Result<Loaded, LlmError> {
+    mlx_common::tokens::check_ids(&tokenizer.tokenizer, model.vocab_size(), tokenizer_file)?;
     for id in model.eos_ids() {
         if !tokenizer.eos_ids.contains(&id) {
             tokenizer.eos_ids.push(id);
         }
     }
-    Loaded {
+    Ok(Loaded {
         model,
         tokenizer,
         model_type,
         dtype: opts.dtype,
-    }
+    })
 }
