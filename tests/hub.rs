@@ -393,6 +393,45 @@ fn pull_picks_the_needed_files_and_verifies_them() {
 }
 
 #[test]
+fn listings_are_capped_and_the_token_goes_to_the_endpoint_only() {
+    let root = repos();
+    let hub = HubServer::start(root.path());
+    let u = User::new(&hub.url()).with("HF_TOKEN", TOKEN);
+    // A listing whose next page is on another origin: followed, without the token.
+    hub.faults(json!({"next_on_cdn": true}));
+    u.ok(&["pull", "testorg/tiny", "--quiet", "--no-register"]);
+    let trees: Vec<Value> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap().contains("/tree/"))
+        .collect();
+    assert!(
+        trees.iter().any(|r| r["origin"] == "cdn"),
+        "the listing had a page on the second origin: {trees:?}"
+    );
+    for r in &trees {
+        assert_eq!(
+            r["auth"],
+            json!(r["origin"] == "api"),
+            "the token goes to the endpoint and nowhere else: {r}"
+        );
+    }
+    // Nor with the redirects of LFS files to the second origin.
+    let cdn: Vec<Value> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r["origin"] == "cdn")
+        .collect();
+    assert!(cdn.iter().any(|r| r["path"].as_str().unwrap().starts_with("/lfs/")));
+    assert!(cdn.iter().all(|r| r["auth"] == false), "{cdn:?}");
+    // A server that always announces another page: the listing stops at the cap.
+    hub.faults(json!({"next_on_cdn": false, "endless_pages": true}));
+    let e = u.fails(&["pull", "private/tiny", "--quiet", "--no-register"]);
+    assert!(e.contains("more than 1000 pages"), "{e}");
+    hub.faults(json!({"endless_pages": false}));
+}
+
+#[test]
 fn a_cut_body_resumes_with_range() {
     let root = repos();
     let hub = HubServer::start(root.path());

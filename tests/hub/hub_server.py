@@ -31,7 +31,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LFS_EXT = (".safetensors", ".bin", ".gguf", ".onnx", ".pt", ".pth", ".h5", ".msgpack")
 ARGS = None
-FAULTS = {"cut": [], "corrupt": 0, "status": [], "die_after": None, "rate": 0, "busy": 0}
+FAULTS = {"cut": [], "corrupt": 0, "status": [], "die_after": None, "rate": 0, "busy": 0,
+          # Tree listings: always announce a next page (the same one again), or announce
+          # the next page on the second origin (the CDN port).
+          "endless_pages": False, "next_on_cdn": False}
 LOCK = threading.Lock()
 _meta_cache = {}
 
@@ -184,9 +187,12 @@ class Handler(BaseHTTPRequestHandler):
         size = min(int(q.get("limit", 0) or 0) or ARGS.page, ARGS.page)
         off = int(q.get("cursor", 0))
         page, hdr = items[off:off + size], {}
-        if off + size < len(items):
-            nq = dict(q, cursor=str(off + size))
-            hdr["Link"] = f'<http://127.0.0.1:{ARGS.port}{base}?{urllib.parse.urlencode(nq)}>; rel="next"'
+        tree = "/tree/" in base
+        endless = tree and FAULTS["endless_pages"]
+        port = ARGS.cdn_port if tree and FAULTS["next_on_cdn"] else ARGS.port
+        if off + size < len(items) or endless:
+            nq = dict(q, cursor=str(off if endless else off + size))
+            hdr["Link"] = f'<http://127.0.0.1:{port}{base}?{urllib.parse.urlencode(nq)}>; rel="next"'
         return page, hdr
 
     def tree_entry(self, rd, p):
@@ -292,7 +298,8 @@ class Handler(BaseHTTPRequestHandler):
         u = urllib.parse.urlparse(self.path)
         q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
         parts = [urllib.parse.unquote(p) for p in u.path.strip("/").split("/")]
-        if self.cdn:
+        # The second origin serves LFS objects, and tree pages (for `next_on_cdn`).
+        if self.cdn and not (parts[:2] == ["api", "models"] and "tree" in parts):
             if len(parts) == 2 and parts[0] == "lfs":
                 for o in sorted(os.listdir(ARGS.root)):
                     for n in sorted(os.listdir(os.path.join(ARGS.root, o))):

@@ -31,6 +31,10 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// Most pages of one tree listing (the Hub's pages hold 1000 entries; no model has a
+/// million files).
+pub const MAX_PAGES: usize = 1000;
+
 /// Every file of `repo` at `commit` (`/api/models/{repo}/tree/{commit}?recursive=true`,
 /// following `Link: rel="next"` pages). Unsafe names fail the whole listing.
 pub async fn list_tree(
@@ -45,11 +49,24 @@ pub async fn list_tree(
     }
     let mut out = Vec::new();
     let what = || format!("listing the files of `{repo}` on {}", cfg.endpoint);
+    let home = url(cfg, &[], None)?.origin();
+    let mut pages = 0;
     while let Some(u) = next.take() {
+        pages += 1;
+        if pages > MAX_PAGES {
+            return Err(HubError::Other(format!(
+                "{}: the server announced more than {MAX_PAGES} pages; refusing to follow",
+                what()
+            )));
+        }
+        // The token goes to the configured endpoint only, never to a host a page names.
+        let ours = u.origin() == home;
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            match authed(cfg, http.get(u.clone())).send().await {
+            let get = http.get(u.clone());
+            let get = if ours { authed(cfg, get) } else { get };
+            match get.send().await {
                 Ok(r) if retryable(r.status()) && attempt < cfg.attempts => {}
                 Ok(r) => break r,
                 Err(e) if attempt >= cfg.attempts => return Err(net(what(), &e)),
