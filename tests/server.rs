@@ -172,6 +172,48 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
 }
 
 #[test]
+fn an_empty_api_key_is_refused_at_start() {
+    // An empty key must not turn authentication off silently (flag or environment).
+    let home = tempfile::tempdir().unwrap();
+    for (args, env) in [
+        (&["serve", "--port", "0", "--api-key", ""][..], None),
+        (&["serve", "--port", "0"][..], Some("")),
+        (&["serve", "--port", "0"][..], Some("  ")),
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mlxengine"));
+        c.args(args).env("MLXENGINE_HOME", home.path());
+        match env {
+            Some(v) => c.env("MLXENGINE_API_KEY", v),
+            None => c.env_remove("MLXENGINE_API_KEY"),
+        };
+        let mut child = c
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{args:?} {env:?}: it served instead of refusing the empty key");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "{args:?} {env:?}: exit status {}",
+            o.status
+        );
+        assert!(
+            err.contains("the API key (--api-key or MLXENGINE_API_KEY) is empty"),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn api_key_guards_every_endpoint_but_health() {
     let key = "sk-test-0123456789";
     let server = Server::start(&["--api-key", key]);

@@ -173,6 +173,11 @@ def scenario_errors():
     expect(400, http("POST", "/v1/chat/completions", dict(ok, messages=[{"role": "user", "content": long_prompt}])),
            code="context_length_exceeded", what="too-long prompt")
     expect(400, http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": [1, 2, 3]}), param="input", what="token input")
+    # Counts are bounded where the request enters, with a 400 naming the parameter.
+    expect(400, http("POST", "/v1/completions", {"model": LLM, "prompt": ["hi"] * 17, "n": 16, "max_tokens": 1}),
+           param="n", what="more than 256 sequences")
+    expect(400, http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["x"] * 2049}),
+           param="input", what="more than 2048 inputs")
     expect(413, http("POST", "/v1/embeddings", raw=b'{"input": "' + b"x" * (9 << 20) + b'"}'), what="body too large")
     expect(404, http("GET", "/v1/nowhere"), what="unknown route")
     expect(405, http("GET", "/v1/chat/completions"), what="wrong method")
@@ -188,6 +193,7 @@ def scenario_errors():
     assert r.choices[0].finish_reason in ("stop", "length")
     fams = metrics()
     assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/chat/completions", status="400") >= 7
+    assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/completions", status="400") >= 1
     print(json.dumps({"checked": checks}))
 
 

@@ -12,7 +12,7 @@ use axum::{
     Json,
 };
 use base64::Engine as _;
-use engine::request::Embed;
+use engine::request::{Embed, MAX_TEXTS};
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
     ModelKind,
@@ -40,6 +40,15 @@ pub(crate) async fn embeddings(
         };
         if texts.is_empty() {
             return Err(ApiError::invalid("input", "`input` must not be empty"));
+        }
+        if texts.len() > MAX_TEXTS {
+            return Err(ApiError::invalid(
+                "input",
+                format!(
+                    "{} inputs; one request takes at most {MAX_TEXTS}",
+                    texts.len()
+                ),
+            ));
         }
         if let Some(i) = texts.iter().position(|t| t.is_empty()) {
             return Err(ApiError::invalid(

@@ -97,6 +97,13 @@ pub(crate) struct ModelLabel(pub(crate) String);
 
 /// Run the server until SIGINT/SIGTERM, then drain (see [`ServeOptions::shutdown_timeout`]).
 pub fn serve(engine: Engine, opts: ServeOptions) -> anyhow::Result<()> {
+    // An empty key would turn auth off without a word: refuse it.
+    if opts.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        anyhow::bail!(
+            "the API key (--api-key or MLXENGINE_API_KEY) is empty; set a key, or leave both \
+             unset to serve without authentication"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")

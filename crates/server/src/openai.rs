@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use engine::{
-    request::{Generate, InvalidRequest},
+    request::{Generate, InvalidRequest, MAX_SEQUENCES},
     HostError,
 };
 use plugin_api::{
@@ -506,7 +506,18 @@ impl Common {
                 "`stop` takes at most 4 sequences",
             ));
         }
-        let mut all = Vec::with_capacity(inputs.len() * n as usize);
+        let sequences = inputs.len() * n as usize;
+        if sequences > MAX_SEQUENCES {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "{} prompt(s) × n = {n} make {sequences} sequences; one request takes at \
+                     most {MAX_SEQUENCES}",
+                    inputs.len()
+                ),
+            ));
+        }
+        let mut all = Vec::with_capacity(sequences);
         for input in inputs {
             for _ in 0..n {
                 all.push(input.clone());

@@ -49,7 +49,7 @@ pub(crate) fn cmd_serve(engine: Engine, a: &ServeArgs) -> Result<()> {
         server::ServeOptions {
             host: a.host.clone(),
             port: a.port,
-            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            api_key: a.api_key.clone(),
             preload: a.preload.clone(),
             max_queue: a.max_queue,
             request_timeout: Duration::from_secs(a.request_timeout),
