@@ -59,6 +59,39 @@ fn bad_libraries_are_reported_and_the_rest_load() {
 }
 
 #[test]
+fn a_fifo_named_like_a_plugin_is_skipped_not_waited_on() {
+    // Opening a FIFO blocks until a writer comes: discovery used to hang every command.
+    let dir = util::plugin_dir(&[("mlxengine_embed", "embed")]);
+    let (prefix, suffix) = engine::plugins::library_pattern();
+    let fifo = dir.path().join(format!("{prefix}fifo{suffix}"));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let set = PluginSet::discover(&[d]);
+        let _ = tx.send((
+            set.plugins.len(),
+            set.failures
+                .iter()
+                .map(|f| f.error.clone())
+                .collect::<Vec<_>>(),
+        ));
+    });
+    let (loaded, failures) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("discovery returned instead of blocking on the FIFO");
+    assert_eq!(loaded, 1);
+    assert!(
+        failures.len() == 1 && failures[0].contains("not a regular file"),
+        "{failures:?}"
+    );
+}
+
+#[test]
 fn real_embed_plugin_through_the_abi() {
     let mut set = PluginSet::default();
     let p = set

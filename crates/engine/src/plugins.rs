@@ -162,8 +162,14 @@ impl PluginSet {
     }
 }
 
-/// Load and check one plugin library (`plugin_sdk::loader::open`).
+/// Load and check one plugin library (`plugin_sdk::loader::open`). Only a regular file
+/// (or a link to one) is opened: the loader would block forever reading a FIFO.
 pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(format!("{}: not a regular file", path.display())),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
     let (module, descriptor) = plugin_sdk::loader::open(path)?;
     Ok(PluginHandle {
         path: path.to_owned(),
