@@ -194,6 +194,13 @@ def scenario_errors():
     fams = metrics()
     assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/chat/completions", status="400") >= 7
     assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/completions", status="400") >= 1
+    # Unknown model ids answer 404 and add no series: a client cannot grow /metrics.
+    for i in range(3):
+        expect(404, http("GET", f"/v1/models/ghost-{i}"), what=f"unknown model id {i}")
+        expect(404, http("POST", "/v1/models/load", {"model": f"ghost-load-{i}"}), what=f"load unknown {i}")
+    fams = metrics()
+    labels = {s.labels.get("model", "") for f in fams.values() for s in f.samples}
+    assert not any(l.startswith("ghost") or l == "no-such-model" for l in labels), labels
     print(json.dumps({"checked": checks}))
 
 

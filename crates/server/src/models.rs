@@ -38,12 +38,14 @@ pub(crate) async fn list_models(State(st): State<St>) -> Json<Value> {
 }
 
 pub(crate) async fn get_model(State(st): State<St>, Path(id): Path<String>) -> Response {
-    let r = st
-        .engine
-        .entry(&id)
-        .map(|e| Json(model_json(&st, &e, &st.engine.loaded_ids())).into_response())
-        .map_err(|e| ApiError::from_host(&e));
-    labelled(&id, r)
+    // Only registered ids label the metrics: an unknown one must not add a series.
+    match st.engine.entry(&id) {
+        Ok(e) => labelled(
+            &id,
+            Ok(Json(model_json(&st, &e, &st.engine.loaded_ids())).into_response()),
+        ),
+        Err(e) => labelled("", Err(ApiError::from_host(&e))),
+    }
 }
 
 pub(crate) async fn load_model(
@@ -53,11 +55,11 @@ pub(crate) async fn load_model(
     let mut model = String::new();
     let r = async {
         let a: ModelAction = parse(&body.map_err(body_error)?)?;
-        model = a.model.clone();
         let entry = st
             .engine
             .entry(&a.model)
             .map_err(|e| ApiError::from_host(&e))?;
+        model = a.model.clone();
         let started = Instant::now();
         let engine = st.engine.clone();
         let id = a.model.clone();
@@ -88,10 +90,10 @@ pub(crate) async fn unload_model(
     let mut model = String::new();
     let r = async {
         let a: ModelAction = parse(&body.map_err(body_error)?)?;
-        model = a.model.clone();
         st.engine
             .entry(&a.model)
             .map_err(|e| ApiError::from_host(&e))?;
+        model = a.model.clone();
         let unloaded = st.engine.unload(&a.model);
         Ok(Json(json!({"id": a.model, "object": "model", "unloaded": unloaded})).into_response())
     }
