@@ -158,54 +158,75 @@ fn pooling_and_normalization_options() {
     );
 }
 
-#[test]
-fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
-    // A token id of 10^9 used to index the embedding table unchecked: the request that met
-    // it crashed the host. The model is now refused at load, naming the file and token.
+/// A copy of all-MiniLM-L6-v2 (links) with `file` replaced by `bytes`, registered as `id`.
+fn minilm_with(engine: &Engine, id: &str, file: &str, bytes: &[u8]) -> tempfile::TempDir {
     let src = util::minilm_dir();
     let dir = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap();
-        let name = f.file_name();
-        if name != "tokenizer.json" {
-            std::os::unix::fs::symlink(f.path(), dir.path().join(&name)).unwrap();
+        if f.file_name() != file {
+            std::os::unix::fs::symlink(f.path(), dir.path().join(f.file_name())).unwrap();
         }
     }
-    let mut tok: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
-    tok["model"]["vocab"]["zzzzqx"] = serde_json::json!(1_000_000_000u64);
-    std::fs::write(
-        dir.path().join("tokenizer.json"),
-        serde_json::to_vec(&tok).unwrap(),
-    )
-    .unwrap();
-    let engine = engine();
+    std::fs::write(dir.path().join(file), bytes).unwrap();
     engine
         .add_model(ModelEntry::new(
-            "bad-tokenizer",
+            id,
             ModelKind::EMBED,
             "bert",
             Source::Path(dir.path().to_owned()),
         ))
         .unwrap();
+    dir
+}
+
+/// The load error of model `id`, checked to be of kind LOAD; the good model still serves.
+fn load_error(engine: &Engine, id: &str) -> String {
     let e = engine
-        .embed("bad-tokenizer", &util::emb(req(&["zzzzqx".to_owned()])))
+        .embed(id, &util::emb(req(&["zzzzqx".to_owned()])))
         .unwrap_err();
     let msg = e.to_string();
-    assert!(
-        msg.contains("tokenizer.json") && msg.contains("\"zzzzqx\" has id 1000000000"),
-        "{msg}"
-    );
     match e {
         engine::HostError::Plugin { error, .. } => assert_eq!(error.kind, ErrorKind::LOAD),
         other => panic!("{other}"),
     }
-    // The host and the good model still serve.
-    assert_eq!(
-        engine
-            .embed("minilm", &util::emb(req(&["still here".to_owned()])))
-            .unwrap()
-            .dim,
-        384
+    let ok = engine.embed("minilm", &util::emb(req(&["still here".to_owned()])));
+    assert_eq!(ok.unwrap().dim, 384);
+    msg
+}
+
+#[test]
+fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
+    // A token id of 10^9 used to index the embedding table unchecked: the request that met
+    // it crashed the host. The model is now refused at load, naming the file and token.
+    let mut tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(util::minilm_dir().join("tokenizer.json")).unwrap())
+            .unwrap();
+    tok["model"]["vocab"]["zzzzqx"] = serde_json::json!(1_000_000_000u64);
+    let engine = engine();
+    let _dir = minilm_with(
+        &engine,
+        "bad-tokenizer",
+        "tokenizer.json",
+        &serde_json::to_vec(&tok).unwrap(),
+    );
+    let msg = load_error(&engine, "bad-tokenizer");
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("\"zzzzqx\" has id 1000000000"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn module_paths_outside_the_model_folder_are_refused() {
+    // modules.json names folders of the model; `..` would read files anywhere.
+    let modules = br#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+        {"idx":1,"name":"1","path":"../../../../etc","type":"sentence_transformers.models.Pooling"}]"#;
+    let engine = engine();
+    let _dir = minilm_with(&engine, "escaping", "modules.json", modules);
+    let msg = load_error(&engine, "escaping");
+    assert!(
+        msg.contains("modules.json") && msg.contains("not a path inside the model folder"),
+        "{msg}"
     );
 }

@@ -102,3 +102,60 @@ pub fn parse_dtype(name: &str) -> Option<mlx_rs::Dtype> {
 pub fn dtype_name(d: mlx_rs::Dtype) -> String {
     format!("{d:?}").to_lowercase()
 }
+
+/// `dir/rel` for a file name a model's own files give (a shard of a safetensors index, a
+/// module folder of `modules.json`): `rel` must be relative and stay inside `dir` (no
+/// `..`, no root), since model files come from someone else's upload.
+pub fn inside(dir: &std::path::Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let p = std::path::Path::new(rel);
+    if rel.is_empty()
+        || !p
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "{rel:?} is not a path inside the model folder (relative, without `..`)"
+        ));
+    }
+    Ok(dir.join(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn names_from_model_files_stay_inside_the_folder() {
+        let d = Path::new("/models/m");
+        assert_eq!(inside(d, "1_Pooling").unwrap(), d.join("1_Pooling"));
+        assert_eq!(
+            inside(d, "shards/a.safetensors").unwrap(),
+            d.join("shards/a.safetensors")
+        );
+        for bad in ["", "..", "../x", "a/../../x", "/etc/passwd"] {
+            assert!(inside(d, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_safetensors_index_cannot_name_a_file_outside_the_model() {
+        let dir = std::env::temp_dir().join(format!("mlx-common-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            br#"{"weight_map": {"w": "../outside.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = Weights::load(&dir, mlx_rs::Dtype::Float32)
+            .err()
+            .expect("refused")
+            .to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains("`weight_map`"),
+            "{e}"
+        );
+    }
+}

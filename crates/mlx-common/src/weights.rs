@@ -60,8 +60,8 @@ impl Weights {
             let mut files: Vec<PathBuf> = map
                 .values()
                 .filter_map(|f| f.as_str())
-                .map(|f| dir.join(f))
-                .collect();
+                .map(|f| crate::inside(dir, f).map_err(|e| bad(format!("`weight_map`: {e}"))))
+                .collect::<Result<_, _>>()?;
             files.sort();
             files.dedup();
             files

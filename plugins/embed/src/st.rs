@@ -72,7 +72,12 @@ impl SentenceConfig {
                 "Transformer" => {}
                 "Normalize" => cfg.normalize = true,
                 "Pooling" => {
-                    let file = dir.join(&m.path).join("config.json");
+                    let file = mlx_common::inside(dir, &m.path)
+                        .map_err(|msg| EmbedError::Config {
+                            file: modules_path.clone(),
+                            msg: format!("module `{}`: {msg}", m.ty),
+                        })?
+                        .join("config.json");
                     let p: PoolingConfig = read_json(&file)?;
                     let bad = |what: &str| EmbedError::Config {
                         file: file.clone(),
