@@ -109,16 +109,60 @@ pub fn render_chat(
             .replace("%B", MONTHS[(m - 1) as usize])
             .replace("%b", &MONTHS[(m - 1) as usize][..3])
     });
+    // The template is the model's, not ours: bound what it may run and print.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| format!("chat template does not parse: {e}"))?;
-    tmpl.render(minijinja::context! {
-        messages => messages,
-        add_generation_prompt => true,
-        bos_token => bos_token,
-        eos_token => eos_token,
-    })
-    .map_err(|e| format!("chat template: {e}"))
+    let mut out = Capped::default();
+    tmpl.render_captured_to(
+        minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => bos_token,
+            eos_token => eos_token,
+        },
+        &mut out,
+    )
+    .map_err(|e| {
+        if out.full {
+            format!(
+                "chat template: the rendered prompt would pass {} MB",
+                MAX_RENDERED_BYTES >> 20
+            )
+        } else {
+            format!("chat template: {e}")
+        }
+    })?;
+    String::from_utf8(out.bytes).map_err(|_| "chat template: the output is not UTF-8".into())
+}
+
+/// Instructions one rendering of a chat template may run: real templates use a few
+/// thousand for a long conversation; a runaway loop stops within milliseconds.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Longest rendered prompt, in bytes (far past any model's context).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// A writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    /// Set when a write was refused.
+    full: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -176,5 +220,22 @@ mod tests {
         let t = "{{ raise_exception('roles must alternate') }}";
         let e = render_chat(t, &[], "", "").unwrap_err();
         assert!(e.contains("roles must alternate"), "{e}");
+    }
+
+    #[test]
+    fn a_runaway_template_is_stopped_by_its_fuel_and_output_caps() {
+        let hi = [Message {
+            role: "user",
+            content: "hi".into(),
+        }];
+        // 10^10 iterations: this wedged the model's worker at 100% CPU.
+        let spin =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render_chat(spin, &hi, "", "").unwrap_err();
+        assert!(e.contains("fuel"), "{e}");
+        // 100 MB of output from little work: refused at the output cap.
+        let flood = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        let e = render_chat(flood, &hi, "", "").unwrap_err();
+        assert!(e.contains("would pass 16 MB"), "{e}");
     }
 }
