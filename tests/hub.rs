@@ -422,7 +422,9 @@ fn listings_are_capped_and_the_token_goes_to_the_endpoint_only() {
         .into_iter()
         .filter(|r| r["origin"] == "cdn")
         .collect();
-    assert!(cdn.iter().any(|r| r["path"].as_str().unwrap().starts_with("/lfs/")));
+    assert!(cdn
+        .iter()
+        .any(|r| r["path"].as_str().unwrap().starts_with("/lfs/")));
     assert!(cdn.iter().all(|r| r["auth"] == false), "{cdn:?}");
     // A server that always announces another page: the listing stops at the cap.
     hub.faults(json!({"next_on_cdn": false, "endless_pages": true}));
