@@ -294,3 +294,53 @@ fn add_and_remove_use_the_runtime_registry_only() {
     let o = run(home.path(), &["embed", "--model", "added", "hello"]);
     assert!(stderr(&o).contains("unknown model `added`"));
 }
+
+#[test]
+fn a_gguf_llama_cpp_refuses_says_why() {
+    // A GGUF header llama.cpp cannot load (no hyperparameters): its API says only "null
+    // result"; the reason from its log must reach the user.
+    let home = tempfile::tempdir().unwrap();
+    let s = |t: &str| {
+        let mut b = (t.len() as u64).to_le_bytes().to_vec();
+        b.extend(t.as_bytes());
+        b
+    };
+    let mut gguf = b"GGUF".to_vec();
+    gguf.extend(3u32.to_le_bytes());
+    gguf.extend(0u64.to_le_bytes());
+    gguf.extend(1u64.to_le_bytes());
+    gguf.extend(s("general.architecture"));
+    gguf.extend(8u32.to_le_bytes());
+    gguf.extend(s("llama"));
+    gguf.resize(gguf.len().div_ceil(32) * 32, 0);
+    let file = home.path().join("broken.gguf");
+    std::fs::write(&file, gguf).unwrap();
+    let reg = home.path().join("broken.toml");
+    std::fs::write(
+        &reg,
+        format!(
+            "[[models]]\nid = \"broken\"\nkind = \"llm\"\narchitecture = \"llama\"\nbackend = \"ggml\"\nsource = {{ path = {:?} }}\n",
+            file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = run(
+        home.path(),
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "generate",
+            "-m",
+            "broken",
+            "--max-tokens",
+            "2",
+            "hi",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("broken.gguf") && err.contains("llama.cpp: ") && err.contains("key not found"),
+        "{err}"
+    );
+}

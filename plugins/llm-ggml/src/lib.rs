@@ -20,8 +20,12 @@ use plugin_api::{
 };
 use plugin_sdk::{LoadedModel, Plugin, Sink};
 use std::{
+    ffi::CStr,
     path::Path,
-    sync::{Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, OnceLock,
+    },
 };
 
 /// GGUF `general.architecture` values this provider advertises (llama.cpp reads many
@@ -82,17 +86,58 @@ fn runtime() -> Result<&'static (LlamaBackend, CpuBackend), PluginError> {
         .map_err(|e| PluginError::new(ErrorKind::INTERNAL, e.as_str()))
 }
 
-/// Drop llama.cpp's and ggml's log lines (before anything is loaded: backend loading logs).
+/// llama.cpp's error lines since the last [`take_llama_errors`], at most
+/// [`MAX_KEPT_ERRORS`] bytes: its API answers a failed load with a bare null, the reason is
+/// only in its log. Shared by all threads (loads are rare; two at once may mix lines).
+static LLAMA_ERRORS: Mutex<String> = Mutex::new(String::new());
+/// The level of llama.cpp's last log line (`CONT` lines continue it).
+static LAST_LEVEL: AtomicU32 = AtomicU32::new(0);
+const MAX_KEPT_ERRORS: usize = 4096;
+
+/// Keep llama.cpp's and ggml's error lines (for load errors), drop the rest.
 fn silence_llama_logs() {
-    unsafe extern "C" fn void_log(
-        _level: llama_cpp_sys_2::ggml_log_level,
-        _text: *const std::os::raw::c_char,
+    unsafe extern "C" fn keep_errors(
+        level: llama_cpp_sys_2::ggml_log_level,
+        text: *const std::os::raw::c_char,
         _user_data: *mut std::os::raw::c_void,
     ) {
+        let level = if level == llama_cpp_sys_2::GGML_LOG_LEVEL_CONT {
+            LAST_LEVEL.load(Ordering::Relaxed)
+        } else {
+            LAST_LEVEL.store(level, Ordering::Relaxed);
+            level
+        };
+        if level != llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR || text.is_null() {
+            return;
+        }
+        // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+        let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        let mut kept = LLAMA_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push_str(&line);
+        if kept.len() > MAX_KEPT_ERRORS {
+            let cut = kept.len() - MAX_KEPT_ERRORS;
+            let cut = (cut..kept.len())
+                .find(|&i| kept.is_char_boundary(i))
+                .unwrap_or(0);
+            kept.drain(..cut);
+        }
     }
-    // SAFETY: installs a callback that ignores its arguments; llama_log_set also sets
-    // ggml's logger.
-    unsafe { llama_cpp_sys_2::llama_log_set(Some(void_log), std::ptr::null_mut()) }
+    // SAFETY: installs a callback that only reads its text argument; llama_log_set also
+    // sets ggml's logger.
+    unsafe { llama_cpp_sys_2::llama_log_set(Some(keep_errors), std::ptr::null_mut()) }
+}
+
+/// llama.cpp's error lines since the last call, as one line (empty if none).
+fn take_llama_errors() -> String {
+    let mut kept = LLAMA_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    let lines: Vec<&str> = kept
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let out = lines.join("; ");
+    kept.clear();
+    out
 }
 
 fn backend() -> Result<&'static LlamaBackend, PluginError> {
@@ -208,8 +253,19 @@ impl GgmlModel {
             // Offload every layer to the GPU backend compiled in.
             params = params.with_n_gpu_layers(999);
         }
-        let model = LlamaModel::load_from_file(backend()?, &file, &params)
-            .map_err(|e| err(ErrorKind::LOAD, &id, format!("{}: {e}", file.display())))?;
+        let backend = backend()?;
+        take_llama_errors();
+        let model = LlamaModel::load_from_file(backend, &file, &params).map_err(|e| {
+            let why = match take_llama_errors() {
+                w if w.is_empty() => String::new(),
+                w => format!(" (llama.cpp: {w})"),
+            };
+            err(
+                ErrorKind::LOAD,
+                &id,
+                format!("{}: {e}{why}", file.display()),
+            )
+        })?;
         let vocab = model.vocab();
         let text_of = |t: LlamaToken| {
             vocab
