@@ -241,6 +241,13 @@ fn disconnect_frees_the_slot() {
 }
 
 #[test]
+fn embeddings_are_bounded_by_the_queue_and_the_time_limit() {
+    let server = Server::start(&["--max-queue", "1", "--request-timeout", "3"]);
+    let r = scenario(&server, "embed_limits", &[], &[]);
+    eprintln!("embed limits: {r}");
+}
+
+#[test]
 fn a_full_queue_answers_429_with_retry_after() {
     let server = Server::start(&["--preload", "default", "--max-queue", "1"]);
     let r = scenario(&server, "overload", &[], &[]);

@@ -437,6 +437,31 @@ def scenario_over_budget():
     print(json.dumps({"message": msg}))
 
 
+def scenario_embed_limits():
+    """Embeddings are bounded like generation: --max-queue in flight, --request-timeout."""
+    big = {"model": "all-minilm-l6-v2", "input": ["word " * 200] * 2048}
+    first = {}
+
+    def slow():
+        first["resp"] = http("POST", "/v1/embeddings", big)
+
+    t = threading.Thread(target=slow)
+    t0 = time.time()
+    t.start()
+    time.sleep(0.5)
+    # The first request holds the only slot (2048 texts of 200 words take far longer than
+    # the timeout on any CPU): the second is refused at once.
+    status, hdrs, body = http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi"})
+    assert status == 429 and body["error"]["code"] == "queue_full", (status, body)
+    assert {k.lower(): v for k, v in hdrs.items()}.get("retry-after") == "1", hdrs
+    t.join()
+    status, _, body = first["resp"]
+    took = time.time() - t0
+    assert status == 408 and body["error"]["code"] == "timeout", (status, body)
+    assert took < 30, took
+    print(json.dumps({"timeout_after_s": took}))
+
+
 def scenario_shutdown():
     pid = int(ARGS[0])
     stream = client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Count from 1 to 100."}],

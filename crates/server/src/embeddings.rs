@@ -18,6 +18,10 @@ use plugin_api::{
     ModelKind,
 };
 use serde_json::{json, Value};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 pub(crate) async fn embeddings(
     State(st): State<St>,
@@ -74,9 +78,20 @@ pub(crate) async fn embeddings(
             options: "".into(),
         })
         .map_err(ApiError::from_invalid)?;
+        // Bounded like generation: at most --max-queue requests in flight per model, each
+        // answered within --request-timeout. A plugin call cannot be cut short, so the
+        // slot stays taken until the call really ends, even after a timeout.
+        let slot = st.embed_slots.take(&model, st.opts.max_queue).inspect_err(|_| {
+            st.metrics.rejected("queue_full");
+        })?;
         let (engine, id) = (st.engine.clone(), model.clone());
-        let resp = tokio::task::spawn_blocking(move || engine.embed(&id, &ereq))
+        let work = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            engine.embed(&id, &ereq)
+        });
+        let resp = tokio::time::timeout(st.opts.request_timeout, work)
             .await
+            .map_err(|_| ApiError::timeout())?
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::from_host(&e))?;
         let dim = resp.dim as usize;
@@ -113,4 +128,39 @@ pub(crate) async fn embeddings(
     }
     .await;
     labelled(&model, r)
+}
+
+/// Embedding requests in flight, per model.
+#[derive(Default)]
+pub(crate) struct Slots(Mutex<HashMap<String, usize>>);
+
+/// One request's place among a model's in-flight embedding requests; freed on drop.
+pub(crate) struct Slot {
+    slots: Arc<Slots>,
+    model: String,
+}
+
+impl Slots {
+    /// A slot for `model`, or 429 when `max` requests are in flight already.
+    pub(crate) fn take(self: &Arc<Self>, model: &str, max: usize) -> Result<Slot, ApiError> {
+        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let c = n.entry(model.to_owned()).or_insert(0);
+        if *c >= max {
+            return Err(ApiError::queue_full(model, max));
+        }
+        *c += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            model: model.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut n = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = n.get_mut(&self.model) {
+            *c = c.saturating_sub(1);
+        }
+    }
 }

@@ -87,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) opts: ServeOptions,
     pub(crate) next_id: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
+    /// Embedding requests in flight per model (`--max-queue` bounds them).
+    pub(crate) embed_slots: Arc<embeddings::Slots>,
 }
 
 pub(crate) type St = Arc<AppState>;
@@ -142,6 +144,7 @@ async fn run(engine: Arc<Engine>, opts: ServeOptions) -> anyhow::Result<()> {
         opts,
         next_id: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
+        embed_slots: Arc::default(),
     });
     if let Some(idle) = st.opts.idle_unload {
         tokio::spawn(unload_idle(st.clone(), idle));
