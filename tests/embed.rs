@@ -218,6 +218,39 @@ fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
 }
 
 #[test]
+fn special_tokens_and_types_past_their_tables_are_refused_per_request() {
+    // The post-processor's special-token ids and type ids are not in the vocabulary the
+    // load check reads: every request's encoding is checked against both tables.
+    let tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(util::minilm_dir().join("tokenizer.json")).unwrap())
+            .unwrap();
+    let engine = engine();
+    let mut cls = tok.clone();
+    cls["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([1_000_000_000u64]);
+    let _a = minilm_with(
+        &engine,
+        "bad-cls",
+        "tokenizer.json",
+        &serde_json::to_vec(&cls).unwrap(),
+    );
+    let msg = load_error(&engine, "bad-cls");
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("token id 1000000000"),
+        "{msg}"
+    );
+    let mut ty = tok;
+    ty["post_processor"]["single"][0]["SpecialToken"]["type_id"] = serde_json::json!(7);
+    let _b = minilm_with(
+        &engine,
+        "bad-type",
+        "tokenizer.json",
+        &serde_json::to_vec(&ty).unwrap(),
+    );
+    let msg = load_error(&engine, "bad-type");
+    assert!(msg.contains("token type 7"), "{msg}");
+}
+
+#[test]
 fn module_paths_outside_the_model_folder_are_refused() {
     // modules.json names folders of the model; `..` would read files anywhere.
     let modules = br#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},

@@ -34,6 +34,11 @@ pub struct Encoder {
     truncating: Tokenizer,
     pub sentence: SentenceConfig,
     pub max_len: usize,
+    /// Rows of the word and token-type embedding tables: every id a request's encoding
+    /// holds is checked against them (the post-processor's special tokens are not in the
+    /// vocabulary the load check sees).
+    table_rows: (u32, u32),
+    tokenizer_file: std::path::PathBuf,
     pub dim: usize,
     pub dtype: Dtype,
     pub parameters: u64,
@@ -144,6 +149,8 @@ impl Encoder {
             None
         };
         Ok(Self {
+            table_rows: (config.vocab_size as u32, config.type_vocab_size as u32),
+            tokenizer_file: dir.join("tokenizer.json"),
             dim: config.hidden_size as usize,
             dtype: model.dtype(),
             model: Arc::new(SharedModel(model)),
@@ -191,6 +198,24 @@ impl Encoder {
             )));
         }
 
+        let (words, types) = self.table_rows;
+        for (i, e) in encodings.iter().enumerate() {
+            let bad_id = e.get_ids().iter().find(|&&id| id >= words);
+            let bad_type = e.get_type_ids().iter().find(|&&t| t >= types);
+            if let Some(what) = bad_id
+                .map(|id| format!("token id {id}, outside the {words}-row embedding table"))
+                .or_else(|| {
+                    bad_type.map(|t| format!("token type {t}, outside the {types}-row type table"))
+                })
+            {
+                return Err(EmbedError::Tokenizer {
+                    file: self.tokenizer_file.clone(),
+                    msg: format!(
+                        "text #{i} encodes to {what}; the tokenizer does not belong to these weights"
+                    ),
+                });
+            }
+        }
         // Sort by length so each forward pass pads little; results go back in order.
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].len());

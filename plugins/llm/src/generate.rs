@@ -38,6 +38,18 @@ pub fn prompt_ids(
             "input #{index}: the prompt has no tokens"
         )));
     }
+    // Special tokens added by the template or post-processor are not all in the vocabulary
+    // the load check saw: nothing past the embedding table reaches the model.
+    let rows = lm.model.vocab_size();
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= rows) {
+        return Err(LlmError::Tokenizer {
+            file: "tokenizer.json".into(),
+            msg: format!(
+                "input #{index} encodes to token id {id}, outside the {rows}-row embedding \
+                 table; the tokenizer does not belong to these weights"
+            ),
+        });
+    }
     Ok(ids)
 }
 
