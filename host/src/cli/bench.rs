@@ -111,6 +111,12 @@ pub fn cmd_bench_embed(engine: &Engine, a: &BenchEmbedArgs) -> Result<()> {
     if a.runs == 0 || a.batch.contains(&0) {
         bail!("--runs and every --batch must be at least 1");
     }
+    if let Some(b) = a.batch.iter().find(|&&b| b > engine::request::MAX_TEXTS) {
+        bail!(
+            "--batch {b}: one embedding request takes at most {} texts",
+            engine::request::MAX_TEXTS
+        );
+    }
     let baseline = engine::device::rss_now();
     let req = |texts: &[String]| {
         Embed::new(EmbedRequest {

@@ -3,7 +3,7 @@
 use super::memory_json;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use engine::request::Embed;
+use engine::request::{Embed, MAX_TEXTS};
 use engine::Engine;
 use plugin_api::embed::{EmbedRequest, Pooling};
 use std::io::Read;
@@ -52,19 +52,29 @@ pub(crate) fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             args.pooling
         )
     })?;
-    let req = Embed::new(EmbedRequest {
-        texts: texts.iter().map(|t| t.as_str().into()).collect(),
-        pooling,
-        normalize: if args.no_normalize { Some(false) } else { None }.into(),
-        truncate: !args.no_truncate,
-        options: "".into(),
-    })
-    .map_err(|e| anyhow::anyhow!("the texts: {}", e.message))?;
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+        anyhow::bail!("text #{i} is empty");
+    }
     let started = std::time::Instant::now();
     let baseline_rss = engine::device::rss_now();
-    let out = engine.embed(&args.model, &req)?;
-    let dim = out.dim as usize;
-    let rows: Vec<&[f32]> = out.data.chunks(dim.max(1)).collect();
+    // One request takes at most MAX_TEXTS texts: a longer list (a file on stdin) goes in
+    // several, answered in order.
+    let (mut data, mut dim, mut prompt_tokens) = (Vec::new(), 0usize, 0u64);
+    for chunk in texts.chunks(MAX_TEXTS) {
+        let req = Embed::new(EmbedRequest {
+            texts: chunk.iter().map(|t| t.as_str().into()).collect(),
+            pooling,
+            normalize: if args.no_normalize { Some(false) } else { None }.into(),
+            truncate: !args.no_truncate,
+            options: "".into(),
+        })
+        .map_err(|e| anyhow::anyhow!("the texts: {e}"))?;
+        let out = engine.embed(&args.model, &req)?;
+        dim = out.dim as usize;
+        prompt_tokens += out.prompt_tokens;
+        data.extend_from_slice(&out.data);
+    }
+    let rows: Vec<&[f32]> = data.chunks(dim.max(1)).collect();
     if args.json {
         // Serialized directly (not through `json!`) so floats print as f32, not widened.
         #[derive(serde::Serialize)]
@@ -88,7 +98,7 @@ pub(crate) fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
     println!(
         "{} text(s) → {dim}-dim vectors ({} tokens, {:.1} ms)",
         rows.len(),
-        out.prompt_tokens,
+        prompt_tokens,
         started.elapsed().as_secs_f64() * 1e3
     );
     for (t, r) in texts.iter().zip(&rows) {
