@@ -59,7 +59,8 @@ impl Inspection {
 /// A registry id from a repo name: lowercase, `[a-z0-9._-]`.
 pub fn default_id(repo: &str) -> String {
     let name = repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase();
-    name.chars()
+    let id: String = name
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
                 c
@@ -67,7 +68,10 @@ pub fn default_id(repo: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .collect();
+    // Ids start with a letter or digit (`crate::registry::check_id`).
+    id.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// Facts from a `config.json`.
@@ -296,4 +300,19 @@ pub fn fetch_entry(entry: &ModelEntry, hub: &Hub) -> Result<std::path::PathBuf, 
     tracing::info!(model = %entry.id, repo = %r, "not local yet; downloading");
     let progress = hub::progress::Progress::new(hub::progress::Mode::detect(false));
     Ok(hub.pull(&listing, &sel, &progress)?.dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_id;
+
+    #[test]
+    fn ids_from_repo_names_are_valid_registry_ids() {
+        assert_eq!(default_id("HuggingFaceTB/SmolLM2-135M"), "smollm2-135m");
+        assert_eq!(default_id("org/_private.Model v2"), "private.model-v2");
+        for repo in ["a/_x", "a/-x", "a/.x", "a/Mixed_Case.gguf"] {
+            let id = default_id(repo);
+            assert!(crate::registry::check_id(&id).is_ok(), "{repo} → {id:?}");
+        }
+    }
 }

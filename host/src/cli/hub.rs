@@ -226,12 +226,19 @@ pub fn cmd_pull(registries: &[PathBuf], engine: &Engine, a: &PullArgs) -> Result
     } else {
         progress::Mode::detect(a.quiet)
     };
+    let entry = i.entry(a.id.as_deref());
+    let register = !a.no_register && i.plugin.is_ok();
+    if register {
+        // Before any byte is downloaded: the id it would be registered under is valid.
+        engine::registry::check_id(&entry.id)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; choose one with --id", r.repo))?;
+    }
     let p = progress::Progress::new(mode);
     let snap = hub.pull(&i.listing, &i.selection.files, &p)?;
-    let registered = if a.no_register || i.plugin.is_err() {
-        None
+    let registered = if register {
+        Some(UserRegistry::lock(registries)?.register_pulled(&entry)?)
     } else {
-        Some(UserRegistry::lock(registries)?.register_pulled(&i.entry(a.id.as_deref()))?)
+        None
     };
     if a.json {
         return print_json(&json!({
