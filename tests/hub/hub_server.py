@@ -133,6 +133,9 @@ def describe(o, n, rd):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY each answer waits
+    # for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
     cdn = False
 
     def log_message(self, fmt, *a):
