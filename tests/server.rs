@@ -214,6 +214,40 @@ fn an_empty_api_key_is_refused_at_start() {
 }
 
 #[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    // Half-open connections used to be held for ever (axum::serve sets no header timeout).
+    use std::io::{Read, Write};
+    let server = Server::start(&["--header-timeout", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // Closed by the server (EOF, or a 408 then EOF), not by our own read timeout.
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("still open after {:?}: {e}", started.elapsed()),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // A well-behaved client on the same server is served.
+    let mut ok = std::net::TcpStream::connect(&addr).unwrap();
+    ok.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    ok.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
 fn api_key_guards_every_endpoint_but_health() {
     let key = "sk-test-0123456789";
     let server = Server::start(&["--api-key", key]);

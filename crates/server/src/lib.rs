@@ -12,6 +12,7 @@ mod completions;
 mod embeddings;
 mod health;
 mod images;
+mod listen;
 pub mod metrics;
 mod middleware;
 mod models;
@@ -61,6 +62,8 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// `max_tokens` when a request sets none.
     pub default_max_tokens: u32,
+    /// How long a connection may take to send a request's headers before it is closed.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -76,6 +79,7 @@ impl Default for ServeOptions {
             idle_unload: None,
             shutdown_timeout: Duration::from_secs(10),
             default_max_tokens: 256,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -153,12 +157,12 @@ async fn run(engine: Arc<Engine>, opts: ServeOptions) -> anyhow::Result<()> {
     eprintln!("mlxengine: listening on http://{local}");
     tracing::info!(%local, "listening");
     let st2 = st.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            begin_shutdown(&st2);
-        })
-        .await?;
+    let header_timeout = st.opts.header_timeout;
+    listen::serve(listener, app, header_timeout, async move {
+        shutdown_signal().await;
+        begin_shutdown(&st2);
+    })
+    .await;
     eprintln!("mlxengine: stopped");
     Ok(())
 }

@@ -38,6 +38,9 @@ pub(crate) struct ServeArgs {
     /// Seconds in-flight requests may run on after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub(crate) shutdown_timeout: u64,
+    /// Seconds a connection may take to send a request's headers before it is closed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) header_timeout: u64,
     /// max_tokens for requests that set none.
     #[arg(long, default_value_t = 256)]
     pub(crate) default_max_tokens: u32,
@@ -57,6 +60,7 @@ pub(crate) fn cmd_serve(engine: Engine, a: &ServeArgs) -> Result<()> {
             idle_unload: (a.idle_unload > 0).then(|| Duration::from_secs(a.idle_unload)),
             shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
             default_max_tokens: a.default_max_tokens,
+            header_timeout: Duration::from_secs(a.header_timeout),
         },
     )
 }
