@@ -64,6 +64,9 @@ fn repos() -> tempfile::TempDir {
         );
     }
     write(&r.join("testorg/tiny/README.md"), b"# tiny\n");
+    // Two listing pages (the test server's pages hold 3 entries).
+    write(&r.join("private/tiny/README.md"), b"# private\n");
+    write(&r.join("private/tiny/notes.txt"), b"notes\n");
     write(
         &r.join("testorg/tiny/pytorch_model.bin"),
         &noise(1 << 20, 8),
@@ -426,6 +429,14 @@ fn listings_are_capped_and_the_token_goes_to_the_endpoint_only() {
         .iter()
         .any(|r| r["path"].as_str().unwrap().starts_with("/lfs/")));
     assert!(cdn.iter().all(|r| r["auth"] == false), "{cdn:?}");
+    // A private repo's next page on another origin: no token goes there, so it answers
+    // 401, and the error says that instead of blaming the token.
+    let e = u.fails(&["pull", "private/tiny", "--quiet", "--no-register"]);
+    assert!(
+        e.contains("a page on another origin") && e.contains("answered 401"),
+        "{e}"
+    );
+    assert!(!e.contains("was not accepted") && !e.contains(TOKEN), "{e}");
     // A server that always announces another page: the listing stops at the cap.
     hub.faults(json!({"next_on_cdn": false, "endless_pages": true}));
     let e = u.fails(&["pull", "private/tiny", "--quiet", "--no-register"]);

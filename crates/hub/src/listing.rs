@@ -75,6 +75,17 @@ pub async fn list_tree(
             tokio::time::sleep(backoff(cfg, attempt, None)).await;
         };
         if !resp.status().is_success() {
+            if !ours {
+                // Not the endpoint's answer, and no token went there: say so rather than
+                // blame the token.
+                return Err(HubError::Other(format!(
+                    "{}: a page on another origin ({}) answered {}; the token is sent to {} only",
+                    what(),
+                    u.origin().ascii_serialization(),
+                    resp.status(),
+                    cfg.endpoint
+                )));
+            }
             return Err(error_of(cfg, repo, commit, None, resp).await);
         }
         next = header_str(&resp, "link").and_then(next_link);
