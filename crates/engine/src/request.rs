@@ -28,12 +28,24 @@ pub struct InvalidRequest {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+    /// For one item of a list (`inputs[2]`): its position, so a caller that sent the list
+    /// in pieces or under another name can name the item its own way.
+    pub index: Option<usize>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidRequest {
     InvalidRequest {
         field: field.into(),
         message: message.into(),
+        index: None,
+    }
+}
+
+/// Item `i` of the list field `list` breaks a rule.
+fn invalid_item(list: &str, i: usize, message: &str) -> InvalidRequest {
+    InvalidRequest {
+        index: Some(i),
+        ..invalid(format!("{list}[{i}]"), message)
     }
 }
 
@@ -58,12 +70,11 @@ impl Generate {
         }
         for (i, input) in req.inputs.iter().enumerate() {
             match (input.prompt.is_empty(), input.messages.is_empty()) {
-                (true, true) => {
-                    return Err(invalid(format!("inputs[{i}]"), "give a prompt or messages"))
-                }
+                (true, true) => return Err(invalid_item("inputs", i, "give a prompt or messages")),
                 (false, false) => {
-                    return Err(invalid(
-                        format!("inputs[{i}]"),
+                    return Err(invalid_item(
+                        "inputs",
+                        i,
                         "give a prompt or messages, not both",
                     ))
                 }
@@ -168,7 +179,7 @@ impl Embed {
             ));
         }
         if let Some(i) = req.texts.iter().position(|t| t.is_empty()) {
-            return Err(invalid(format!("texts[{i}]"), "texts must not be empty"));
+            return Err(invalid_item("texts", i, "texts must not be empty"));
         }
         check_options(req.options.as_str())?;
         Ok(Self(req))

@@ -12,7 +12,7 @@ use axum::{
     Json,
 };
 use base64::Engine as _;
-use engine::request::{Embed, MAX_TEXTS};
+use engine::request::Embed;
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
     ModelKind,
@@ -42,24 +42,6 @@ pub(crate) async fn embeddings(
                 ))
             }
         };
-        if texts.is_empty() {
-            return Err(ApiError::invalid("input", "`input` must not be empty"));
-        }
-        if texts.len() > MAX_TEXTS {
-            return Err(ApiError::invalid(
-                "input",
-                format!(
-                    "{} inputs; one request takes at most {MAX_TEXTS}",
-                    texts.len()
-                ),
-            ));
-        }
-        if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-            return Err(ApiError::invalid(
-                &format!("input[{i}]"),
-                "input texts must not be empty",
-            ));
-        }
         let base64 = match req.encoding_format.as_deref() {
             None | Some("float") => false,
             Some("base64") => true,
@@ -77,7 +59,8 @@ pub(crate) async fn embeddings(
             truncate: false,
             options: "".into(),
         })
-        .map_err(ApiError::from_invalid)?;
+        // The engine's rules (count, empty texts); its `texts` is the API's `input`.
+        .map_err(|e| ApiError::invalid(&e.field.replacen("texts", "input", 1), e.message))?;
         // Bounded like generation: at most --max-queue requests in flight per model, each
         // answered within --request-timeout. A plugin call cannot be cut short, so the
         // slot stays taken until the call really ends, even after a timeout.

@@ -52,15 +52,12 @@ pub(crate) fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             args.pooling
         )
     })?;
-    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-        anyhow::bail!("text #{i} is empty");
-    }
     let started = std::time::Instant::now();
     let baseline_rss = engine::device::rss_now();
     // One request takes at most MAX_TEXTS texts: a longer list (a file on stdin) goes in
     // several, answered in order.
     let (mut data, mut dim, mut prompt_tokens) = (Vec::new(), 0usize, 0u64);
-    for chunk in texts.chunks(MAX_TEXTS) {
+    for (c, chunk) in texts.chunks(MAX_TEXTS).enumerate() {
         let req = Embed::new(EmbedRequest {
             texts: chunk.iter().map(|t| t.as_str().into()).collect(),
             pooling,
@@ -68,7 +65,10 @@ pub(crate) fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             truncate: !args.no_truncate,
             options: "".into(),
         })
-        .map_err(|e| anyhow::anyhow!("the texts: {e}"))?;
+        .map_err(|e| match e.index {
+            Some(i) => anyhow::anyhow!("text #{}: {}", c * MAX_TEXTS + i, e.message),
+            None => anyhow::anyhow!("the texts: {e}"),
+        })?;
         let out = engine.embed(&args.model, &req)?;
         dim = out.dim as usize;
         prompt_tokens += out.prompt_tokens;
