@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use engine::ModelEntry;
 use plugin_api::Features;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -54,23 +55,19 @@ pub(crate) async fn load_model(
 ) -> Response {
     let mut model = String::new();
     let r = async {
-        let a: ModelAction = parse(&body.map_err(body_error)?)?;
-        let entry = st
-            .engine
-            .entry(&a.model)
-            .map_err(|e| ApiError::from_host(&e))?;
-        model = a.model.clone();
+        let entry = registered(&st, body)?;
+        model = entry.id.clone();
         let started = Instant::now();
         let engine = st.engine.clone();
-        let id = a.model.clone();
+        let id = model.clone();
         let m = tokio::task::spawn_blocking(move || engine.load(&id, entry.kind, Features::NONE))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::from_host(&e))?;
         let secs = started.elapsed().as_secs_f64();
-        st.metrics.model_loaded(&a.model, secs);
+        st.metrics.model_loaded(&model, secs);
         Ok(Json(json!({
-            "id": a.model,
+            "id": model,
             "object": "model",
             "loaded": true,
             "plugin": m.plugin,
@@ -89,14 +86,18 @@ pub(crate) async fn unload_model(
 ) -> Response {
     let mut model = String::new();
     let r = async {
-        let a: ModelAction = parse(&body.map_err(body_error)?)?;
-        st.engine
-            .entry(&a.model)
-            .map_err(|e| ApiError::from_host(&e))?;
-        model = a.model.clone();
-        let unloaded = st.engine.unload(&a.model);
-        Ok(Json(json!({"id": a.model, "object": "model", "unloaded": unloaded})).into_response())
+        model = registered(&st, body)?.id;
+        let unloaded = st.engine.unload(&model);
+        Ok(Json(json!({"id": model, "object": "model", "unloaded": unloaded})).into_response())
     }
     .await;
     labelled(&model, r)
+}
+
+/// The registered model an admin request's body (`{"model": ID}`) names.
+fn registered(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<ModelEntry, ApiError> {
+    let a: ModelAction = parse(&body.map_err(body_error)?)?;
+    st.engine
+        .entry(&a.model)
+        .map_err(|e| ApiError::from_host(&e))
 }
