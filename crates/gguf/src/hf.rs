@@ -187,6 +187,16 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
             None
         };
         if let (Some(h), [rows, cols]) = (n_heads, t.shape.as_slice()) {
+            if h == 0 || !rows.is_multiple_of(2 * h) {
+                return Err(GgufError::Invalid {
+                    file: g.path.clone(),
+                    msg: format!(
+                        "tensor `{}`: {rows} rows do not split into {h} heads of an even size",
+                        t.name
+                    ),
+                }
+                .into());
+            }
             data = unpermute(&data, *rows, *cols, h);
         }
         f(HfTensor {

@@ -451,8 +451,26 @@ impl Gguf {
 
     /// The tensor as an f32 array (dequantized), in row-major `shape`.
     pub fn to_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
+        // Only types whose size `open` checked against the file are read (and allocated
+        // for): an unsupported one may claim any number of elements (found by fuzzing).
+        if byte_size(t.ggml_type, t.elements()).is_none() {
+            return Err(GgufError::UnsupportedQuant {
+                file: self.path.clone(),
+                tensor: t.name.clone(),
+                ty: type_name(t.ggml_type),
+            });
+        }
         let b = self.bytes(t);
         let n = t.elements();
+        if matches!(t.ggml_type, 2 | 3 | 8) && !n.is_multiple_of(32) {
+            return Err(GgufError::Invalid {
+                file: self.path.clone(),
+                msg: format!(
+                    "tensor `{}`: {n} elements are not whole blocks of 32",
+                    t.name
+                ),
+            });
+        }
         let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
         let mut out = Vec::with_capacity(n);
         match t.ggml_type {

@@ -150,9 +150,9 @@ const DTYPES: &[&str] = &["float32", "float16", "bfloat16"];
 
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
         .count()
         + 1
 }
@@ -161,7 +161,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// for serde errors, which come before any id is known).
 fn model_at(text: &str, offset: usize) -> Option<String> {
     // An error about a whole table (missing field) points at its `[[models]]` header.
-    let head = &text[..(offset + 10).min(text.len())];
+    // (At a character boundary: the text may be any UTF-8; found by fuzzing.)
+    let mut cut = offset.saturating_add(10).min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = &text[..cut];
     let start = head.rfind("[[models]]")?;
     let block = &text[start + 10..];
     let end = block.find("\n[").unwrap_or(block.len());
