@@ -334,6 +334,86 @@ fn ggml_streaming_stop_strings_batching_and_cancellation() {
 }
 
 #[test]
+fn identical_greedy_inputs_of_one_batch_get_one_answer() {
+    // Copies of one prompt at temperature 0, streamed: each used to be decoded in its own
+    // KV cells of the shared cache, where llama.cpp's sums over cells round differently,
+    // and the answers parted within a dozen tokens. They are one answer: the batch
+    // decodes it once (four copies alone equal the prompt alone, token for token; beside
+    // another prompt, the copies still agree — that batch is another computation).
+    let e = engine();
+    let story = chat("Write a long story about a dragon.");
+    let run_on = |backend: &str, inputs: Vec<TextInput>, temperature: f32| {
+        let req = GenerateRequest {
+            inputs: inputs.into(),
+            max_tokens: 60,
+            stream: true,
+            sampling: plugin_api::text::SamplingParams {
+                temperature,
+                seed: Some(7).into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut streamed = vec![String::new(); req.inputs.len()];
+        let out = e
+            .generate_on(
+                "smol",
+                Some(backend),
+                &util::gen(req),
+                &mut |ev: &StreamEvent| {
+                    streamed[ev.index as usize].push_str(&ev.text);
+                    StreamControl::Continue
+                },
+            )
+            .unwrap();
+        for (i, o) in out.outputs.iter().enumerate() {
+            assert_eq!(streamed[i], o.text.as_str(), "stream of input #{i}");
+        }
+        out
+    };
+    let run = |inputs, temperature| run_on("ggml", inputs, temperature);
+    let alone = run(vec![story.clone()], 0.0);
+    let copies = run(vec![story.clone(); 4], 0.0);
+    for (i, o) in copies.outputs.iter().enumerate() {
+        assert_eq!(o.tokens, alone.outputs[0].tokens, "copy #{i}");
+    }
+    assert_eq!(
+        copies.stats.generated_tokens,
+        4 * alone.stats.generated_tokens
+    );
+    let mixed_inputs = |story: &TextInput| {
+        vec![
+            story.clone(),
+            raw("The quick brown fox"),
+            story.clone(),
+            story.clone(),
+        ]
+    };
+    let mixed = run(mixed_inputs(&story), 0.0);
+    for i in [2, 3] {
+        assert_eq!(
+            mixed.outputs[i].tokens, mixed.outputs[0].tokens,
+            "input #{i}"
+        );
+    }
+    assert_ne!(mixed.outputs[1].text, mixed.outputs[0].text);
+    // The MLX provider decodes a batch as rows of one padded array, each row's cache
+    // its own: copies agree there by construction.
+    let mlx = run_on("mlx", mixed_inputs(&story), 0.0);
+    for i in [2, 3] {
+        assert_eq!(
+            mlx.outputs[i].tokens, mlx.outputs[0].tokens,
+            "mlx input #{i}"
+        );
+    }
+    // Sampled (temperature > 0) copies stay separate draws.
+    let sampled = run(vec![story; 3], 1.0);
+    let texts: std::collections::HashSet<_> =
+        sampled.outputs.iter().map(|o| o.text.to_string()).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+}
+
+#[test]
 fn cli_default_is_ggml_and_backend_flag_forces_mlx() {
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {

@@ -168,9 +168,19 @@ pub struct GenerateRequest {
     pub stream: bool,
     /// LoRA adapter (by name, loaded before) to apply to this request only.
     pub adapter: ROption<RString>,
-    /// Additions without an ABI change, as a JSON object (empty = none).
+    /// Additions without an ABI change, as a JSON object (empty = none). The host sets
+    /// [`KV_BUDGET_OPTION`] in it.
     pub options: RString,
 }
+
+/// Key of [`GenerateRequest::options`] the host sets on every generation call (and on
+/// every request joining a running batch): the bytes this model's KV cache may take for
+/// the running batch — the memory budget less what the other loaded models are charged
+/// and this one's weights and runtime. A number; absent = no limit. A plugin refuses a
+/// request whose sequences (prompt + `max_tokens`, capped by the context, for each)
+/// would need more, with [`ErrorKind::RESOURCE_EXHAUSTED`](crate::ErrorKind) naming
+/// both figures, and gives memory above its working size back when the batch ends.
+pub const KV_BUDGET_OPTION: &str = "kv_budget_bytes";
 
 /// Why a sequence ended. An open set of codes.
 #[repr(transparent)]

@@ -1,7 +1,10 @@
 //! Admission: the plugin's memory estimate (or one from the files' facts) against the
 //! budget, evicting idle models least recently used first.
 
-use crate::{fit, plugins::PluginHandle, registry::ModelEntry, resolve::spec, Engine, HostError};
+use crate::{
+    fit, load::LoadedModel, plugins::PluginHandle, registry::ModelEntry, resolve::spec, Engine,
+    HostError,
+};
 use plugin_api::{ErrorKind, EstimateRequest};
 use std::{path::Path, sync::Arc};
 
@@ -9,14 +12,14 @@ impl Engine {
     /// Admission control: check the plugin's estimate against the budget (the plugin is
     /// told what is free, and may choose a smaller load dtype to fit), unloading idle
     /// models, least recently used first, to make room. Returns the entry to load (with
-    /// the dtype the plugin estimated for) and its estimate.
+    /// the dtype the plugin estimated for), its estimate, and the KV-cache part of it.
     pub(crate) fn admit(
         &self,
         mut entry: ModelEntry,
         path: &Path,
         plugin: &PluginHandle,
         key: &str,
-    ) -> Result<(ModelEntry, u64), HostError> {
+    ) -> Result<(ModelEntry, u64, u64), HostError> {
         let budget = self.memory_budget();
         let (in_use, _) = self.memory_in_use();
         // What is free now (at least 1: 0 would mean "no limit" to the plugin).
@@ -25,7 +28,7 @@ impl Engine {
             Ok((_, e)) => e,
             Err(e) => {
                 tracing::warn!(model = %entry.id, "no memory estimate, loading unchecked: {e}");
-                return Ok((entry, 0));
+                return Ok((entry, 0, 0));
             }
         };
         if entry.dtype.is_none() {
@@ -43,7 +46,7 @@ impl Engine {
                 if !note.is_empty() {
                     tracing::info!(model = %entry.id, "{}", note.trim());
                 }
-                return Ok((entry, need));
+                return Ok((entry, need, est.kv_cache_bytes));
             }
             if self.evict_lru(key).is_none() {
                 let mut would_fit = Vec::new();
@@ -69,6 +72,20 @@ impl Engine {
                 )));
             }
         }
+    }
+
+    /// The bytes model `m`'s KV cache may take for its running batch (`None`: no budget):
+    /// the budget less what every loaded model is charged, plus `m`'s own KV share
+    /// (what it was admitted with for its working context). Sent to the plugin with
+    /// each call ([`plugin_api::text::KV_BUDGET_OPTION`]), so a request's KV cache —
+    /// n × (prompt + max_tokens), capped by the context — is counted before it is taken.
+    pub(crate) fn kv_budget(&self, m: &LoadedModel) -> Option<u64> {
+        let budget = self.memory_budget();
+        if budget == u64::MAX || m.estimate_bytes == 0 {
+            return None;
+        }
+        let (in_use, _) = self.memory_in_use();
+        Some(budget.saturating_sub(in_use).saturating_add(m.kv_bytes))
     }
 
     /// Unload the least recently used model that no request holds (never `keep`).

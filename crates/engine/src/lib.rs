@@ -26,5 +26,5 @@ pub use error::HostError;
 pub use load::{Engine, LoadedModel, DEFAULT_BUDGET_FRACTION};
 pub use plugins::{PluginHandle, PluginSet};
 pub use registry::{load_registry, ModelEntry, Registry, RegistryError, Source};
-pub use run::GenerateSink;
+pub use run::{GenerateSink, EMBED_CHUNK, EMBED_CHUNK_BYTES};
 pub use select::{pin_matches, Candidate};

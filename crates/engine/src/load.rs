@@ -30,6 +30,8 @@ pub struct LoadedModel {
     pub info: ModelInfo,
     /// Memory estimated at admission (0 when it could not be estimated).
     pub estimate_bytes: u64,
+    /// The KV-cache part of `estimate_bytes` (for its working context).
+    pub kv_bytes: u64,
 }
 
 /// The engine.
@@ -210,7 +212,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let (entry, estimate_bytes) = self.admit(entry, &path, plugin, &key)?;
+        let (entry, estimate_bytes, kv_bytes) = self.admit(entry, &path, plugin, &key)?;
         let req = LoadRequest {
             model: spec(&entry, Some(&path)),
             device: self.device.clone(),
@@ -233,6 +235,7 @@ impl Engine {
             model,
             info,
             estimate_bytes,
+            kv_bytes,
         });
         self.touch(&key);
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,7 +10,7 @@
 
 use plugin_api::{
     embed::EmbedRequest,
-    text::{GenerateRequest, SamplingParams},
+    text::{GenerateRequest, SamplingParams, KV_BUDGET_OPTION},
     Features,
 };
 use std::ops::Deref;
@@ -94,6 +94,22 @@ impl Generate {
         self.0
     }
 
+    /// This request with the host's KV-cache budget in its options
+    /// ([`plugin_api::text::KV_BUDGET_OPTION`]; a client's value for that key is replaced).
+    pub(crate) fn with_kv_budget(&self, bytes: Option<u64>) -> GenerateRequest {
+        let mut req = self.0.clone();
+        let Some(bytes) = bytes else {
+            return req;
+        };
+        let mut opts = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+            req.options.as_str(),
+        )
+        .unwrap_or_default(); // checked at `new`: empty or an object
+        opts.insert(KV_BUDGET_OPTION.to_owned(), bytes.into());
+        req.options = serde_json::Value::Object(opts).to_string().into();
+        req
+    }
+
     /// The plugin features serving it takes: streaming when it streams, batching when it
     /// holds more than one sequence.
     pub fn needs(&self) -> Features {
@@ -166,6 +182,32 @@ fn check_options(options: &str) -> Result<(), InvalidRequest> {
 pub struct Embed(EmbedRequest);
 
 impl Embed {
+    /// The request in pieces, in order, each of at most `texts` texts and `chars` bytes
+    /// of text (but at least one text); each keeps the request's settings and holds by
+    /// the same rules.
+    pub(crate) fn chunks(&self, texts: usize, chars: usize) -> Vec<Embed> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let all = &self.0.texts;
+        while start < all.len() {
+            let mut end = start + 1;
+            let mut size = all[start].len();
+            while end < all.len() && end - start < texts && size + all[end].len() <= chars {
+                size += all[end].len();
+                end += 1;
+            }
+            out.push(Embed(EmbedRequest {
+                texts: all[start..end].to_vec().into(),
+                pooling: self.0.pooling,
+                normalize: self.0.normalize,
+                truncate: self.0.truncate,
+                options: self.0.options.clone(),
+            }));
+            start = end;
+        }
+        out
+    }
+
     /// Check `req`.
     pub fn new(req: EmbedRequest) -> Result<Self, InvalidRequest> {
         let n = req.texts.len();
@@ -279,5 +321,22 @@ mod tests {
             Embed::new(req(vec!["a", ""])).unwrap_err().field,
             "texts[1]"
         );
+        // Chunks: in order, by count and by size, never empty, a long text alone.
+        let e = Embed::new(req(vec!["aa", "bb", "cc", "dddddddd", "e"])).unwrap();
+        let sizes = |texts, bytes| -> Vec<Vec<String>> {
+            e.chunks(texts, bytes)
+                .iter()
+                .map(|c| c.texts.iter().map(|t| t.to_string()).collect())
+                .collect()
+        };
+        assert_eq!(
+            sizes(2, 100),
+            [vec!["aa", "bb"], vec!["cc", "dddddddd"], vec!["e"]]
+        );
+        assert_eq!(
+            sizes(10, 6),
+            [vec!["aa", "bb", "cc"], vec!["dddddddd"], vec!["e"]]
+        );
+        assert_eq!(e.chunks(256, 1 << 15).len(), 1);
     }
 }

@@ -81,9 +81,17 @@ impl Engine {
         req: &Generate,
         sink: &mut dyn GenerateSink,
     ) -> Result<GenerateResponse, HostError> {
-        let mut sink = AbiSink(sink);
+        // Each call, and each request joining it, carries the KV-cache budget of now.
+        let kv_budget = || self.kv_budget(m);
+        let mut sink = AbiSink {
+            sink,
+            kv_budget: &kv_budget,
+        };
         let sink = TokenSink_TO::from_ptr(RMut::new(&mut sink), TD_Opaque);
-        let result = m.model.generate(req, sink).into_result();
+        let result = m
+            .model
+            .generate(&req.with_kv_budget(self.kv_budget(m)), sink)
+            .into_result();
         self.touch(&m.key);
         result.map_err(|error| HostError::Plugin {
             id: m.entry.id.clone(),
@@ -120,7 +128,10 @@ impl Engine {
             StreamControl::Continue
         };
         let mut closure = ClosureSink(&mut on_event);
-        let mut abi = AbiSink(&mut closure);
+        let mut abi = AbiSink {
+            sink: &mut closure,
+            kv_budget: &|| None,
+        };
         let mut sink = TokenSink_TO::from_ptr(RMut::new(&mut abi), TD_Opaque);
         let ev = StreamEvent {
             index: 0,
@@ -137,16 +148,48 @@ impl Engine {
 
     /// Embed texts with model `id`.
     pub fn embed(&self, id: &str, req: &Embed) -> Result<EmbedResponse, HostError> {
+        self.embed_until(id, req, &|| false)
+    }
+
+    /// [`embed`](Self::embed), in plugin calls of at most [`EMBED_CHUNK`] texts and
+    /// [`EMBED_CHUNK_BYTES`] bytes of text, stopping
+    /// with [`HostError::Cancelled`] before the next call once `cancelled` says so (a
+    /// client that left, a request past its time limit): a plugin call cannot be cut
+    /// short, so this bounds the work done for nobody to one chunk.
+    pub fn embed_until(
+        &self,
+        id: &str,
+        req: &Embed,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<EmbedResponse, HostError> {
         let m = self.load(id, ModelKind::EMBED, Features::EMBEDDINGS)?;
-        let result = m.model.embed(req).into_result();
-        self.touch(&m.key);
-        result.map_err(|error| HostError::Plugin {
-            id: id.to_owned(),
-            plugin: m.plugin.clone(),
-            error,
-        })
+        let mut out = EmbedResponse::default();
+        for chunk in req.chunks(EMBED_CHUNK, EMBED_CHUNK_BYTES) {
+            if cancelled() {
+                self.touch(&m.key);
+                return Err(HostError::Cancelled { id: id.to_owned() });
+            }
+            let result = m.model.embed(&chunk).into_result();
+            self.touch(&m.key);
+            let part = result.map_err(|error| HostError::Plugin {
+                id: id.to_owned(),
+                plugin: m.plugin.clone(),
+                error,
+            })?;
+            out.dim = part.dim;
+            out.data.extend_from_slice(&part.data);
+            out.prompt_tokens += part.prompt_tokens;
+        }
+        Ok(out)
     }
 }
+
+/// Most texts per plugin call of [`Engine::embed_until`]: enough for a plugin to batch
+/// and spread over its workers, few enough that a cancelled request stops soon.
+pub const EMBED_CHUNK: usize = 256;
+/// Most bytes of text per plugin call of [`Engine::embed_until`] (~8k tokens: a few
+/// seconds of a small encoder on two CPU cores; 256 sentences of ~100 characters fit).
+pub const EMBED_CHUNK_BYTES: usize = 32 << 10;
 
 /// The host's side of a generation call: what a plugin streams back, and (continuous
 /// batching) the requests that may join the running batch. See the ABI's `TokenSink`.
@@ -172,9 +215,13 @@ impl GenerateSink for ClosureSink<'_> {
     }
 }
 
-/// Adapts a [`GenerateSink`] to the ABI's `TokenSink`. A panic in the host's callbacks
-/// must not unwind into the plugin: it stops the request instead.
-struct AbiSink<'a>(&'a mut dyn GenerateSink);
+/// Adapts a [`GenerateSink`] to the ABI's `TokenSink`, giving each joining request the
+/// KV-cache budget of the moment. A panic in the host's callbacks must not unwind into
+/// the plugin: it stops the request instead.
+struct AbiSink<'a> {
+    sink: &'a mut dyn GenerateSink,
+    kv_budget: &'a dyn Fn() -> Option<u64>,
+}
 
 fn no_unwind<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
@@ -182,15 +229,19 @@ fn no_unwind<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 
 impl TokenSink for AbiSink<'_> {
     fn on_event(&mut self, event: &StreamEvent) -> StreamControl {
-        no_unwind(StreamControl::Stop, || self.0.event(event))
+        no_unwind(StreamControl::Stop, || self.sink.event(event))
     }
     fn poll_join(&mut self) -> ROption<GenerateRequest> {
-        no_unwind(None, || self.0.poll_join().map(Generate::into_inner)).into()
+        no_unwind(None, || {
+            let joined = self.sink.poll_join()?;
+            Some(joined.with_kv_budget((self.kv_budget)()))
+        })
+        .into()
     }
     fn on_finished(&mut self, index: u32, output: &GenerateOutput) {
-        no_unwind((), || self.0.finished(index, output))
+        no_unwind((), || self.sink.finished(index, output))
     }
     fn on_rejected(&mut self, error: &PluginError) {
-        no_unwind((), || self.0.rejected(error))
+        no_unwind((), || self.sink.rejected(error))
     }
 }

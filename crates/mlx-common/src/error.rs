@@ -36,6 +36,9 @@ pub enum ModelError {
     Request(String),
     #[error("{0}")]
     ContextLength(String),
+    /// More memory than the host's budget leaves (a request's KV cache).
+    #[error("{0}")]
+    OverBudget(String),
     #[error("MLX: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
     #[error("worker thread failed: {0}")]
@@ -70,6 +73,7 @@ impl From<ModelError> for PluginError {
             ) => ErrorKind::UNSUPPORTED,
             ModelError::Request(_) => ErrorKind::INVALID_REQUEST,
             ModelError::ContextLength(_) => ErrorKind::CONTEXT_LENGTH,
+            ModelError::OverBudget(_) => ErrorKind::RESOURCE_EXHAUSTED,
             ModelError::Mlx(_) | ModelError::Worker(_) => ErrorKind::INTERNAL,
             _ => ErrorKind::LOAD,
         };

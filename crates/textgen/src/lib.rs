@@ -4,9 +4,11 @@
 //! UTF-8 assembly of byte-level token pieces.
 
 mod chat;
+mod memory;
 mod sequence;
 mod stop;
 
 pub use chat::{context_overflow, render_chat, text_messages, Message};
+pub use memory::{kv_budget, KvBudget};
 pub use sequence::{cancel_running, stats, SeqOutput, Timings};
 pub use stop::{holdback, TextStream, Utf8Pieces};

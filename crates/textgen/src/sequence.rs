@@ -7,7 +7,7 @@ use plugin_api::text::{FinishReason, GenerateOutput, GenerationStats, StreamCont
 use std::time::Instant;
 
 /// Output state of one sequence of a generation request.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct SeqOutput {
     /// Tokens of the (templated) prompt.
     pub prompt_tokens: usize,

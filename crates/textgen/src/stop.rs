@@ -26,7 +26,7 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 
 /// The text of one generated sequence: appended as tokens decode, cut at the first stop
 /// string, and handed out in deltas that never contain (part of) a stop string.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct TextStream {
     text: String,
     emitted: usize,

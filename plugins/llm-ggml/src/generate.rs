@@ -38,6 +38,42 @@ pub(crate) struct Seq {
     /// Index of this sequence's logits in the batch just decoded.
     logits_at: Option<i32>,
     out: SeqOutput,
+    /// Indices of the request's inputs identical to this one under deterministic
+    /// (temperature 0) sampling: they get this sequence's tokens, not their own decode.
+    /// Decoded apart, each would read its KV cache at other cells of the shared cache,
+    /// and llama.cpp's sums over cells are not invariant to where the cells lie, so
+    /// identical greedy inputs of one batch used to get different answers.
+    followers: Vec<u32>,
+}
+
+/// A request's prompts, identical ones merged when its sampling is deterministic: each
+/// distinct prompt with the inputs (offsets in the request) that share its answer.
+pub(crate) struct Plan {
+    pub(crate) prompts: Vec<(Vec<LlamaToken>, Vec<usize>)>,
+    /// Inputs in the request.
+    pub(crate) inputs: usize,
+}
+
+impl Plan {
+    fn new(prompts: Vec<Vec<LlamaToken>>, deterministic: bool) -> Self {
+        let inputs = prompts.len();
+        let mut out: Vec<(Vec<LlamaToken>, Vec<usize>)> = Vec::with_capacity(inputs);
+        for (i, p) in prompts.into_iter().enumerate() {
+            match out.iter_mut().find(|(q, _)| deterministic && *q == p) {
+                Some((_, same)) => same.push(i),
+                None => out.push((p, vec![i])),
+            }
+        }
+        Self {
+            prompts: out,
+            inputs,
+        }
+    }
+
+    /// Sequences to decode.
+    pub(crate) fn decoded(&self) -> usize {
+        self.prompts.len()
+    }
 }
 
 /// A request served by a call: its own, or one that joined.
@@ -137,10 +173,7 @@ impl GgmlModel {
 impl GgmlModel {
     /// Validate and tokenize `req`: its prompts and the KV cells it needs (prompt plus
     /// max tokens per input, capped by the context length).
-    pub(crate) fn prepare(
-        &self,
-        req: &GenerateRequest,
-    ) -> Result<(Vec<Vec<LlamaToken>>, usize), PluginError> {
+    pub(crate) fn prepare(&self, req: &GenerateRequest) -> Result<(Plan, usize), PluginError> {
         // The host checked the request where it entered (`engine::request::Generate`);
         // what is left needs this model's facts (its context).
         let ctx_train = self.model.n_ctx_train() as usize;
@@ -153,18 +186,20 @@ impl GgmlModel {
         if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx_train) {
             return Err(err(ErrorKind::CONTEXT_LENGTH, &self.id, msg));
         }
-        let need = prompts
+        let plan = Plan::new(prompts, req.sampling.temperature <= 0.0);
+        let need = plan
+            .prompts
             .iter()
-            .map(|p| (p.len() + req.max_tokens as usize).min(ctx_train))
+            .map(|(p, _)| (p.len() + req.max_tokens as usize).min(ctx_train))
             .sum();
-        Ok((prompts, need))
+        Ok((plan, need))
     }
 
     /// The sequences of `req` (group `group`, indices from `base`, slots taken from `free`).
     pub(crate) fn sequences(
         &self,
         req: &GenerateRequest,
-        prompts: Vec<Vec<LlamaToken>>,
+        plan: Plan,
         group: usize,
         base: u32,
         free: &mut Vec<i32>,
@@ -172,13 +207,14 @@ impl GgmlModel {
     ) -> Vec<Seq> {
         let ctx_train = self.model.n_ctx_train() as usize;
         let n_vocab = self.model.n_vocab();
-        prompts
+        plan.prompts
             .into_iter()
-            .enumerate()
-            .map(|(i, prompt)| {
+            .map(|(prompt, same)| {
+                let i = same[0];
                 let mut sampler = sampler(req, n_vocab, i as u64, seed);
                 sampler.accept_many(prompt.iter());
                 Seq {
+                    followers: same[1..].iter().map(|&j| base + j as u32).collect(),
                     index: base + i as u32,
                     group,
                     slot: free.pop().expect("the caller checked for free slots"),
@@ -196,12 +232,14 @@ impl GgmlModel {
     }
 
     /// The persistent context, (re)created when it has fewer than `cells` KV cells or
-    /// `seqs` sequence ids; its KV cache cleared.
+    /// `seqs` sequence ids (with room to spare for joining requests, up to `most` cells);
+    /// its KV cache cleared.
     pub(crate) fn context<'a>(
         &self,
         slot: &'a mut Option<Ctx>,
         cells: usize,
         seqs: usize,
+        most: usize,
     ) -> Result<&'a mut Ctx, PluginError> {
         if slot
             .as_ref()
@@ -210,7 +248,7 @@ impl GgmlModel {
             *slot = None; // free the old KV cache first
         }
         if slot.is_none() {
-            let cells = cells.max(MIN_KV_CELLS).div_ceil(256) * 256;
+            let cells = (cells.max(MIN_KV_CELLS).div_ceil(256) * 256).min(most.max(cells));
             let seqs = seqs.max(MAX_SEQS);
             let params = LlamaContextParams::default()
                 .with_n_ctx(NonZeroU32::new(cells as u32))
@@ -239,20 +277,41 @@ impl GgmlModel {
 }
 
 impl GgmlModel {
+    /// Serve `req` and the requests that join it, on the persistent context. A context
+    /// grown past its working size for this batch is freed when the batch ends (its
+    /// memory goes back), whatever the outcome.
     pub(crate) fn run(
         &self,
+        req: &GenerateRequest,
+        sink: &mut dyn Sink,
+    ) -> Result<GenerateResponse, PluginError> {
+        let mut guard = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.run_on(&mut guard, req, sink);
+        if guard.as_ref().is_some_and(|c| c.cells > MIN_KV_CELLS) {
+            *guard = None;
+        }
+        result
+    }
+
+    fn run_on(
+        &self,
+        slot: &mut Option<Ctx>,
         req: &GenerateRequest,
         sink: &mut dyn Sink,
     ) -> Result<GenerateResponse, PluginError> {
         let started = Instant::now();
         let seed = started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
         let ctx_train = self.model.n_ctx_train() as usize;
-        let (prompts, need) = self.prepare(req)?;
-        let own = prompts.len();
-        let mut guard = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        let ctx = self.context(&mut guard, need, own)?;
+        let (plan, need) = self.prepare(req)?;
+        let (own, decoded) = (plan.inputs, plan.decoded());
+        // The host's budget for this model's KV cache bounds the context to allocate.
+        let budget = textgen::KvBudget::of(req.options.as_str(), self.kv_cell_bytes);
+        budget
+            .check(need, decoded)
+            .map_err(|m| err(ErrorKind::RESOURCE_EXHAUSTED, &self.id, m))?;
+        let ctx = self.context(slot, need, decoded, budget.max_tokens())?;
         let mut free: Vec<i32> = (0..ctx.seqs as i32).rev().collect();
-        let mut live = self.sequences(req, prompts, 0, 0, &mut free, seed);
+        let mut live = self.sequences(req, plan, 0, 0, &mut free, seed);
         let mut cells_free = ctx.cells - need;
         let ctx = &mut ctx.ctx;
         let stops_of = |r: &GenerateRequest| -> Vec<String> {
@@ -281,24 +340,25 @@ impl GgmlModel {
                     break;
                 };
                 let group = groups.len();
-                let admitted = self.prepare(&joined).and_then(|(prompts, need)| {
-                    if prompts.len() > free.len() || need > cells_free {
+                let admitted = self.prepare(&joined).and_then(|(plan, need)| {
+                    if plan.decoded() > free.len() || need > cells_free {
                         return Err(err(
                             ErrorKind::RESOURCE_EXHAUSTED,
                             &self.id,
                             format!(
                                 "no room in the running batch: needs {} sequence(s) and {need} KV cells; {} and {cells_free} free",
-                                prompts.len(),
+                                plan.decoded(),
                                 free.len()
                             ),
                         ));
                     }
                     cells_free -= need;
-                    Ok(self.sequences(&joined, prompts, group, next_index, &mut free, seed))
+                    let inputs = plan.inputs as u32;
+                    Ok((inputs, self.sequences(&joined, plan, group, next_index, &mut free, seed)))
                 });
                 match admitted {
-                    Ok(seqs) => {
-                        next_index += seqs.len() as u32;
+                    Ok((inputs, seqs)) => {
+                        next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {
                             stops: stops_of(&joined),
@@ -381,8 +441,17 @@ impl GgmlModel {
                     last,
                     &g.stops,
                 );
-                if g.req.stream && sink.event(&ev) == StreamControl::Stop {
-                    stop_groups.push(seq.group);
+                if g.req.stream {
+                    let mut stop = sink.event(&ev) == StreamControl::Stop;
+                    for &f in &seq.followers {
+                        stop |= sink.event(&StreamEvent {
+                            index: f,
+                            ..ev.clone()
+                        }) == StreamControl::Stop;
+                    }
+                    if stop {
+                        stop_groups.push(seq.group);
+                    }
                 }
             }
             if first_token_at.is_none()
@@ -398,14 +467,16 @@ impl GgmlModel {
             for seq in live.iter_mut() {
                 if stop_groups.contains(&seq.group) && seq.out.running() {
                     seq.out.finish = FinishReason::CANCELLED;
-                    let ev = StreamEvent {
-                        index: seq.index,
-                        token: seq.out.tokens.last().copied().unwrap_or(0),
-                        text: "".into(),
-                        logprob: 0.0,
-                        finish: FinishReason::CANCELLED,
-                    };
-                    let _ = sink.event(&ev);
+                    for index in std::iter::once(seq.index).chain(seq.followers.iter().copied()) {
+                        let ev = StreamEvent {
+                            index,
+                            token: seq.out.tokens.last().copied().unwrap_or(0),
+                            text: "".into(),
+                            logprob: 0.0,
+                            finish: FinishReason::CANCELLED,
+                        };
+                        let _ = sink.event(&ev);
+                    }
                 }
             }
             // Retire finished sequences: report them, free their slot and KV cells.
@@ -416,7 +487,11 @@ impl GgmlModel {
                     continue;
                 }
                 let seq = live.swap_remove(i);
-                sink.finished(seq.index, &seq.out.output());
+                let output = seq.out.output();
+                sink.finished(seq.index, &output);
+                for &f in &seq.followers {
+                    sink.finished(f, &output);
+                }
                 let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
                 free.push(seq.slot);
                 cells_free += seq.cells;
@@ -436,13 +511,19 @@ impl GgmlModel {
             first_token,
             done: done_at,
         };
-        done.sort_by_key(|s| s.index);
+        // Every input's output, followers' copied from the sequence they followed.
+        let mut outs: Vec<(u32, SeqOutput)> = Vec::with_capacity(own);
+        for s in done {
+            outs.extend(s.followers.iter().map(|&f| (f, s.out.clone())));
+            outs.push((s.index, s.out));
+        }
+        outs.sort_by_key(|(i, _)| *i);
         let stats = textgen::stats(
-            &done.iter().map(|s| &s.out).collect::<Vec<_>>(),
+            &outs.iter().map(|(_, o)| o).collect::<Vec<_>>(),
             &timings,
             peak_rss(),
         );
-        let outputs = done.into_iter().map(|s| s.out.into_output()).collect();
+        let outputs = outs.into_iter().map(|(_, o)| o.into_output()).collect();
         Ok(GenerateResponse { outputs, stats })
     }
 }

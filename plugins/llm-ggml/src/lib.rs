@@ -289,6 +289,11 @@ impl GgmlModel {
                 }
             }
         }
+        // KV-cache bytes per cell (a token of one sequence), as the estimate counts them.
+        let (num, den) = settings.kv_bytes_per_element();
+        let kv_cell_bytes = model_facts::facts(&file)
+            .map(|f| (2 * f.layers * f.kv_heads * f.head_dim * num).div_ceil(den))
+            .unwrap_or(0);
         let template = model.meta_val_str("tokenizer.chat_template").ok();
         let arch = model
             .meta_val_str("general.architecture")
@@ -307,6 +312,7 @@ impl GgmlModel {
             add_bos,
             extra_eos,
             settings,
+            kv_cell_bytes,
             ctx: Mutex::new(None),
             model: Box::new(model),
         })
@@ -332,6 +338,8 @@ struct GgmlModel {
     add_bos: bool,
     extra_eos: Vec<LlamaToken>,
     settings: Settings,
+    /// KV-cache bytes of one token of one sequence.
+    kv_cell_bytes: u64,
     /// Declared before `model`, which it borrows: dropped first.
     ctx: Mutex<Option<Ctx>>,
     /// Boxed so its address is stable for the context's borrow.

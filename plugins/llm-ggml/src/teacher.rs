@@ -50,7 +50,7 @@ impl Scorer {
         }
         let first = prompt.len() - 1;
         let mut guard = m.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        let ctx = &mut m.context(&mut guard, tokens.len(), 1)?.ctx;
+        let ctx = &mut m.context(&mut guard, tokens.len(), 1, usize::MAX)?.ctx;
         let mut batch = LlamaBatch::new(PREFILL_CHUNK, 1);
         let mut rows = Vec::with_capacity(continuation.len());
         for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {

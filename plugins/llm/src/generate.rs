@@ -117,6 +117,13 @@ pub fn generate(
     if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx) {
         return Err(LlmError::ContextLength(msg));
     }
+    // The batch is left-padded to its longest prompt, and each row's cache grows to
+    // that plus max_tokens (capped by the context), in steps of 256.
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let per_seq = (longest + req.max_tokens as usize).min(ctx).div_ceil(256) * 256;
+    textgen::KvBudget::of(req.options.as_str(), lm.kv_token_bytes)
+        .check(per_seq.saturating_mul(prompts.len()), prompts.len())
+        .map_err(LlmError::OverBudget)?;
     let _ = mlx_rs::memory::reset_peak_memory();
     let stops: Vec<String> = req
         .stop
@@ -126,7 +133,6 @@ pub fn generate(
         .collect();
     let fallback_seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
     let b = prompts.len();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let mut seqs: Vec<Seq> = prompts
         .iter()

@@ -156,6 +156,15 @@ impl Plugin for LlmPlugin {
             }));
         }
         let mut loaded = loader::load(path, opts).map_err(ctx)?;
+        // As the estimate counts it: keys and values of every layer, in the load dtype.
+        let elt = if opts.dtype == mlx_rs::Dtype::Float32 {
+            4
+        } else {
+            2
+        };
+        loaded.kv_token_bytes = model_facts::facts(path)
+            .map(|f| 2 * f.layers * f.kv_heads * f.head_dim * elt)
+            .unwrap_or(0);
         let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();
         loaded.tokenizer.add_eos_tokens(&extra).map_err(ctx)?;
         Ok(Box::new(LlmModel {

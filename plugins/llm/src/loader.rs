@@ -24,6 +24,8 @@ pub struct Loaded {
     pub tokenizer: TextTokenizer,
     pub model_type: String,
     pub dtype: Dtype,
+    /// KV-cache bytes of one token of one sequence (0 when the files do not say).
+    pub kv_token_bytes: u64,
 }
 
 /// Options that decide how weights are materialised.
@@ -193,5 +195,6 @@ fn finish(
         tokenizer,
         model_type,
         dtype: opts.dtype,
+        kv_token_bytes: 0,
     })
 }
