@@ -248,6 +248,44 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[test]
+fn a_client_that_never_finishes_its_body_gets_408() {
+    // Only headers were timed: a client that sent its headers and then part of its body
+    // held the connection (and a server task) for ever.
+    use std::io::{Read, Write};
+    let server = Server::start(&["--body-timeout", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"input\": \"",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no answer after {:?}: {e}", started.elapsed()),
+        }
+        if text.windows(4).any(|w| w == b"\r\n\r\n") && text.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("--body-timeout"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn api_key_guards_every_endpoint_but_health() {
     let key = "sk-test-0123456789";
     let server = Server::start(&["--api-key", key]);
@@ -319,6 +357,14 @@ fn a_model_over_the_budget_is_refused_and_nothing_is_loaded() {
     let server = Server::start(&["--memory-budget", "200MB"]);
     let r = scenario(&server, "over_budget", &[], &[]);
     eprintln!("over budget: {r}");
+}
+
+#[test]
+fn a_request_kv_cache_counts_against_the_budget_and_is_given_back() {
+    let server = Server::start(&["--memory-budget", "300MB", "--preload", "default"]);
+    let pid = server.pid().to_string();
+    let r = scenario(&server, "kv_budget", &[&pid], &[]);
+    eprintln!("kv_budget: {r}");
 }
 
 #[test]

@@ -437,6 +437,53 @@ def scenario_over_budget():
     print(json.dumps({"message": msg}))
 
 
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def scenario_kv_budget():
+    """A request's KV cache counts against --memory-budget, and is given back after it."""
+    pid = int(ARGS[0])
+    hi = [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model=LLM, messages=hi, max_tokens=4)
+    assert r.choices[0].message.content is not None
+    base = rss_mb(pid)
+    # 8 × (prompt + 100000), capped by the 8192-token context: ~1.5 GB of KV cache under a
+    # 300 MB budget (it used to be taken, and kept).
+    status, _, body = http("POST", "/v1/chat/completions", {"model": LLM, "messages": hi, "n": 8, "max_tokens": 100000})
+    assert status == 503, (status, body)
+    msg = body["error"]["message"]
+    assert "KV cache" in msg and "8 sequence(s)" in msg and "--memory-budget" in msg, msg
+    assert rss_mb(pid) < base + 50, (base, rss_mb(pid))
+    # One that fits but needs more than the working context: 6000 tokens take a context of
+    # 6144 cells instead of the working 4096, ~23 KB of f16 cache each for SmolLM2 (30
+    # layers x 2 x 3 KV heads x 64 x 2 bytes), zeroed at allocation and so resident:
+    # ~47 MB more while it runs. A context over the working size is freed when its batch
+    # ends (it used to be kept): after, the process holds no context at all, ~94 MB less
+    # than at `base` (which held the working one).
+    stream = client.chat.completions.create(model=LLM, messages=hi, max_tokens=6000, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 2:
+            during = rss_mb(pid)
+            break
+    stream.close()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        after = rss_mb(pid)
+        if after < base - 60:
+            break
+        time.sleep(0.1)
+    assert during > base + 30 and after < base - 60, (base, during, after)
+    # And ordinary requests are served as before.
+    r = client.chat.completions.create(model=LLM, messages=hi, max_tokens=4)
+    assert r.choices[0].message.content is not None
+    print(json.dumps({"rss_mb": {"base": base, "during": during, "after": after}, "message": msg}))
+
+
 def scenario_embed_limits():
     """Embeddings are bounded like generation: --max-queue in flight, --request-timeout."""
     big = {"model": "all-minilm-l6-v2", "input": ["word " * 200] * 2048}
@@ -459,7 +506,32 @@ def scenario_embed_limits():
     took = time.time() - t0
     assert status == 408 and body["error"]["code"] == "timeout", (status, body)
     assert took < 30, took
-    print(json.dumps({"timeout_after_s": took}))
+    # The timed-out work stops at its next chunk of texts (the slot used to stay taken
+    # until all 2048 were embedded, a minute and more here).
+    freed = wait_for_slot()
+    # So does the work of a client that disconnects.
+    t0 = time.time()
+    try:
+        urllib.request.urlopen(urllib.request.Request(BASE + "/v1/embeddings", data=json.dumps(big).encode(),
+                               headers={"content-type": "application/json"}), timeout=1.5)
+    except Exception:
+        pass
+    left_at = time.time() - t0
+    freed_after_disconnect = wait_for_slot()
+    print(json.dumps({"timeout_after_s": took, "slot_freed_after_timeout_s": freed,
+                      "left_after_s": left_at, "slot_freed_after_disconnect_s": freed_after_disconnect}))
+
+
+def wait_for_slot():
+    """Seconds until a small embedding request is served (not 429), at most 25."""
+    t0 = time.time()
+    while time.time() - t0 < 25:
+        status, _, body = http("POST", "/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi"})
+        if status == 200:
+            return time.time() - t0
+        assert status == 429, (status, body)
+        time.sleep(0.2)
+    raise AssertionError("the slot was still taken 25 s later")
 
 
 def scenario_shutdown():

@@ -20,7 +20,10 @@ use plugin_api::{
 use serde_json::{json, Value};
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
 };
 
 pub(crate) async fn embeddings(
@@ -62,15 +65,18 @@ pub(crate) async fn embeddings(
         // The engine's rules (count, empty texts); its `texts` is the API's `input`.
         .map_err(|e| ApiError::invalid(&e.field.replacen("texts", "input", 1), e.message))?;
         // Bounded like generation: at most --max-queue requests in flight per model, each
-        // answered within --request-timeout. A plugin call cannot be cut short, so the
-        // slot stays taken until the call really ends, even after a timeout.
+        // answered within --request-timeout. The slot stays taken until the work really
+        // ends: at most one more chunk of texts after a timeout or a disconnect.
         let slot = st.embed_slots.take(&model, st.opts.max_queue).inspect_err(|_| {
             st.metrics.rejected("queue_full");
         })?;
-        let (engine, id) = (st.engine.clone(), model.clone());
+        // A client that leaves (this future is dropped) or a request past its time limit
+        // stops the work before its next chunk of texts.
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let (engine, id, cancelled) = (st.engine.clone(), model.clone(), cancel.0.clone());
         let work = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            engine.embed(&id, &ereq)
+            engine.embed_until(&id, &ereq, &|| cancelled.load(Ordering::Relaxed))
         });
         let resp = tokio::time::timeout(st.opts.request_timeout, work)
             .await
@@ -111,6 +117,15 @@ pub(crate) async fn embeddings(
     }
     .await;
     labelled(&model, r)
+}
+
+/// Sets its flag when dropped: when the handler ends, however it ends.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Embedding requests in flight, per model.

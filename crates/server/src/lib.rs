@@ -64,6 +64,9 @@ pub struct ServeOptions {
     pub default_max_tokens: u32,
     /// How long a connection may take to send a request's headers before it is closed.
     pub header_timeout: Duration,
+    /// How long a client may take to send a request's body once its headers are in
+    /// (408 after that).
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +83,7 @@ impl Default for ServeOptions {
             shutdown_timeout: Duration::from_secs(10),
             default_max_tokens: 256,
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -3,12 +3,16 @@
 
 use crate::{openai::ApiError, ModelLabel, St};
 use axum::{
+    body::{Body, Bytes},
     extract::{rejection::BytesRejection, MatchedPath, Request, State},
     http::{header, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 use tracing::Instrument;
 /// Request id, auth, shutdown gate, metrics and the request log, around every handler.
 pub(crate) async fn around(State(st): State<St>, mut req: Request, next: Next) -> Response {
@@ -46,7 +50,17 @@ pub(crate) async fn around(State(st): State<St>, mut req: Request, next: Next) -
             return ApiError::unavailable("the server is shutting down").into_response();
         }
         req.extensions_mut().insert(id.clone());
-        next.run(req).await
+        // The whole body, within --body-timeout: hyper times only the headers, and a
+        // client dribbling its body would hold the connection and its task for ever.
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, st.opts.max_body, st.opts.body_timeout).await {
+            Ok(b) => b,
+            Err(e) => {
+                st.metrics.rejected("body");
+                return e.into_response();
+            }
+        };
+        next.run(Request::from_parts(parts, Body::from(body))).await
     }
     .instrument(span.clone())
     .await;
@@ -68,6 +82,38 @@ pub(crate) async fn around(State(st): State<St>, mut req: Request, next: Next) -
         )
     });
     resp
+}
+
+/// A request body read whole: at most `max` bytes (413 past that), within `timeout` (408).
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::invalid("", format!("request body: {e}")))?;
+            if buf.len() + chunk.len() > max {
+                let mut e = ApiError::invalid(
+                    "",
+                    format!("request body: larger than the {max} bytes this server takes (--max-body-mb)"),
+                );
+                e.status = StatusCode::PAYLOAD_TOO_LARGE;
+                return Err(e);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            let mut e = ApiError::timeout();
+            e.message = format!(
+                "the request body did not arrive within {} s (--body-timeout)",
+                timeout.as_secs_f64()
+            );
+            Err(e)
+        })
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

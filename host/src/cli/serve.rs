@@ -41,6 +41,9 @@ pub(crate) struct ServeArgs {
     /// Seconds a connection may take to send a request's headers before it is closed.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout: u64,
+    /// Seconds a client may take to send a request's body (408 after that).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) body_timeout: u64,
     /// max_tokens for requests that set none.
     #[arg(long, default_value_t = 256)]
     pub(crate) default_max_tokens: u32,
@@ -61,6 +64,7 @@ pub(crate) fn cmd_serve(engine: Engine, a: &ServeArgs) -> Result<()> {
             shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
             default_max_tokens: a.default_max_tokens,
             header_timeout: Duration::from_secs(a.header_timeout),
+            body_timeout: Duration::from_secs(a.body_timeout),
         },
     )
 }
