@@ -103,10 +103,7 @@ impl Encoder {
         if !tok_path.is_file() {
             return Err(EmbedError::MissingFile(tok_path));
         }
-        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| EmbedError::Tokenizer {
-            file: tok_path.clone(),
-            msg: e.to_string(),
-        })?;
+        let mut tokenizer = mlx_common::tokens::load(&tok_path)?;
         mlx_common::tokens::check_ids(&tokenizer, config.vocab_size as usize, &tok_path)?;
         // Padding and truncation are ours (batching, model limits), not tokenizer.json's.
         tokenizer.with_padding(None);

@@ -39,10 +39,7 @@ impl TextTokenizer {
         if !tok_path.is_file() {
             return Err(LlmError::MissingFile(tok_path));
         }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| LlmError::Tokenizer {
-            file: tok_path.clone(),
-            msg: e.to_string(),
-        })?;
+        let tokenizer = mlx_common::tokens::load(&tok_path)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = if cfg_path.is_file() {
             let text =
