@@ -344,3 +344,51 @@ fn a_gguf_llama_cpp_refuses_says_why() {
         "{err}"
     );
 }
+
+#[test]
+fn an_isolated_provider_answers_as_the_in_process_one() {
+    // The same greedy generation (streamed to the terminal, through the pipe's event
+    // frames) and the same embedding, with the plugins in child processes.
+    let home = tempfile::tempdir().unwrap();
+    let ask = [
+        "generate",
+        "--json",
+        "--max-tokens",
+        "24",
+        "--chat",
+        "Name three colours.",
+    ];
+    let inproc: serde_json::Value = serde_json::from_str(&stdout(&run(home.path(), &ask))).unwrap();
+    let mut args = vec!["--isolate", "llm_ggml,embed"];
+    args.extend(ask);
+    let o = run(home.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let isolated: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(isolated["token_ids"], inproc["token_ids"]);
+    assert_eq!(isolated["text"], inproc["text"]);
+    let emb = [
+        "embed",
+        "--model",
+        "all-minilm-l6-v2",
+        "--json",
+        "isolated or not",
+    ];
+    let a = stdout(&run(home.path(), &emb));
+    let mut args = vec!["--isolate", "all"];
+    args.extend(emb);
+    let b = run(home.path(), &args);
+    assert!(b.status.success(), "{}", stderr(&b));
+    // (Its `memory` figures are this process's: the model's memory is the child's.)
+    let vectors =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["embeddings"].clone();
+    assert_eq!(vectors(&stdout(&b)), vectors(&a));
+    let o = run(home.path(), &["--isolate", "llm_ggml", "plugins", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ggml = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ggml-llm")
+        .unwrap();
+    assert_eq!(ggml["isolated"], true, "{v}");
+}

@@ -54,7 +54,7 @@ fn interface_copy(dir: &Path, version: &str, edit: impl Fn(String) -> String) {
         dst.join("Cargo.toml"),
         format!(
             "[package]\nname = \"mlxengine-plugin-api\"\nversion = \"{version}\"\nedition = \"2021\"\n\n\
-             [lib]\nname = \"plugin_api\"\n\n[dependencies]\nabi_stable = \"=0.11.3\"\n"
+             [lib]\nname = \"plugin_api\"\n\n[dependencies]\nabi_stable = \"=0.11.3\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\n"
         ),
     )
     .unwrap();
@@ -189,11 +189,11 @@ fn a_plugin_of_an_older_api_2_minor_loads_and_lacks_only_what_it_lacks() {
     let plugin = load_library(&lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
     assert_eq!(plugin.descriptor.name.as_str(), "old-minor");
     assert!(
-        plugin.module.estimate().is_none(),
+        plugin.library().unwrap().estimate().is_none(),
         "absent field reads as None"
     );
     assert!(
-        plugin.module.convert().is_none(),
+        plugin.library().unwrap().convert().is_none(),
         "absent field reads as None"
     );
 
@@ -213,7 +213,9 @@ fn a_plugin_of_an_older_api_2_minor_loads_and_lacks_only_what_it_lacks() {
         device: DeviceInfo::default(),
         memory_budget: 0,
     };
-    let model = (plugin.module.load_model())(&req).into_result().unwrap();
+    let model = (plugin.library().unwrap().load_model())(&req)
+        .into_result()
+        .unwrap();
     assert_eq!(model.info().architecture.as_str(), "old-arch");
     // A method its vtable lacks runs the trait's default: UNSUPPORTED, no crash.
     let e = model

@@ -99,7 +99,7 @@ fn real_embed_plugin_through_the_abi() {
         .expect("embed plugin loads")
         .clone();
     assert_eq!(p.descriptor.name.as_str(), "mlx-embed");
-    assert_eq!(p.module.api_version(), plugin_api::API_VERSION);
+    assert_eq!(p.api_version(), plugin_api::API_VERSION);
     assert!(p.descriptor.kinds.contains(&ModelKind::EMBED));
     assert!(p
         .descriptor
@@ -198,6 +198,73 @@ fn a_panicking_plugin_returns_an_error_and_the_host_keeps_working() {
             .dim,
         384
     );
+}
+
+#[test]
+fn an_isolated_plugin_that_crashes_fails_the_call_and_is_started_again() {
+    // In process, the segfault below would end this test binary: isolated, it is one
+    // call's error, the child is started again, and the model reloads in it.
+    std::env::set_var("MLXENGINE_WORKER_EXE", env!("CARGO_BIN_EXE_mlxengine"));
+    let dir = mixed_dir();
+    let mut set = PluginSet::default();
+    let lib = |alias: &str| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(alias))
+            .unwrap()
+    };
+    let p = set
+        .load_isolated(&lib("panicky"))
+        .expect("the isolated plugin starts");
+    assert!(p.isolated());
+    assert_eq!(p.descriptor.name.as_str(), "test-panicky");
+    assert!(set.load(&lib("embed")).is_some(), "{:?}", set.failures);
+    let engine = Engine::new(Registry::new(), set);
+    let boom = tempfile::tempdir().unwrap();
+    engine
+        .add_model(ModelEntry::new(
+            "boom",
+            ModelKind::EMBED,
+            "panic-test",
+            Source::Path(boom.path().into()),
+        ))
+        .unwrap();
+    for round in 0..2 {
+        let e = engine
+            .embed("boom", &util::emb(texts(&["segfault"])))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("signal 11 (SIGSEGV)") && e.contains("started again"),
+            "round {round}: {e}"
+        );
+        // The next call runs in a new child, with the model loaded again: the panic
+        // path answers as it does in process.
+        match engine.embed("boom", &util::emb(texts(&["hi"]))) {
+            Err(HostError::Plugin { error, .. }) => {
+                assert_eq!(error.kind, ErrorKind::PANIC, "{error}");
+                assert!(
+                    error.message.contains("deliberate panic in embed"),
+                    "{error}"
+                );
+            }
+            other => panic!("expected a panic error, got {:?}", other.map(|r| r.dim)),
+        }
+    }
+    // The in-process plugin beside it serves as before.
+    engine
+        .add_model(ModelEntry::new(
+            "minilm",
+            ModelKind::EMBED,
+            "bert",
+            Source::Path(util::minilm_dir()),
+        ))
+        .unwrap();
+    let v = engine
+        .embed("minilm", &util::emb(texts(&["still alive"])))
+        .unwrap();
+    assert_eq!(v.dim, 384);
 }
 
 #[test]

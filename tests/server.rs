@@ -307,6 +307,16 @@ fn sixteen_concurrent_streams_batch_and_finish() {
 }
 
 #[test]
+fn an_isolated_provider_batches_sixteen_streams() {
+    // Continuous batching through the pipe: joins (poll_join), events and finished
+    // sequences all cross it, for 16 concurrent streams.
+    let server = Server::start(&["--preload", "default", "--isolate", "llm_ggml"]);
+    let r = scenario(&server, "concurrency", &["8"], &[]);
+    eprintln!("isolated concurrency: {r}");
+    assert_eq!(r["clients"], 16);
+}
+
+#[test]
 fn disconnect_frees_the_slot() {
     let server = Server::start(&["--preload", "default"]);
     scenario(&server, "disconnect", &[], &[]);

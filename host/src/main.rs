@@ -42,12 +42,26 @@ struct Cli {
         value_name = "SIZE"
     )]
     memory_budget: Option<String>,
+    /// Run this plugin library in a child process of its own (repeatable; its file name
+    /// without `libmlxengine_` and the suffix, e.g. `llm_ggml`, or `all`): a crash in it
+    /// fails the call it happened in instead of the whole host.
+    #[arg(
+        long = "isolate",
+        global = true,
+        env = "MLXENGINE_ISOLATE",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    isolate: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// (Internal) serve one plugin library's calls on stdin/stdout for `--isolate`.
+    #[command(hide = true)]
+    PluginWorker { library: PathBuf },
     /// List plugins: loaded ones with kinds, features and API version, and load errors.
     Plugins {
         #[arg(long)]
@@ -163,7 +177,8 @@ fn main() -> ExitCode {
 
 fn engine(cli: &Cli) -> Result<Engine> {
     let registry = load_registry(&cli.registries)?;
-    let plugins = PluginSet::discover(&plugins::search_dirs(&cli.plugin_dirs));
+    let plugins =
+        PluginSet::discover_isolating(&plugins::search_dirs(&cli.plugin_dirs), &cli.isolate);
     let engine = Engine::new(registry, plugins);
     if let Some(b) = &cli.memory_budget {
         let bytes =
@@ -175,6 +190,9 @@ fn engine(cli: &Cli) -> Result<Engine> {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
+        Command::PluginWorker { library } => {
+            std::process::exit(engine::isolate::worker_main(library))
+        }
         Command::Plugins { json } => cli::plugins::cmd_plugins(&engine(&cli)?, *json),
         Command::Models { kind, json } => {
             cli::models::cmd_models(&engine(&cli)?, kind.as_deref(), *json)

@@ -7,7 +7,9 @@ use abi_stable::{
 
 /// How token vectors become one vector per text. An open set of codes.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(
+    StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default,
+)]
 pub struct Pooling(pub u8);
 
 impl Pooling {
@@ -41,7 +43,7 @@ impl Pooling {
 
 /// Embed a batch of texts.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct EmbedRequest {
     /// Texts to embed (at least one).
     pub texts: RVec<RString>,
@@ -57,7 +59,7 @@ pub struct EmbedRequest {
 
 /// Embeddings, row-major: text `i` is `data[i * dim .. (i + 1) * dim]`.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct EmbedResponse {
     /// Vector size.
     pub dim: u32,

@@ -3,7 +3,7 @@ use std::fmt;
 
 /// What went wrong, as an open set of codes (unknown codes from newer plugins are kept).
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ErrorKind(pub u8);
 
 impl ErrorKind {
@@ -60,7 +60,7 @@ impl fmt::Debug for ErrorKind {
 
 /// The error every ABI call can return: a kind and a human-readable message.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct PluginError {
     /// Category, for the host to map to exit codes and HTTP statuses.
     pub kind: ErrorKind,

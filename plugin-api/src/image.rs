@@ -7,7 +7,7 @@ use abi_stable::{
 
 /// Generate images from a prompt.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct ImageRequest {
     /// What to draw.
     pub prompt: RString,
@@ -40,7 +40,7 @@ pub struct ImageRequest {
 
 /// Generated images.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct ImageResponse {
     /// PNG files.
     pub images: RVec<RVec<u8>>,

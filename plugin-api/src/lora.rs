@@ -7,7 +7,9 @@ use abi_stable::{
 
 /// What to do with an adapter. An open set of codes.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(
+    StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default,
+)]
 pub struct AdapterOp(pub u8);
 
 impl AdapterOp {
@@ -23,7 +25,7 @@ impl AdapterOp {
 
 /// An adapter operation.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct AdapterRequest {
     /// Operation.
     pub op: AdapterOp,
@@ -39,7 +41,7 @@ pub struct AdapterRequest {
 
 /// State after the operation.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct AdapterResponse {
     /// Adapters loaded now.
     pub loaded: RVec<RString>,

@@ -11,7 +11,7 @@ use abi_stable::{
 
 /// One progress report.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct ProgressEvent {
     /// What is running, one word or a short phrase (`"denoise"`, `"decode"`,
     /// `"quantize"`, `"write"`).

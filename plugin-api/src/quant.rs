@@ -4,7 +4,7 @@ use abi_stable::{std_types::RString, StableAbi};
 
 /// Quantize the model in `src` into a new directory `dst`.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct QuantizeRequest {
     /// Source model directory.
     pub src: RString,
@@ -22,7 +22,7 @@ pub struct QuantizeRequest {
 
 /// What was written.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct QuantizeReport {
     /// Destination directory.
     pub dst: RString,

@@ -10,7 +10,9 @@ use abi_stable::{
 
 /// What a [`ContentPart`] holds. An open set of codes.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(
+    StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default,
+)]
 pub struct PartKind(pub u8);
 
 impl PartKind {
@@ -35,7 +37,7 @@ impl PartKind {
 /// One part of a chat message, in the order the user wrote them (text and images may
 /// interleave).
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct ContentPart {
     /// What the part holds.
     pub kind: PartKind,
@@ -70,7 +72,7 @@ impl ContentPart {
 
 /// One chat message.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default, PartialEq)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct ChatMessage {
     /// `"system"`, `"user"`, `"assistant"`, `"tool"`.
     pub role: RString,
@@ -105,7 +107,7 @@ impl ChatMessage {
 /// One sequence to generate from: a raw prompt, or chat messages rendered with the
 /// model's chat template (used when `messages` is not empty).
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct TextInput {
     /// Raw prompt, used as-is (no template) when `messages` is empty.
     pub prompt: RString,
@@ -115,7 +117,7 @@ pub struct TextInput {
 
 /// Sampling parameters. `temperature == 0` is greedy.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 = greedy.
     pub temperature: f32,
@@ -152,7 +154,7 @@ impl Default for SamplingParams {
 
 /// A generation request: one or more inputs decoded together.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct GenerateRequest {
     /// Inputs; more than one is a batch (feature `batching`).
     pub inputs: RVec<TextInput>,
@@ -184,7 +186,9 @@ pub const KV_BUDGET_OPTION: &str = "kv_budget_bytes";
 
 /// Why a sequence ended. An open set of codes.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(
+    StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default,
+)]
 pub struct FinishReason(pub u8);
 
 impl FinishReason {
@@ -210,7 +214,7 @@ impl FinishReason {
 
 /// One streamed step of one sequence.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct StreamEvent {
     /// Which input of the request.
     pub index: u32,
@@ -226,7 +230,7 @@ pub struct StreamEvent {
 
 /// What the sink tells the plugin after each event.
 #[repr(u8)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum StreamControl {
     /// Keep generating.
     Continue,
@@ -271,7 +275,7 @@ pub type TokenSinkMut<'a> = TokenSink_TO<'a, RMut<'a, ()>>;
 
 /// Result for one input.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct GenerateOutput {
     /// Generated text (stop string excluded).
     pub text: RString,
@@ -287,7 +291,7 @@ pub struct GenerateOutput {
 
 /// Figures for the whole request.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct GenerationStats {
     /// Prompt tokens over all inputs.
     pub prompt_tokens: u64,
@@ -305,7 +309,7 @@ pub struct GenerationStats {
 
 /// Result of a generation request.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct GenerateResponse {
     /// One per input, in order.
     pub outputs: RVec<GenerateOutput>,

@@ -6,7 +6,18 @@ use std::fmt;
 
 /// A modality a plugin serves. An open set of codes: unknown ones are kept, not rejected.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    StableAbi,
+    serde::Serialize,
+    serde::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 pub struct ModelKind(pub u8);
 
 impl ModelKind {
@@ -69,7 +80,9 @@ impl fmt::Debug for ModelKind {
 
 /// Feature flags a plugin declares and a request can require. Bits are append-only.
 #[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    StableAbi, serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq, Hash, Default,
+)]
 pub struct Features(pub u64);
 
 impl Features {
@@ -155,7 +168,7 @@ impl fmt::Debug for Features {
 
 /// What a plugin is. Returned by the root module's `descriptor`.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct PluginDescriptor {
     /// Unique plugin name, e.g. `"mlx-embed"`.
     pub name: RString,
@@ -176,7 +189,7 @@ pub struct PluginDescriptor {
 
 /// Facts about the machine, measured by the host and passed to plugins.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct DeviceInfo {
     /// `std::env::consts::OS` (`"linux"`, `"macos"`).
     pub os: RString,
@@ -200,7 +213,7 @@ pub struct DeviceInfo {
 
 /// The model a request targets, resolved by the host from the registry.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ModelSpec {
     /// Registry id.
     pub id: RString,
@@ -226,7 +239,7 @@ pub struct ModelSpec {
 
 /// Input of the root module's `probe`.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ProbeRequest {
     /// This machine.
     pub device: DeviceInfo,
@@ -236,7 +249,7 @@ pub struct ProbeRequest {
 
 /// Output of `probe`: can the plugin run here, and how well.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Probe {
     /// 0 = cannot run; higher is better. Rough scale: 10 = portable CPU fallback,
     /// 50 = optimised CPU, 100 = GPU.
@@ -249,7 +262,7 @@ pub struct Probe {
 
 /// Input of the root module's `load_model`.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct LoadRequest {
     /// The model to load.
     pub model: ModelSpec,
@@ -263,7 +276,7 @@ pub struct LoadRequest {
 
 /// Facts about a loaded model.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ModelInfo {
     /// Registry id.
     pub id: RString,
@@ -287,7 +300,7 @@ pub struct ModelInfo {
 
 /// A compute accelerator the host found (a GPU), passed to plugins in [`DeviceInfo`].
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct Accelerator {
     /// Index among devices of its API (CUDA ordinal, Metal registry order).
     pub index: u32,
@@ -305,7 +318,7 @@ pub struct Accelerator {
 
 /// Input of the root module's `estimate`: what would loading this model cost?
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct EstimateRequest {
     /// The model (its files are local).
     pub model: ModelSpec,
@@ -324,7 +337,7 @@ pub struct EstimateRequest {
 /// Output of `estimate`: the memory a load would take and how the weights would be held.
 /// The host adds the parts and checks the sum against its budget; it knows no formulas.
 #[repr(C)]
-#[derive(StableAbi, Clone, Debug, Default)]
+#[derive(StableAbi, serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct MemoryEstimate {
     /// What the weights become when loaded (`"float32"`, `"Q4_1 (memory-mapped GGUF)"`).
     pub weights_as: RString,

@@ -144,10 +144,6 @@ impl Engine {
                 .map(|f| fit::Estimate::from_files(name, f, ctx, batch))
                 .map_err(|e| failed(e.clone()))
         };
-        let Some(estimate) = plugin.module.estimate() else {
-            let est = from_files(&facts)?;
-            return Ok((facts.ok(), est));
-        };
         let req = EstimateRequest {
             model: spec(entry, Some(path)),
             device: self.device.clone(),
@@ -155,7 +151,11 @@ impl Engine {
             batch: batch.clamp(1, u64::from(u32::MAX)) as u32,
             memory_available: available,
         };
-        let est = match estimate(&req).into_result() {
+        let Some(estimated) = plugin.estimate(&req) else {
+            let est = from_files(&facts)?;
+            return Ok((facts.ok(), est));
+        };
+        let est = match estimated.into_result() {
             Ok(m) => fit::Estimate::from_plugin(name, &m),
             Err(e) if e.kind == ErrorKind::UNSUPPORTED => from_files(&facts)?,
             Err(e) => return Err(failed(e.to_string())),

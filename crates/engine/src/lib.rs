@@ -11,6 +11,7 @@ mod admit;
 pub mod device;
 mod error;
 pub mod fit;
+pub mod isolate;
 mod load;
 pub mod paths;
 pub mod plugins;

@@ -219,7 +219,8 @@ impl Engine {
             memory_budget: self.memory_budget().saturating_sub(self.memory_in_use().0),
         };
         let started = Instant::now();
-        let model = (plugin.module.load_model())(&req)
+        let model = plugin
+            .load_model(&req)
             .into_result()
             .map_err(|error| HostError::Plugin {
                 id: id.to_owned(),

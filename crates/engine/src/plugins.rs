@@ -8,10 +8,16 @@
 //! `api_version`, panicking descriptor) is recorded with its error and skipped; the
 //! others keep working. Libraries are never unloaded.
 
-use plugin_api::{PluginDescriptor, PluginModRef};
+use crate::isolate::Worker;
+use abi_stable::std_types::RResult;
+use plugin_api::{
+    EstimateRequest, LoadRequest, MemoryEstimate, ModelBox, PluginDescriptor, PluginError,
+    PluginModRef, Probe, ProbeRequest,
+};
 use std::{
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// A loaded plugin library.
@@ -19,10 +25,69 @@ use std::{
 pub struct PluginHandle {
     /// The library file.
     pub path: PathBuf,
-    /// Its root module.
-    pub module: PluginModRef,
+    /// Where it runs.
+    pub(crate) runtime: Runtime,
     /// What it declared.
     pub descriptor: PluginDescriptor,
+}
+
+/// Where a plugin runs: loaded into this process, or in a child of its own
+/// ([`crate::isolate`]).
+#[derive(Clone)]
+pub(crate) enum Runtime {
+    Library(PluginModRef),
+    Isolated(Arc<Worker>),
+}
+
+impl PluginHandle {
+    /// Whether it runs in a child process of its own.
+    pub fn isolated(&self) -> bool {
+        matches!(self.runtime, Runtime::Isolated(_))
+    }
+
+    /// Its root module, when the library is loaded in this process.
+    pub fn library(&self) -> Option<PluginModRef> {
+        match &self.runtime {
+            Runtime::Library(m) => Some(*m),
+            Runtime::Isolated(_) => None,
+        }
+    }
+
+    /// The plugin API version it was built for (the host's, for an isolated plugin,
+    /// which the child checked when it loaded the library).
+    pub fn api_version(&self) -> u32 {
+        match &self.runtime {
+            Runtime::Library(m) => m.api_version(),
+            Runtime::Isolated(_) => plugin_api::API_VERSION,
+        }
+    }
+
+    /// The plugin's `probe`.
+    pub(crate) fn probe(&self, req: &ProbeRequest) -> RResult<Probe, PluginError> {
+        match &self.runtime {
+            Runtime::Library(m) => (m.probe())(req),
+            Runtime::Isolated(w) => w.probe(req),
+        }
+    }
+
+    /// The plugin's `estimate`; `None` when its library predates the entry.
+    pub(crate) fn estimate(
+        &self,
+        req: &EstimateRequest,
+    ) -> Option<RResult<MemoryEstimate, PluginError>> {
+        match &self.runtime {
+            Runtime::Library(m) => m.estimate().map(|f| f(req)),
+            Runtime::Isolated(w) => Some(w.estimate(req)),
+        }
+    }
+
+    /// The plugin's `load_model`.
+    pub(crate) fn load_model(&self, req: &LoadRequest) -> RResult<ModelBox, PluginError> {
+        match &self.runtime {
+            Runtime::Library(m) => (m.load_model())(req),
+            Runtime::Isolated(w) => w.load_model(req),
+        }
+    }
 }
 
 impl fmt::Debug for PluginHandle {
@@ -90,8 +155,22 @@ pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 impl PluginSet {
-    /// Discover and load the plugins in `dirs` (missing dirs are skipped).
+    /// Discover and load the plugins in `dirs` (missing dirs are skipped). Libraries
+    /// named in `MLXENGINE_ISOLATE` (comma-separated; `llm_ggml` for
+    /// `libmlxengine_llm_ggml.so`, or `all`) run out of process.
     pub fn discover(dirs: &[PathBuf]) -> Self {
+        let isolate: Vec<String> = std::env::var("MLXENGINE_ISOLATE")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Self::discover_isolating(dirs, &isolate)
+    }
+
+    /// [`discover`](Self::discover), running the libraries named in `isolate` out of
+    /// process.
+    pub fn discover_isolating(dirs: &[PathBuf], isolate: &[String]) -> Self {
         let (prefix, suffix) = library_pattern();
         let mut set = PluginSet {
             dirs: dirs.to_vec(),
@@ -112,7 +191,16 @@ impl PluginSet {
                 .collect();
             files.sort();
             for f in files {
-                set.load(&f);
+                let name = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(suffix))
+                    .unwrap_or_default();
+                if isolate.iter().any(|i| i == name || i == "all") {
+                    set.load_isolated(&f);
+                } else {
+                    set.load(&f);
+                }
             }
         }
         set
@@ -120,7 +208,23 @@ impl PluginSet {
 
     /// Load one library, recording success or failure. Returns the plugin on success.
     pub fn load(&mut self, path: &Path) -> Option<&PluginHandle> {
-        match load_library(path) {
+        let loaded = load_library(path);
+        self.add(path, loaded)
+    }
+
+    /// Start one library out of process ([`crate::isolate`]), recording success or
+    /// failure. Returns the plugin on success.
+    pub fn load_isolated(&mut self, path: &Path) -> Option<&PluginHandle> {
+        let loaded = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => crate::isolate::open(path),
+            Ok(_) => Err(format!("{}: not a regular file", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        };
+        self.add(path, loaded)
+    }
+
+    fn add(&mut self, path: &Path, loaded: Result<PluginHandle, String>) -> Option<&PluginHandle> {
+        match loaded {
             Ok(handle) => {
                 if let Some(prev) = self
                     .plugins
@@ -173,7 +277,7 @@ pub fn load_library(path: &Path) -> Result<PluginHandle, String> {
     let (module, descriptor) = plugin_sdk::loader::open(path)?;
     Ok(PluginHandle {
         path: path.to_owned(),
-        module,
+        runtime: Runtime::Library(module),
         descriptor,
     })
 }

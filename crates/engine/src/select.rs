@@ -204,11 +204,9 @@ fn probe(p: &PluginHandle, device: &DeviceInfo, model: Option<ModelSpec>) -> Pro
         device: device.clone(),
         model: ROption::from(model),
     };
-    (p.module.probe())(&req)
-        .into_result()
-        .unwrap_or_else(|e| Probe {
-            score: 0,
-            backend: RString::new(),
-            reason: format!("probe failed: {e}").into(),
-        })
+    p.probe(&req).into_result().unwrap_or_else(|e| Probe {
+        score: 0,
+        backend: RString::new(),
+        reason: format!("probe failed: {e}").into(),
+    })
 }

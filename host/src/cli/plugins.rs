@@ -18,7 +18,8 @@ pub(crate) fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
                 "version": d.version.as_str(),
                 "description": d.description.as_str(),
                 "path": p.path,
-                "api_version": p.module.api_version(),
+                "api_version": p.api_version(),
+                "isolated": p.isolated(),
                 "kinds": d.kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
                 "architectures": d.architectures.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
                 "formats": d.formats.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
@@ -59,7 +60,10 @@ pub(crate) fn cmd_plugins(engine: &Engine, as_json: bool) -> Result<()> {
             }
         );
         println!("  features:      {}", d.features.names().join(", "));
-        println!("  api version:   {}", p.module.api_version());
+        println!("  api version:   {}", p.api_version());
+        if p.isolated() {
+            println!("  runs:          in a child process (isolated)");
+        }
         println!("  library:       {}", p.path.display());
     }
     for f in &set.failures {

@@ -1,6 +1,7 @@
 //! Test fixture: an `embed` plugin for architecture `panic-test` whose `embed` panics
 //! (and whose load panics when the model path contains `panic-on-load`). The host must
-//! get an error back and keep running.
+//! get an error back and keep running. Embedding the text `segfault` crashes the process
+//! for real (a write through a null pointer): only an isolated plugin survives that.
 
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
@@ -54,7 +55,11 @@ impl LoadedModel for Model {
             weight_bytes: 0,
         }
     }
-    fn embed(&self, _: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
+    fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
+        if req.texts.iter().any(|t| t.as_str() == "segfault") {
+            // SAFETY: none; this is the crash the fixture exists for.
+            unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+        }
         panic!("deliberate panic in embed")
     }
 }
