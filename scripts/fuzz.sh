@@ -6,7 +6,7 @@
 # Targets (fuzz/src/lib.rs): gguf, safetensors, tokenizer, template, registry, openai.
 # Builds fuzz/ with coverage instrumentation (stable rustc flags, no sanitizer: Rust
 # code is memory-safe where it is not `unsafe`; what this finds is panics, aborts,
-# stack overflows, hangs over 10 s and memory over 2 GB) into target/fuzz, then runs
+# stack overflows, hangs over 30 s and memory over 2 GB) into target/fuzz, then runs
 # each target from its committed seeds (fuzz/seeds/<target>) and a growing corpus kept
 # outside git (~/.cache/mlxengine/fuzz/<target>). Crashing inputs land in
 # ~/.cache/mlxengine/fuzz/artifacts/<target>/; a summary line per target says how many
@@ -40,7 +40,7 @@ for t in "${targets[@]}"; do
     log=$cache/$t.log
     echo "[fuzz] $t for $secs s (corpus $corpus)" >&2
     set +e
-    "$bin/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    "$bin/$t" -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts" \
         "$corpus" "fuzz/seeds/$t" >"$log" 2>&1
     rc=$?

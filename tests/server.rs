@@ -317,6 +317,14 @@ fn an_isolated_provider_batches_sixteen_streams() {
 }
 
 #[test]
+fn identical_greedy_requests_at_once_get_one_answer() {
+    // They used to be decoded in other KV cells each and part within a dozen tokens.
+    let server = Server::start(&["--preload", "default"]);
+    let r = scenario(&server, "identical", &[], &[]);
+    eprintln!("identical: {r}");
+}
+
+#[test]
 fn disconnect_frees_the_slot() {
     let server = Server::start(&["--preload", "default"]);
     scenario(&server, "disconnect", &[], &[]);

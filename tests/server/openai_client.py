@@ -285,6 +285,48 @@ def scenario_concurrency():
     }))
 
 
+def scenario_identical():
+    """Identical greedy requests at once get one answer, the one the prompt gets alone,
+    even when the request they follow leaves half-way (another takes over its decode)."""
+    msgs = [{"role": "user", "content": "Write a long story about a dragon."}]
+    solo = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48)
+    solo = solo.choices[0].message.content
+    cancelled0 = sample(metrics(), "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total",
+                        reason="disconnect")
+    first = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48, stream=True)
+    it = iter(first)
+    for _ in range(3):
+        next(it)  # the first request decodes; the others join it mid-way
+    results = [None] * 4
+    errors = []
+
+    def one(i):
+        try:
+            if i % 2:
+                text, _, _, _ = chat_stream(msgs, temperature=0, max_tokens=48)
+            else:
+                r = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48)
+                text = r.choices[0].message.content
+            results[i] = text
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {i}: {e!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    first.close()  # the request the others follow leaves
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(r == solo for r in results), {"solo": solo, "results": results}
+    # The first really was cancelled while the others ran on.
+    cancelled = sample(metrics(), "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total",
+                       reason="disconnect")
+    assert cancelled == cancelled0 + 1, (cancelled0, cancelled)
+    print(json.dumps({"answers": len(results), "same_as_alone": sum(r == solo for r in results)}))
+
+
 def scenario_disconnect():
     before = metrics()
     cancelled0 = sample(before, "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total", reason="disconnect")

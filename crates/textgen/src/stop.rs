@@ -65,6 +65,11 @@ impl TextStream {
         self.text[start..end].to_owned()
     }
 
+    /// The text handed out so far.
+    pub fn emitted(&self) -> &str {
+        &self.text[..self.emitted.min(self.text.len())]
+    }
+
     /// The whole text so far.
     pub fn text(&self) -> &str {
         &self.text

@@ -38,12 +38,34 @@ pub(crate) struct Seq {
     /// Index of this sequence's logits in the batch just decoded.
     logits_at: Option<i32>,
     out: SeqOutput,
-    /// Indices of the request's inputs identical to this one under deterministic
-    /// (temperature 0) sampling: they get this sequence's tokens, not their own decode.
-    /// Decoded apart, each would read its KV cache at other cells of the shared cache,
-    /// and llama.cpp's sums over cells are not invariant to where the cells lie, so
-    /// identical greedy inputs of one batch used to get different answers.
-    followers: Vec<u32>,
+    /// Inputs identical to this one under deterministic (temperature 0) sampling, of
+    /// this request or of one that joined: they get this sequence's tokens, not their
+    /// own decode. Decoded apart, each would read its KV cache at other cells of the
+    /// shared cache, and llama.cpp's sums over cells are not invariant to where the
+    /// cells lie, so identical greedy inputs of one batch used to get different answers.
+    followers: Vec<Follower>,
+}
+
+/// An input that gets another sequence's tokens: its index in events, its request.
+#[derive(Clone, Copy)]
+struct Follower {
+    index: u32,
+    group: usize,
+}
+
+/// Whether an input of `b` gets the same tokens as the same prompt in `a`: both sample
+/// deterministically (temperature 0) with the same penalties, limits, stops and
+/// log-probability reporting.
+fn same_answer(a: &GenerateRequest, b: &GenerateRequest) -> bool {
+    let (x, y) = (&a.sampling, &b.sampling);
+    x.temperature <= 0.0
+        && y.temperature <= 0.0
+        && x.repetition_penalty == y.repetition_penalty
+        && x.presence_penalty == y.presence_penalty
+        && x.frequency_penalty == y.frequency_penalty
+        && a.max_tokens == b.max_tokens
+        && a.stop == b.stop
+        && a.logprobs == b.logprobs
 }
 
 /// A request's prompts, identical ones merged when its sampling is deterministic: each
@@ -73,6 +95,15 @@ impl Plan {
     /// Sequences to decode.
     pub(crate) fn decoded(&self) -> usize {
         self.prompts.len()
+    }
+
+    /// KV cells the decoded sequences reserve: prompt + `max_tokens` each, capped by
+    /// the context.
+    fn cells(&self, max_tokens: u32, ctx_train: usize) -> usize {
+        self.prompts
+            .iter()
+            .map(|(p, _)| (p.len() + max_tokens as usize).min(ctx_train))
+            .sum()
     }
 }
 
@@ -187,11 +218,7 @@ impl GgmlModel {
             return Err(err(ErrorKind::CONTEXT_LENGTH, &self.id, msg));
         }
         let plan = Plan::new(prompts, req.sampling.temperature <= 0.0);
-        let need = plan
-            .prompts
-            .iter()
-            .map(|(p, _)| (p.len() + req.max_tokens as usize).min(ctx_train))
-            .sum();
+        let need = plan.cells(req.max_tokens, ctx_train);
         Ok((plan, need))
     }
 
@@ -214,7 +241,13 @@ impl GgmlModel {
                 let mut sampler = sampler(req, n_vocab, i as u64, seed);
                 sampler.accept_many(prompt.iter());
                 Seq {
-                    followers: same[1..].iter().map(|&j| base + j as u32).collect(),
+                    followers: same[1..]
+                        .iter()
+                        .map(|&j| Follower {
+                            index: base + j as u32,
+                            group,
+                        })
+                        .collect(),
                     index: base + i as u32,
                     group,
                     slot: free.pop().expect("the caller checked for free slots"),
@@ -326,7 +359,8 @@ impl GgmlModel {
             stops: stops_of(req),
         }];
         let mut next_index = own as u32;
-        let mut done: Vec<Seq> = Vec::with_capacity(own);
+        // The call's own outputs, by input index (followers' copied from their leader).
+        let mut outs: Vec<(u32, SeqOutput)> = Vec::with_capacity(own);
         let mut joins_open = true;
         let vocab = self.model.vocab();
         let mut batch = LlamaBatch::new(PREFILL_CHUNK + MAX_SEQS.max(own), 1);
@@ -340,7 +374,24 @@ impl GgmlModel {
                     break;
                 };
                 let group = groups.len();
-                let admitted = self.prepare(&joined).and_then(|(plan, need)| {
+                let admitted = self.prepare(&joined).and_then(|(mut plan, _)| {
+                    // Prompts a running sequence answers already will follow it (once the
+                    // rest is known to fit).
+                    let mut follow: Vec<(usize, Vec<usize>)> = Vec::new();
+                    plan.prompts.retain(|(prompt, same)| {
+                        let leader = live.iter().position(|s| {
+                            s.prompt == *prompt
+                                && s.out.running()
+                                && same_answer(&groups[s.group].req, &joined)
+                                // (A catch-up event cannot carry per-token log-probabilities.)
+                                && (!joined.logprobs || s.out.tokens.is_empty())
+                        });
+                        if let Some(l) = leader {
+                            follow.push((l, same.clone()));
+                        }
+                        leader.is_none()
+                    });
+                    let need = plan.cells(joined.max_tokens, ctx_train);
                     if plan.decoded() > free.len() || need > cells_free {
                         return Err(err(
                             ErrorKind::RESOURCE_EXHAUSTED,
@@ -353,6 +404,26 @@ impl GgmlModel {
                         ));
                     }
                     cells_free -= need;
+                    for (l, same) in follow {
+                        let leader = &mut live[l];
+                        for j in same {
+                            let f = Follower {
+                                index: next_index + j as u32,
+                                group,
+                            };
+                            // What the leader has streamed so far, in one event.
+                            if joined.stream && !leader.out.tokens.is_empty() {
+                                let _ = sink.event(&StreamEvent {
+                                    index: f.index,
+                                    token: leader.out.tokens.last().copied().unwrap_or(0),
+                                    text: leader.out.text.emitted().into(),
+                                    logprob: leader.out.logprobs.last().copied().unwrap_or(0.0),
+                                    finish: FinishReason::NONE,
+                                });
+                            }
+                            leader.followers.push(f);
+                        }
+                    }
                     let inputs = plan.inputs as u32;
                     Ok((inputs, self.sequences(&joined, plan, group, next_index, &mut free, seed)))
                 });
@@ -441,41 +512,68 @@ impl GgmlModel {
                     last,
                     &g.stops,
                 );
-                if g.req.stream {
-                    let mut stop = sink.event(&ev) == StreamControl::Stop;
-                    for &f in &seq.followers {
-                        stop |= sink.event(&StreamEvent {
-                            index: f,
+                if g.req.stream && sink.event(&ev) == StreamControl::Stop {
+                    stop_groups.push(seq.group);
+                }
+                for f in &seq.followers {
+                    if groups[f.group].req.stream
+                        && sink.event(&StreamEvent {
+                            index: f.index,
                             ..ev.clone()
-                        }) == StreamControl::Stop;
-                    }
-                    if stop {
-                        stop_groups.push(seq.group);
+                        }) == StreamControl::Stop
+                    {
+                        stop_groups.push(f.group);
                     }
                 }
             }
             if first_token_at.is_none()
                 && live
                     .iter()
-                    .chain(&done)
-                    .filter(|s| s.group == 0)
+                    .filter(|s| s.group == 0 || s.followers.iter().any(|f| f.group == 0))
                     .all(|s| !s.out.tokens.is_empty())
             {
                 first_token_at = Some(Instant::now());
             }
-            // Cancel the requests whose sink said stop.
+            // Cancel the requests whose sink said stop. A cancelled sequence that others
+            // follow keeps decoding for them: the first of them takes it over.
             for seq in live.iter_mut() {
+                let cancelled = |out: &SeqOutput| {
+                    let mut c = out.clone();
+                    c.finish = FinishReason::CANCELLED;
+                    c
+                };
+                let mut gone: Vec<(u32, usize)> = Vec::new();
+                seq.followers.retain(|f| {
+                    let stop = stop_groups.contains(&f.group);
+                    if stop {
+                        gone.push((f.index, f.group));
+                    }
+                    !stop
+                });
                 if stop_groups.contains(&seq.group) && seq.out.running() {
-                    seq.out.finish = FinishReason::CANCELLED;
-                    for index in std::iter::once(seq.index).chain(seq.followers.iter().copied()) {
-                        let ev = StreamEvent {
-                            index,
-                            token: seq.out.tokens.last().copied().unwrap_or(0),
-                            text: "".into(),
-                            logprob: 0.0,
-                            finish: FinishReason::CANCELLED,
-                        };
-                        let _ = sink.event(&ev);
+                    gone.push((seq.index, seq.group));
+                    if seq.followers.is_empty() {
+                        seq.out.finish = FinishReason::CANCELLED;
+                    } else {
+                        let next = seq.followers.remove(0);
+                        seq.index = next.index;
+                        seq.group = next.group;
+                    }
+                }
+                for (index, group) in gone {
+                    let out = cancelled(&seq.out);
+                    let _ = sink.event(&StreamEvent {
+                        index,
+                        token: out.tokens.last().copied().unwrap_or(0),
+                        text: "".into(),
+                        logprob: 0.0,
+                        finish: FinishReason::CANCELLED,
+                    });
+                    if index != seq.index {
+                        sink.finished(index, &out.output());
+                        if group == 0 {
+                            outs.push((index, out));
+                        }
                     }
                 }
             }
@@ -489,15 +587,18 @@ impl GgmlModel {
                 let seq = live.swap_remove(i);
                 let output = seq.out.output();
                 sink.finished(seq.index, &output);
-                for &f in &seq.followers {
-                    sink.finished(f, &output);
+                for f in &seq.followers {
+                    sink.finished(f.index, &output);
+                    if f.group == 0 {
+                        outs.push((f.index, seq.out.clone()));
+                    }
                 }
                 let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
                 free.push(seq.slot);
                 cells_free += seq.cells;
                 joins_open = true;
                 if seq.group == 0 {
-                    done.push(seq);
+                    outs.push((seq.index, seq.out));
                 }
             }
             // Keep the batch order stable (by index) so results do not depend on retirements.
@@ -511,12 +612,6 @@ impl GgmlModel {
             first_token,
             done: done_at,
         };
-        // Every input's output, followers' copied from the sequence they followed.
-        let mut outs: Vec<(u32, SeqOutput)> = Vec::with_capacity(own);
-        for s in done {
-            outs.extend(s.followers.iter().map(|&f| (f, s.out.clone())));
-            outs.push((s.index, s.out));
-        }
         outs.sort_by_key(|(i, _)| *i);
         let stats = textgen::stats(
             &outs.iter().map(|(_, o)| o).collect::<Vec<_>>(),
