@@ -54,7 +54,7 @@ fn gguf_facts(file: &Path) -> Result<Facts, String> {
     for t in &g.tensors {
         let name = gguf::type_name(t.ggml_type);
         match types.iter_mut().find(|(_, n)| *n == name) {
-            Some((c, _)) => *c += t.elements() as u64,
+            Some((c, _)) => *c = c.saturating_add(t.elements() as u64),
             None => types.push((t.elements() as u64, name)),
         }
     }
@@ -62,7 +62,11 @@ fn gguf_facts(file: &Path) -> Result<Facts, String> {
     Ok(Facts {
         format: "gguf".into(),
         file_bytes: std::fs::metadata(file).map_err(|e| e.to_string())?.len(),
-        parameters: g.tensors.iter().map(|t| t.elements() as u64).sum(),
+        // Saturating: the counts are the file's claims (found by fuzzing).
+        parameters: g
+            .tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.elements() as u64)),
         quantization: types.last().map(|(_, n)| n.clone()).unwrap_or_default(),
         layers: int("block_count").unwrap_or(0) as u64,
         kv_heads: int("attention.head_count_kv").map_or(heads, |v| v as u64),
@@ -101,18 +105,19 @@ fn safetensors_facts(dir: &Path) -> Result<Facts, String> {
     let (mut file_bytes, mut params) = (0u64, 0u64);
     let mut dtypes: Vec<(u64, String)> = Vec::new();
     for f in &files {
-        file_bytes += std::fs::metadata(f).map_err(|e| e.to_string())?.len();
+        file_bytes =
+            file_bytes.saturating_add(std::fs::metadata(f).map_err(|e| e.to_string())?.len());
         for (name, dtype, elements) in safetensors_header(f)? {
             // Packed quantized weights hold 32/bits values per u32; scales/biases are
             // not parameters.
             let n = match (bits, dtype.as_str()) {
-                (Some(b), "U32") => elements * (32 / b.max(1)),
+                (Some(b), "U32") => elements.saturating_mul(32 / b.max(1)),
                 (Some(_), _) if name.ends_with(".scales") || name.ends_with(".biases") => 0,
                 _ => elements,
             };
-            params += n;
+            params = params.saturating_add(n);
             match dtypes.iter_mut().find(|(_, d)| *d == dtype) {
-                Some((c, _)) => *c += n,
+                Some((c, _)) => *c = c.saturating_add(n),
                 None => dtypes.push((n, dtype)),
             }
         }
@@ -164,9 +169,11 @@ fn safetensors_header(file: &Path) -> Result<Vec<(String, String, u64)>, String>
         .filter(|(k, _)| k != "__metadata__")
         .map(|(k, v)| {
             let dtype = v["dtype"].as_str().unwrap_or("F32").to_owned();
-            let elements = v["shape"]
-                .as_array()
-                .map_or(0, |s| s.iter().filter_map(Value::as_u64).product());
+            let elements = v["shape"].as_array().map_or(0, |s| {
+                s.iter()
+                    .filter_map(Value::as_u64)
+                    .fold(1u64, u64::saturating_mul)
+            });
             (k, dtype, elements)
         })
         .collect())

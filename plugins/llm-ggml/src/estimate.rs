@@ -38,7 +38,11 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         })?;
     let context = u64::from(req.context.max(1));
     let batch = u64::from(req.batch.max(1));
-    let elements_per_cell = 2 * f.layers * f.kv_heads * f.head_dim;
+    let elements_per_cell = f
+        .layers
+        .saturating_mul(2)
+        .saturating_mul(f.kv_heads)
+        .saturating_mul(f.head_dim);
     let cells = (context * batch)
         .div_ceil(256)
         .saturating_mul(256)

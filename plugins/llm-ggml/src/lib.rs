@@ -292,7 +292,14 @@ impl GgmlModel {
         // KV-cache bytes per cell (a token of one sequence), as the estimate counts them.
         let (num, den) = settings.kv_bytes_per_element();
         let kv_cell_bytes = model_facts::facts(&file)
-            .map(|f| (2 * f.layers * f.kv_heads * f.head_dim * num).div_ceil(den))
+            .map(|f| {
+                f.layers
+                    .saturating_mul(2)
+                    .saturating_mul(f.kv_heads)
+                    .saturating_mul(f.head_dim)
+                    .saturating_mul(num)
+                    .div_ceil(den)
+            })
             .unwrap_or(0);
         let template = model.meta_val_str("tokenizer.chat_template").ok();
         let arch = model

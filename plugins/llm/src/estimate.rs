@@ -59,8 +59,16 @@ fn of_dtype(
     } else {
         f.parameters * elt
     };
-    let kv_per_token = 2 * f.layers * f.kv_heads * f.head_dim;
-    let kv = kv_per_token * context.div_ceil(256) * 256 * batch * elt;
+    // Saturating: the factors are the model files' claims.
+    let kv_per_token = f
+        .layers
+        .saturating_mul(2)
+        .saturating_mul(f.kv_heads)
+        .saturating_mul(f.head_dim);
+    let kv = kv_per_token
+        .saturating_mul(context.div_ceil(256) * 256)
+        .saturating_mul(batch)
+        .saturating_mul(elt);
     let transient = if f.format == "gguf" {
         f.vocab * f.hidden * 4
     } else {
