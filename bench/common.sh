@@ -74,3 +74,15 @@ ggml_settings() {
 }
 # What the llama.cpp peer is given (bench/peers.py, llm_decode.sh): the provider's CPU defaults.
 LLAMA_SETTINGS="flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"
+
+# Start `mlxengine serve --port 0 ARGS...` (the release build) with a home of its own;
+# sets SERVER_URL and SERVER_PID, and stops it when the script exits.
+start_server() {
+  SERVER_HOME=$(mktemp -d)
+  MLXENGINE_HOME=$SERVER_HOME target/release/mlxengine serve --port 0 "$@" 2>"$SERVER_HOME/server.log" &
+  SERVER_PID=$!
+  trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$SERVER_HOME"' EXIT
+  for _ in $(seq 600); do grep -q "listening on" "$SERVER_HOME/server.log" && break; sleep 0.1; done
+  SERVER_URL=$(sed -n 's/^mlxengine: listening on //p' "$SERVER_HOME/server.log")
+  [ -n "$SERVER_URL" ] || { cat "$SERVER_HOME/server.log" >&2; echo "the server did not start" >&2; exit 1; }
+}

@@ -7,15 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-64}
 R=${2:-2}
-CACHE=${MLXENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlxengine}
+. bench/common.sh
 scripts/setup.sh
 cargo build --release --locked -q --workspace  # as scripts/test.sh: one llama.cpp build
-home=$(mktemp -d); log=$home/server.log
-MLXENGINE_HOME=$home target/release/mlxengine serve --port 0 --preload default 2>"$log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$home"' EXIT
-for _ in $(seq 600); do grep -q "listening on" "$log" && break; sleep 0.1; done
-url=$(sed -n 's/^mlxengine: listening on //p' "$log")
+start_server --preload default
+url=$SERVER_URL
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "server: $url, model smollm2-135m-instruct (ggml provider), $N tokens per request, $R requests per client"
 "$CACHE/test-venv/bin/python" bench/server_load.py "$url" smollm2-135m-instruct "$N" 1,4,16 "$R"

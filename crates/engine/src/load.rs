@@ -32,6 +32,23 @@ pub struct LoadedModel {
     pub estimate_bytes: u64,
     /// The KV-cache part of `estimate_bytes` (for its working context).
     pub kv_bytes: u64,
+    /// Last: once the model is dropped, hands the allocator's free memory back.
+    pub(crate) _trim: TrimOnDrop,
+}
+
+/// Returns the C allocator's free heap memory to the system when dropped (glibc keeps
+/// what a dropped model freed in its arenas: across model unloads and reloads the soak
+/// saw the resident size climb by hundreds of MB without it).
+pub(crate) struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// The engine.
@@ -237,6 +254,7 @@ impl Engine {
             info,
             estimate_bytes,
             kv_bytes,
+            _trim: TrimOnDrop,
         });
         self.touch(&key);
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
