@@ -98,7 +98,10 @@ impl Engine {
             .filter(|(k, m)| k.as_str() != keep && Arc::strong_count(m) == 1)
             .min_by_key(|(k, _)| used.get(k.as_str()).copied())
             .map(|(k, _)| k.clone())?;
-        map.remove(&victim);
+        let gone = map.remove(&victim);
+        // Dropped after the locks are released (see `Engine::unload_idle`).
+        drop((map, used));
+        drop(gone);
         tracing::info!(model = %victim, "unloaded (least recently used) to make room");
         Some(victim)
     }

@@ -258,7 +258,15 @@ impl Engine {
         });
         self.touch(&key);
         let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map.entry(key).or_insert(loaded).clone())
+        if let Some(first) = map.get(&key).cloned() {
+            // Another request loaded it meanwhile: keep that one; ours is dropped after
+            // the lock is released (see `unload_idle`).
+            drop(map);
+            drop(loaded);
+            return Ok(first);
+        }
+        map.insert(key, loaded.clone());
+        Ok(loaded)
     }
 
     /// Record a use of loaded model `key` now (at the start and the end of each call).
@@ -283,9 +291,12 @@ impl Engine {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        for k in &idle_keys {
-            map.remove(k);
-        }
+        // Dropped after the locks are released: dropping a model can wait on its plugin
+        // (an isolated one finishes the call in flight first), and that call may need
+        // the engine's locks.
+        let gone: Vec<_> = idle_keys.iter().filter_map(|k| map.remove(k)).collect();
+        drop((map, used));
+        drop(gone);
         idle_keys
     }
 
@@ -304,11 +315,13 @@ impl Engine {
 
     /// Drop the engine's reference to a loaded model (freed once no request uses it).
     pub fn unload(&self, id: &str) -> bool {
-        self.loaded
+        // Dropped after the lock is released (see `unload_idle`).
+        let gone = self
+            .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-            .is_some()
+            .remove(id);
+        gone.is_some()
     }
 
     /// Name of the plugin serving a loaded model (`None` if not loaded).

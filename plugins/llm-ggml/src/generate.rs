@@ -543,8 +543,10 @@ impl GgmlModel {
                     c
                 };
                 let mut gone: Vec<(u32, usize)> = Vec::new();
+                // (A sequence that just ended is not cancelled: its output stands.)
+                let running = seq.out.running();
                 seq.followers.retain(|f| {
-                    let stop = stop_groups.contains(&f.group);
+                    let stop = running && stop_groups.contains(&f.group);
                     if stop {
                         gone.push((f.index, f.group));
                     }
