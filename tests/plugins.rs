@@ -205,21 +205,17 @@ fn an_isolated_plugin_that_crashes_fails_the_call_and_is_started_again() {
     // In process, the segfault below would end this test binary: isolated, it is one
     // call's error, the child is started again, and the model reloads in it.
     std::env::set_var("MLXENGINE_WORKER_EXE", env!("CARGO_BIN_EXE_mlxengine"));
-    let dir = mixed_dir();
     let mut set = PluginSet::default();
-    let lib = |alias: &str| {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().contains(alias))
-            .unwrap()
-    };
     let p = set
-        .load_isolated(&lib("panicky"))
+        .load_isolated(&util::dylib("test_panicky"))
         .expect("the isolated plugin starts");
     assert!(p.isolated());
     assert_eq!(p.descriptor.name.as_str(), "test-panicky");
-    assert!(set.load(&lib("embed")).is_some(), "{:?}", set.failures);
+    assert!(
+        set.load(&util::dylib("mlxengine_embed")).is_some(),
+        "{:?}",
+        set.failures
+    );
     let engine = Engine::new(Registry::new(), set);
     let boom = tempfile::tempdir().unwrap();
     engine

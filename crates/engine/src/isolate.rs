@@ -151,13 +151,13 @@ impl Worker {
     /// Send `msg` (for model `slot`, loaded first in this child if need be) and wait for
     /// its answer, passing stream frames to `on_stream`. `Ok(None)`: the plugin has no
     /// such entry (`{"none":null}`).
-    fn call(
+    fn call<T: DeserializeOwned>(
         &self,
         slot: Option<&ModelSlot>,
         during: &str,
         msg: impl FnOnce(u64) -> Value,
         on_stream: OnStream<'_>,
-    ) -> Result<Option<Value>, PluginError> {
+    ) -> Result<Option<T>, PluginError> {
         let mut proc = self.proc.lock().unwrap_or_else(|p| p.into_inner());
         if proc.0.is_none() {
             match self.start() {
@@ -180,7 +180,7 @@ impl Worker {
                         let loaded =
                             exchange(running, &json!({"load": s.load}), &mut |_, _| Ok(()));
                         match loaded {
-                            Ok(reply) => match answer::<(u64, ModelInfo)>(reply) {
+                            Ok(reply) => match answer::<(u64, ModelInfo)>(reply, "load") {
                                 Ok(Some((h, _))) => {
                                     *st = Some((epoch, h));
                                     h
@@ -198,13 +198,7 @@ impl Worker {
             }
         };
         match exchange(running, &msg(handle), on_stream) {
-            Ok(reply) => match reply.get("err") {
-                Some(e) => Err(serde_json::from_value(e.clone()).unwrap_or_else(|e| {
-                    PluginError::new(ErrorKind::INTERNAL, format!("unreadable error: {e}"))
-                })),
-                None if reply.get("none").is_some() => Ok(None),
-                None => Ok(Some(reply.get("ok").cloned().unwrap_or(Value::Null))),
-            },
+            Ok(reply) => answer(reply, during),
             Err(e) => {
                 let r = proc.0.take();
                 Err(self.crashed(r, during, &e))
@@ -212,20 +206,14 @@ impl Worker {
         }
     }
 
+    /// [`call`](Self::call) without a stream.
     fn simple<T: DeserializeOwned>(
         &self,
         slot: Option<&ModelSlot>,
         during: &str,
         msg: impl FnOnce(u64) -> Value,
     ) -> Result<Option<T>, PluginError> {
-        let reply = self.call(slot, during, msg, &mut |_, _| Ok(()))?;
-        reply
-            .map(|v| {
-                serde_json::from_value(v).map_err(|e| {
-                    PluginError::new(ErrorKind::INTERNAL, format!("`{during}`: bad answer: {e}"))
-                })
-            })
-            .transpose()
+        self.call(slot, during, msg, &mut |_, _| Ok(()))
     }
 }
 
@@ -247,17 +235,23 @@ fn exchange(r: &mut Running, msg: &Value, on_stream: OnStream<'_>) -> io::Result
     }
 }
 
-fn answer<T: DeserializeOwned>(reply: Value) -> Result<Option<T>, PluginError> {
+/// The answer frame of call `during`: its value, `None` for `{"none":null}`, or the
+/// plugin's error.
+fn answer<T: DeserializeOwned>(reply: Value, during: &str) -> Result<Option<T>, PluginError> {
+    let bad = |what: &str, e: serde_json::Error| {
+        PluginError::new(ErrorKind::INTERNAL, format!("`{during}`: {what}: {e}"))
+    };
     if let Some(e) = reply.get("err") {
-        return Err(serde_json::from_value(e.clone())
-            .unwrap_or_else(|e| PluginError::new(ErrorKind::INTERNAL, e.to_string())));
+        return Err(
+            serde_json::from_value(e.clone()).unwrap_or_else(|e| bad("unreadable error", e))
+        );
     }
     if reply.get("none").is_some() {
         return Ok(None);
     }
     serde_json::from_value(reply.get("ok").cloned().unwrap_or(Value::Null))
         .map(Some)
-        .map_err(|e| PluginError::new(ErrorKind::INTERNAL, format!("bad answer: {e}")))
+        .map_err(|e| bad("bad answer", e))
 }
 
 fn describe_exit(s: std::process::ExitStatus) -> String {
@@ -393,18 +387,14 @@ impl Model for Proxy {
                 Err(io::Error::other(format!("unexpected frame {frame}")))
             }
         };
-        let reply = self.worker.call(
-            Some(&self.slot),
-            "generate",
-            |h| json!({"generate": [h, to_value(req)]}),
-            &mut on_stream,
-        );
-        reply
-            .and_then(|v| {
-                let v = v.ok_or_else(|| PluginError::unsupported("text generation"))?;
-                serde_json::from_value(v)
-                    .map_err(|e| PluginError::new(ErrorKind::INTERNAL, format!("bad answer: {e}")))
-            })
+        self.worker
+            .call(
+                Some(&self.slot),
+                "generate",
+                |h| json!({"generate": [h, to_value(req)]}),
+                &mut on_stream,
+            )
+            .and_then(|r| r.ok_or_else(|| PluginError::unsupported("text generation")))
             .into()
     }
 }

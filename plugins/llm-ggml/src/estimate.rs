@@ -38,11 +38,7 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         })?;
     let context = u64::from(req.context.max(1));
     let batch = u64::from(req.batch.max(1));
-    let elements_per_cell = f
-        .layers
-        .saturating_mul(2)
-        .saturating_mul(f.kv_heads)
-        .saturating_mul(f.head_dim);
+    let elements_per_cell = kv_elements_per_cell(&f);
     let cells = (context * batch)
         .div_ceil(256)
         .saturating_mul(256)
@@ -63,4 +59,13 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         },
         ..Default::default()
     })
+}
+
+/// KV-cache elements of one cell (a token of one sequence): keys and values of every
+/// layer. Saturating: the factors are the model file's claims.
+pub(crate) fn kv_elements_per_cell(f: &model_facts::Facts) -> u64 {
+    f.layers
+        .saturating_mul(2)
+        .saturating_mul(f.kv_heads)
+        .saturating_mul(f.head_dim)
 }

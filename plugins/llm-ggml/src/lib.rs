@@ -293,10 +293,7 @@ impl GgmlModel {
         let (num, den) = settings.kv_bytes_per_element();
         let kv_cell_bytes = model_facts::facts(&file)
             .map(|f| {
-                f.layers
-                    .saturating_mul(2)
-                    .saturating_mul(f.kv_heads)
-                    .saturating_mul(f.head_dim)
+                estimate::kv_elements_per_cell(&f)
                     .saturating_mul(num)
                     .div_ceil(den)
             })

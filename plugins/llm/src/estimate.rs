@@ -59,12 +59,7 @@ fn of_dtype(
     } else {
         f.parameters * elt
     };
-    // Saturating: the factors are the model files' claims.
-    let kv_per_token = f
-        .layers
-        .saturating_mul(2)
-        .saturating_mul(f.kv_heads)
-        .saturating_mul(f.head_dim);
+    let kv_per_token = kv_elements_per_token(f);
     let kv = kv_per_token
         .saturating_mul(context.div_ceil(256) * 256)
         .saturating_mul(batch)
@@ -98,4 +93,13 @@ fn of_dtype(
         },
         ..Default::default()
     }
+}
+
+/// KV-cache elements of one token of one sequence: keys and values of every layer.
+/// Saturating: the factors are the model files' claims.
+pub(crate) fn kv_elements_per_token(f: &model_facts::Facts) -> u64 {
+    f.layers
+        .saturating_mul(2)
+        .saturating_mul(f.kv_heads)
+        .saturating_mul(f.head_dim)
 }

@@ -163,13 +163,7 @@ impl Plugin for LlmPlugin {
             2
         };
         loaded.kv_token_bytes = model_facts::facts(path)
-            .map(|f| {
-                f.layers
-                    .saturating_mul(2)
-                    .saturating_mul(f.kv_heads)
-                    .saturating_mul(f.head_dim)
-                    .saturating_mul(elt)
-            })
+            .map(|f| estimate::kv_elements_per_token(&f).saturating_mul(elt))
             .unwrap_or(0);
         let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();
         loaded.tokenizer.add_eos_tokens(&extra).map_err(ctx)?;
