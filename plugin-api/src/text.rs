@@ -268,6 +268,12 @@ pub trait TokenSink {
     /// host keeps it first in line and the provider asks again only after a sequence
     /// ends; with any other kind the request is invalid and the host answers it.
     fn on_rejected(&mut self, _error: &PluginError) {}
+
+    /// The prompt of sequence `index` began with `tokens` tokens whose KV cache the
+    /// provider reused from an earlier sequence instead of computing it (its prompt
+    /// cache; 0: nothing reused). Called once per sequence, before its first event, by
+    /// providers that keep a prompt cache. Since plugin API 2.1.
+    fn on_prompt_cached(&mut self, _index: u32, _tokens: u32) {}
 }
 
 /// A borrowed [`TokenSink`] crossing the ABI.

@@ -10,7 +10,7 @@
 //! `{"load":..}`, `{"info":H}`, `{"embed":[H,..]}`, `{"generate":[H,..]}`, `{"drop":H}`
 //! and gets `{"ok":..}`, `{"err":PluginError}` or `{"none":null}`. During `generate`
 //! the child sends `{"event":..}` (answered `{"control":..}`), `{"poll_join":null}`
-//! (answered `{"join":..}`), `{"finished":[i,..]}` and `{"rejected":..}`.
+//! (answered `{"join":..}`), `{"finished":[i,..]}`, `{"rejected":..}` and `{"cached":[i,n]}`.
 //!
 //! Calls to one isolated plugin run one at a time (one child, one pipe).
 
@@ -383,6 +383,10 @@ impl Model for Proxy {
                 let e: PluginError = serde_json::from_value(e.clone())?;
                 sink.on_rejected(&e);
                 Ok(())
+            } else if let Some(c) = frame.get("cached") {
+                let (index, tokens): (u32, u32) = serde_json::from_value(c.clone())?;
+                sink.on_prompt_cached(index, tokens);
+                Ok(())
             } else {
                 Err(io::Error::other(format!("unexpected frame {frame}")))
             }
@@ -602,5 +606,9 @@ impl<R: Read, W: Write> TokenSink for ChildSink<'_, R, W> {
 
     fn on_rejected(&mut self, error: &PluginError) {
         self.tell(&json!({"rejected": error}));
+    }
+
+    fn on_prompt_cached(&mut self, index: u32, tokens: u32) {
+        self.tell(&json!({"cached": (index, tokens)}));
     }
 }

@@ -204,6 +204,8 @@ pub trait GenerateSink {
     fn finished(&mut self, _index: u32, _output: &GenerateOutput) {}
     /// The request last returned by `poll_join` was refused.
     fn rejected(&mut self, _error: &PluginError) {}
+    /// Sequence `index` reused `tokens` prompt tokens from the provider's prompt cache.
+    fn prompt_cached(&mut self, _index: u32, _tokens: u32) {}
 }
 
 /// Adapts a Rust closure over stream events to a [`GenerateSink`].
@@ -243,5 +245,8 @@ impl TokenSink for AbiSink<'_> {
     }
     fn on_rejected(&mut self, error: &PluginError) {
         no_unwind((), || self.sink.rejected(error))
+    }
+    fn on_prompt_cached(&mut self, index: u32, tokens: u32) {
+        no_unwind((), || self.sink.prompt_cached(index, tokens))
     }
 }

@@ -118,6 +118,9 @@ pub trait Sink {
     /// The last joined request was refused (`RESOURCE_EXHAUSTED`: ask again only after a
     /// sequence ends).
     fn rejected(&mut self, _error: &PluginError) {}
+    /// Sequence `index` reused `tokens` cached prompt tokens (0: none); once per sequence,
+    /// before its first event, from providers with a prompt cache.
+    fn prompt_cached(&mut self, _index: u32, _tokens: u32) {}
 }
 
 impl Sink for TokenSinkMut<'_> {
@@ -132,6 +135,9 @@ impl Sink for TokenSinkMut<'_> {
     }
     fn rejected(&mut self, error: &PluginError) {
         self.on_rejected(error)
+    }
+    fn prompt_cached(&mut self, index: u32, tokens: u32) {
+        self.on_prompt_cached(index, tokens)
     }
 }
 

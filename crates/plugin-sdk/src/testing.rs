@@ -144,6 +144,8 @@ pub struct Collected {
     pub events: Vec<StreamEvent>,
     /// Every `on_finished` call: (index, output).
     pub finished: Vec<(u32, GenerateOutput)>,
+    /// Every `on_prompt_cached` call: (index, tokens reused).
+    pub cached: Vec<(u32, u32)>,
 }
 
 impl TokenSink for Collected {
@@ -153,6 +155,9 @@ impl TokenSink for Collected {
     }
     fn on_finished(&mut self, index: u32, output: &GenerateOutput) {
         self.finished.push((index, output.clone()));
+    }
+    fn on_prompt_cached(&mut self, index: u32, tokens: u32) {
+        self.cached.push((index, tokens));
     }
 }
 
