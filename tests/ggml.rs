@@ -413,6 +413,151 @@ fn identical_greedy_inputs_of_one_batch_get_one_answer() {
     assert_eq!(texts.len(), 3, "{texts:?}");
 }
 
+/// What a call told its sink: streamed text and prompt-cache reports per input.
+#[derive(Default)]
+struct Seen {
+    text: Vec<String>,
+    cached: Vec<(u32, u32)>,
+}
+
+impl engine::GenerateSink for Seen {
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl {
+        let i = ev.index as usize;
+        if self.text.len() <= i {
+            self.text.resize(i + 1, String::new());
+        }
+        self.text[i].push_str(&ev.text);
+        StreamControl::Continue
+    }
+    fn prompt_cached(&mut self, index: u32, tokens: u32) {
+        self.cached.push((index, tokens));
+    }
+}
+
+#[test]
+fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold_run() {
+    let e = engine();
+    // The float twin twice: cached (the default) and with the cache off, so that every
+    // call of the cold one starts from an empty KV cache.
+    let mut cold = ModelEntry::new(
+        "smol-f32-cold",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(util::smollm2_f32_twin()),
+    );
+    let mut opts: serde_json::Value = serde_json::from_str(util::GGML_FLOAT_OPTIONS).unwrap();
+    opts["prompt_cache"] = false.into();
+    cold.options = opts;
+    e.add_model(cold).unwrap();
+    let run = |id: &str, messages: Vec<ChatMessage>, temperature: f32, max_tokens: u32| {
+        let req = util::gen(GenerateRequest {
+            inputs: vec![TextInput {
+                prompt: "".into(),
+                messages: messages.into(),
+            }]
+            .into(),
+            max_tokens,
+            stream: true,
+            logprobs: true,
+            sampling: plugin_api::text::SamplingParams {
+                temperature,
+                seed: Some(1).into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let m = e.load_for_generate(id, Some("ggml"), &req).unwrap();
+        let mut seen = Seen::default();
+        let out = e.generate_with(&m, &req, &mut seen).unwrap();
+        assert_eq!(seen.text[0], out.outputs[0].text.as_str(), "{id}: stream");
+        assert_eq!(seen.cached.len(), 1, "{id}: one report per sequence");
+        (out.outputs[0].clone(), seen.cached[0].1 as usize)
+    };
+    let q1 = vec![ChatMessage::text("user", "What is the capital of France?")];
+
+    // A first request: nothing to reuse.
+    let (a1, cached) = run("smol-f32", q1.clone(), 0.0, 24);
+    assert_eq!(cached, 0);
+    let p1 = a1.prompt_tokens as usize;
+    // The same request again is the recorded answer, replayed: no prompt token computed,
+    // the same tokens, text and log-probabilities.
+    let (again, cached) = run("smol-f32", q1.clone(), 0.0, 24);
+    assert_eq!(cached, p1);
+    assert_eq!(
+        (&again.tokens, &again.text, &again.logprobs, again.finish),
+        (&a1.tokens, &a1.text, &a1.logprobs, a1.finish)
+    );
+    // Asking for more continues after the replay; sampling reuses the prompt's cells
+    // but not the answer.
+    let (longer, cached) = run("smol-f32", q1.clone(), 0.0, 40);
+    assert_eq!(cached, p1);
+    assert!(longer.tokens.starts_with(&a1.tokens));
+    if a1.finish == FinishReason::LENGTH {
+        assert!(longer.tokens.len() > a1.tokens.len());
+    }
+    let (_, cached) = run("smol-f32", q1.clone(), 0.8, 8);
+    assert_eq!(cached, p1 - 1);
+
+    // The chat's next turn reuses the whole first turn.
+    let mut q2 = q1.clone();
+    q2.push(ChatMessage::text("assistant", a1.text.as_str()));
+    q2.push(ChatMessage::text("user", "And the capital of Germany?"));
+    let (warm, cached) = run("smol-f32", q2.clone(), 0.0, 32);
+    assert!(
+        cached >= p1 && cached < warm.prompt_tokens as usize,
+        "turn 2 reused {cached} of {} prompt tokens (turn 1: {p1})",
+        warm.prompt_tokens
+    );
+    // ... and answers as a cold run does. Reused cells lie elsewhere in the KV cache, so
+    // llama.cpp's sums over cells round differently (f32 here: relative differences of
+    // order 1e-6 in the logits). Tokens must agree up to the first step where the cold
+    // run's token has probability < 2/3 — before it, every other token trails by a logit
+    // gap > ln 2, which no rounding of that size can close — and so must log-probabilities
+    // there, within 1e-2 (10^4 times the rounding; wrong or misplaced cells move them by
+    // whole units).
+    let (cold, cached) = run("smol-f32-cold", q2.clone(), 0.0, 32);
+    assert_eq!(cached, 0);
+    let horizon = cold
+        .logprobs
+        .iter()
+        .position(|lp| lp.exp() < 2.0 / 3.0)
+        .unwrap_or(cold.tokens.len());
+    assert!(
+        horizon >= 2,
+        "a confident start is needed: {:?}",
+        cold.logprobs
+    );
+    for i in 0..horizon {
+        assert_eq!(
+            warm.tokens[i], cold.tokens[i],
+            "step {i}: {warm:?} vs {cold:?}"
+        );
+        assert!(
+            (warm.logprobs[i] - cold.logprobs[i]).abs() < 1e-2,
+            "step {i}: log-probability {} vs {}",
+            warm.logprobs[i],
+            cold.logprobs[i]
+        );
+    }
+    println!("turn 2: {cached} cached, cold and warm agree on {horizon}+ tokens");
+
+    // More distinct requests than sequence ids: the least recently used entries go, and
+    // everything keeps working; the last one is still there, the first is not.
+    let topic = |i: usize| vec![ChatMessage::text("user", &format!("Name an animal, {i}."))];
+    let mut prompt_len = Vec::new();
+    for i in 0..20 {
+        let (out, _) = run("smol-f32", topic(i), 0.0, 4);
+        prompt_len.push(out.prompt_tokens as usize);
+    }
+    let (_, cached) = run("smol-f32", topic(19), 0.0, 4);
+    assert_eq!(cached, prompt_len[19], "the newest answer replays");
+    let (_, cached) = run("smol-f32", topic(0), 0.0, 4);
+    assert!(cached < prompt_len[0], "the oldest answer was evicted");
+    // With the cache off nothing is reused.
+    let (_, cached) = run("smol-f32-cold", q1, 0.0, 8);
+    assert_eq!(cached, 0);
+}
+
 #[test]
 fn cli_default_is_ggml_and_backend_flag_forces_mlx() {
     let home = tempfile::tempdir().unwrap();

@@ -3,10 +3,17 @@
 //! sampling every live sequence, with requests joining between steps (continuous
 //! batching) and each sequence answered through the sink as it ends.
 
-use crate::{backend, err, Ctx, GgmlModel, MAX_SEQS, MIN_KV_CELLS, PREFILL_CHUNK};
+use crate::{
+    backend, err,
+    prefix::{Answer, PromptCache, Sampling, Slots},
+    Ctx, GgmlModel, MAX_SEQS, MIN_KV_CELLS, PREFILL_CHUNK,
+};
 use llama_cpp_2::{
-    context::params::LlamaContextParams, llama_batch::LlamaBatch, model::LlamaModel,
-    sampling::LlamaSampler, token::LlamaToken,
+    context::{params::LlamaContextParams, LlamaContext},
+    llama_batch::LlamaBatch,
+    model::LlamaModel,
+    sampling::LlamaSampler,
+    token::LlamaToken,
 };
 use plugin_api::{
     text::{
@@ -15,7 +22,7 @@ use plugin_api::{
     ErrorKind, PluginError,
 };
 use plugin_sdk::Sink;
-use std::{num::NonZeroU32, time::Instant};
+use std::{collections::VecDeque, num::NonZeroU32, time::Instant};
 use textgen::{SeqOutput, Timings, Utf8Pieces};
 
 /// One sequence of a call: the call's own inputs and those of joined requests.
@@ -24,11 +31,19 @@ pub(crate) struct Seq {
     index: u32,
     /// Request it belongs to (0: the call's own).
     group: usize,
+    /// Input of that request whose sampler it has (its seed's offset).
+    row: usize,
     /// llama.cpp sequence id.
     slot: i32,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens decoded so far.
+    /// Prompt tokens in the KV cache so far (reused from the prompt cache or decoded).
     fed: usize,
+    /// Prompt tokens reused from the prompt cache.
+    cached: usize,
+    /// Tokens of a recorded answer still to hand out (with their log-probabilities)
+    /// before decoding goes on: the prompt cache's answer to this very prompt under
+    /// deterministic sampling.
+    replay: VecDeque<(u32, f32)>,
     /// Position of the next token.
     pos: i32,
     /// KV cells reserved (prompt + max tokens, capped by the context).
@@ -44,6 +59,64 @@ pub(crate) struct Seq {
     /// shared cache, and llama.cpp's sums over cells are not invariant to where the
     /// cells lie, so identical greedy inputs of one batch used to get different answers.
     followers: Vec<Follower>,
+}
+
+impl Seq {
+    /// The tokens at positions `0..pos` of its KV cells: prompt, then generated tokens
+    /// fed back (the last one sampled never is).
+    fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let n = self.pos as usize;
+        let fed_back = n.saturating_sub(self.prompt.len());
+        let mut t = self.prompt[..n.min(self.prompt.len())].to_vec();
+        t.extend(
+            self.out.tokens[..fed_back.min(self.out.tokens.len())]
+                .iter()
+                .map(|&x| LlamaToken(x as i32)),
+        );
+        t
+    }
+}
+
+/// How input `row` of `req` samples, as the prompt cache tells answers apart: what
+/// [`sampler`] builds from, for greedy and seeded sampling.
+fn sampling_of(req: &GenerateRequest, row: usize) -> Sampling {
+    use std::hash::{Hash, Hasher};
+    let s = &req.sampling;
+    let penalties = [
+        s.repetition_penalty,
+        s.presence_penalty,
+        s.frequency_penalty,
+    ];
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    penalties.map(f32::to_bits).hash(&mut h);
+    let cover = if s.temperature <= 0.0 {
+        None
+    } else {
+        let Some(seed) = s.seed.into_option() else {
+            return Sampling::Other;
+        };
+        [s.temperature, s.top_p, s.min_p]
+            .map(f32::to_bits)
+            .hash(&mut h);
+        (s.top_k, seed.wrapping_add(row as u64)).hash(&mut h);
+        Some(req.max_tokens as usize)
+    };
+    Sampling::Deterministic {
+        key: h.finish(),
+        logprobs: req.logprobs,
+        cover,
+    }
+}
+
+/// Tell the host how much of each new sequence's prompt came from the prompt cache
+/// (followers: as their leader).
+fn report_cached(sink: &mut dyn Sink, seqs: &[Seq]) {
+    for s in seqs {
+        sink.prompt_cached(s.index, s.cached as u32);
+        for f in &s.followers {
+            sink.prompt_cached(f.index, s.cached as u32);
+        }
+    }
 }
 
 /// An input that gets another sequence's tokens: its index in events, its request.
@@ -222,14 +295,17 @@ impl GgmlModel {
         Ok((plan, need))
     }
 
-    /// The sequences of `req` (group `group`, indices from `base`, slots taken from `free`).
+    /// The sequences of `req` (group `group`, indices from `base`), their ids taken from
+    /// `slots` with what the prompt cache has of their prompts.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn sequences(
         &self,
         req: &GenerateRequest,
         plan: Plan,
         group: usize,
         base: u32,
-        free: &mut Vec<i32>,
+        slots: &mut Slots,
+        ctx: &mut LlamaContext,
         seed: u64,
     ) -> Vec<Seq> {
         let ctx_train = self.model.n_ctx_train() as usize;
@@ -240,6 +316,11 @@ impl GgmlModel {
                 let i = same[0];
                 let mut sampler = sampler(req, n_vocab, i as u64, seed);
                 sampler.accept_many(prompt.iter());
+                let start = slots.take(ctx, &prompt, sampling_of(req, i));
+                let replay: VecDeque<(u32, f32)> = start.replay.map_or_else(VecDeque::new, |a| {
+                    let lp = a.logprobs.iter().copied().chain(std::iter::repeat(0.0));
+                    a.tokens.into_iter().zip(lp).collect()
+                });
                 Seq {
                     followers: same[1..]
                         .iter()
@@ -250,10 +331,17 @@ impl GgmlModel {
                         .collect(),
                     index: base + i as u32,
                     group,
-                    slot: free.pop().expect("the caller checked for free slots"),
+                    row: i,
+                    slot: start.slot,
                     cells: (prompt.len() + req.max_tokens as usize).min(ctx_train),
-                    fed: 0,
-                    pos: 0,
+                    fed: if replay.is_empty() {
+                        start.copied
+                    } else {
+                        prompt.len()
+                    },
+                    cached: start.cached,
+                    pos: start.copied as i32,
+                    replay,
                     out: SeqOutput::new(prompt.len()),
                     prompt,
                     pieces: Utf8Pieces::default(),
@@ -266,7 +354,7 @@ impl GgmlModel {
 
     /// The persistent context, (re)created when it has fewer than `cells` KV cells or
     /// `seqs` sequence ids (with room to spare for joining requests, up to `most` cells);
-    /// its KV cache cleared.
+    /// its KV cache cleared but for the prompt cache's entries.
     pub(crate) fn context<'a>(
         &self,
         slot: &'a mut Option<Ctx>,
@@ -301,10 +389,24 @@ impl GgmlModel {
                     format!("llama.cpp context of {cells} cells: {e}"),
                 )
             })?;
-            *slot = Some(Ctx { ctx, cells, seqs });
+            *slot = Some(Ctx {
+                ctx,
+                cells,
+                seqs,
+                cache: PromptCache::default(),
+            });
         }
         let c = slot.as_mut().expect("set above");
-        c.ctx.clear_kv_cache();
+        if self.prompt_cache {
+            for s in 0..c.seqs as i32 {
+                if !c.cache.holds(s) {
+                    let _ = c.ctx.clear_kv_cache_seq(Some(s as u32), None, None);
+                }
+            }
+        } else {
+            c.cache.clear();
+            c.ctx.clear_kv_cache();
+        }
         Ok(c)
     }
 }
@@ -322,6 +424,10 @@ impl GgmlModel {
         let result = self.run_on(&mut guard, req, sink);
         if guard.as_ref().is_some_and(|c| c.cells > MIN_KV_CELLS) {
             *guard = None;
+        } else if let (Err(_), Some(c)) = (&result, guard.as_mut()) {
+            // A failed decode may leave cells no entry describes: start afresh.
+            c.cache.clear();
+            c.ctx.clear_kv_cache();
         }
         result
     }
@@ -342,11 +448,17 @@ impl GgmlModel {
         budget
             .check(need, decoded)
             .map_err(|m| err(ErrorKind::RESOURCE_EXHAUSTED, &self.id, m))?;
-        let ctx = self.context(slot, need, decoded, budget.max_tokens())?;
-        let mut free: Vec<i32> = (0..ctx.seqs as i32).rev().collect();
-        let mut live = self.sequences(req, plan, 0, 0, &mut free, seed);
-        let mut cells_free = ctx.cells - need;
-        let ctx = &mut ctx.ctx;
+        let Ctx {
+            ctx,
+            cells,
+            seqs,
+            cache,
+        } = self.context(slot, need, decoded, budget.max_tokens())?;
+        let total_cells = *cells;
+        let mut slots = Slots::new(*seqs, cache, self.prompt_cache);
+        slots.cells_free(ctx, total_cells, 0, need);
+        let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed);
+        report_cached(sink, &live);
         let stops_of = |r: &GenerateRequest| -> Vec<String> {
             r.stop
                 .iter()
@@ -369,7 +481,7 @@ impl GgmlModel {
 
         loop {
             // Requests waiting at the host join while there is room.
-            while joins_open && !free.is_empty() {
+            while joins_open && slots.room() > 0 {
                 let Some(joined) = sink.poll_join() else {
                     break;
                 };
@@ -392,18 +504,19 @@ impl GgmlModel {
                         leader.is_none()
                     });
                     let need = plan.cells(joined.max_tokens, ctx_train);
-                    if plan.decoded() > free.len() || need > cells_free {
+                    let reserved = live.iter().map(|s| s.cells).sum();
+                    let cells_free = slots.cells_free(ctx, total_cells, reserved, need);
+                    if plan.decoded() > slots.room() || need > cells_free {
                         return Err(err(
                             ErrorKind::RESOURCE_EXHAUSTED,
                             &self.id,
                             format!(
                                 "no room in the running batch: needs {} sequence(s) and {need} KV cells; {} and {cells_free} free",
                                 plan.decoded(),
-                                free.len()
+                                slots.room()
                             ),
                         ));
                     }
-                    cells_free -= need;
                     for (l, same) in follow {
                         let leader = &mut live[l];
                         for j in same {
@@ -411,7 +524,9 @@ impl GgmlModel {
                                 index: next_index + j as u32,
                                 group,
                             };
-                            // What the leader has streamed so far, in one event.
+                            // All of its prompt is the leader's; then what the leader
+                            // has streamed so far, in one event.
+                            sink.prompt_cached(f.index, leader.prompt.len() as u32);
                             if joined.stream && !leader.out.tokens.is_empty() {
                                 let _ = sink.event(&StreamEvent {
                                     index: f.index,
@@ -425,10 +540,11 @@ impl GgmlModel {
                         }
                     }
                     let inputs = plan.inputs as u32;
-                    Ok((inputs, self.sequences(&joined, plan, group, next_index, &mut free, seed)))
+                    Ok((inputs, self.sequences(&joined, plan, group, next_index, &mut slots, ctx, seed)))
                 });
                 match admitted {
                     Ok((inputs, seqs)) => {
+                        report_cached(sink, &seqs);
                         next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {
@@ -450,7 +566,10 @@ impl GgmlModel {
             // One decode call: the next token of every generating sequence, then prompt
             // chunks of the sequences still reading their prompt.
             batch.clear();
-            for seq in live.iter_mut().filter(|s| s.fed == s.prompt.len()) {
+            for seq in live
+                .iter_mut()
+                .filter(|s| s.fed == s.prompt.len() && s.replay.is_empty())
+            {
                 let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
                 seq.logits_at = Some(batch.n_tokens());
                 batch
@@ -477,24 +596,32 @@ impl GgmlModel {
                 seq.pos = seq.fed as i32;
                 budget -= take;
             }
-            ctx.decode(&mut batch)
-                .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+            if batch.n_tokens() > 0 {
+                ctx.decode(&mut batch)
+                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+            }
 
             // Sample, account and stream each sequence that produced logits.
             let mut stop_groups: Vec<usize> = Vec::new();
             for seq in live.iter_mut() {
-                let Some(at) = seq.logits_at.take() else {
+                let g = &groups[seq.group];
+                let (tok, logprob) = if let Some((t, lp)) = seq.replay.pop_front() {
+                    // (Penalties count it as a sampled token.)
+                    seq.sampler.accept(LlamaToken(t as i32));
+                    (LlamaToken(t as i32), g.req.logprobs.then_some(lp))
+                } else if let Some(at) = seq.logits_at.take() {
+                    let tok = seq.sampler.sample(ctx, at);
+                    let lp = g
+                        .req
+                        .logprobs
+                        .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
+                    (tok, lp)
+                } else {
                     continue;
                 };
-                let g = &groups[seq.group];
-                let tok = seq.sampler.sample(ctx, at);
-                let logprob = g
-                    .req
-                    .logprobs
-                    .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
                 let eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
                 let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
-                    || seq.pos as usize + 1 >= ctx_train;
+                    || seq.prompt.len() + seq.out.tokens.len() + 1 >= ctx_train;
                 let mut text = if eos {
                     String::new()
                 } else {
@@ -595,9 +722,20 @@ impl GgmlModel {
                         outs.push((f.index, seq.out.clone()));
                     }
                 }
-                let _ = ctx.clear_kv_cache_seq(Some(seq.slot as u32), None, None);
-                free.push(seq.slot);
-                cells_free += seq.cells;
+                let answer = match sampling_of(&groups[seq.group].req, seq.row) {
+                    Sampling::Deterministic { key, .. } if !seq.out.tokens.is_empty() => {
+                        let last = LlamaToken(*seq.out.tokens.last().unwrap_or(&0) as i32);
+                        Some(Answer {
+                            prompt_len: seq.prompt.len(),
+                            tokens: seq.out.tokens.clone(),
+                            logprobs: seq.out.logprobs.clone(),
+                            key,
+                            eos: vocab.is_eog(last) || self.extra_eos.contains(&last),
+                        })
+                    }
+                    _ => None,
+                };
+                slots.retire(ctx, seq.slot, seq.kv_tokens(), answer);
                 joins_open = true;
                 if seq.group == 0 {
                     outs.push((seq.index, seq.out));

@@ -61,6 +61,7 @@ const MIN_KV_CELLS: usize = 4096;
 mod cpu_backend;
 mod estimate;
 mod generate;
+mod prefix;
 mod settings;
 mod teacher;
 
@@ -315,6 +316,7 @@ impl GgmlModel {
             eos,
             add_bos,
             extra_eos,
+            prompt_cache: settings.prompt_cache && !model.is_recurrent() && !model.is_hybrid(),
             settings,
             kv_cell_bytes,
             ctx: Mutex::new(None),
@@ -330,6 +332,8 @@ struct Ctx {
     cells: usize,
     /// Sequence ids.
     seqs: usize,
+    /// What ended sequences left in the KV cells, for prompts that start the same way.
+    cache: prefix::PromptCache<LlamaToken>,
 }
 
 struct GgmlModel {
@@ -342,6 +346,9 @@ struct GgmlModel {
     add_bos: bool,
     extra_eos: Vec<LlamaToken>,
     settings: Settings,
+    /// Whether ended sequences' KV cells are kept for reuse (the `prompt_cache` option,
+    /// and a KV cache that can be cut at any position: not a recurrent model's).
+    prompt_cache: bool,
     /// KV-cache bytes of one token of one sequence.
     kv_cell_bytes: u64,
     /// Declared before `model`, which it borrows: dropped first.

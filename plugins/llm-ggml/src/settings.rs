@@ -46,10 +46,12 @@ pub struct Settings {
     /// Index into `KV_TYPES`.
     kv: usize,
     pub threads: i32,
+    /// Keep ended sequences' KV cells for later prompts that start the same way.
+    pub prompt_cache: bool,
 }
 
 /// Option keys the registry may set for this provider.
-pub const KEYS: &[&str] = &["flash_attn", "kv_type", "threads"];
+pub const KEYS: &[&str] = &["flash_attn", "kv_type", "threads", "prompt_cache"];
 
 impl Settings {
     /// The defaults for this build on a machine with `cores` physical cores.
@@ -62,6 +64,7 @@ impl Settings {
             },
             kv: 1,
             threads: cores.clamp(1, 1024) as i32,
+            prompt_cache: true,
         }
     }
 
@@ -93,6 +96,9 @@ impl Settings {
                         .as_str()
                         .and_then(|s| names.iter().position(|n| *n == s))
                         .ok_or_else(|| bad(&format!("one of {}", names.join(", "))))?;
+                }
+                "prompt_cache" => {
+                    self.prompt_cache = val.as_bool().ok_or_else(|| bad("true or false"))?
                 }
                 "threads" => {
                     self.threads = val
@@ -172,6 +178,9 @@ mod tests {
             .with_options(r#"{"flash_attn":"on","kv_type":"q8_0","threads":4}"#)
             .unwrap();
         assert_eq!(s.describe(), "flash attention on, KV cache q8_0, 4 threads");
+        assert!(d.prompt_cache);
+        let off = d.clone().with_options(r#"{"prompt_cache":false}"#).unwrap();
+        assert!(!off.prompt_cache);
         assert_eq!(d.clone().with_options("{}").unwrap(), d);
         for (opts, want) in [
             (r#"{"flash":"on"}"#, "unknown option `flash`"),
@@ -180,6 +189,10 @@ mod tests {
                 "option `kv_type`: expected one of f32",
             ),
             (r#"{"threads":0}"#, "option `threads`: expected an integer"),
+            (
+                r#"{"prompt_cache":1}"#,
+                "option `prompt_cache`: expected true or false",
+            ),
             (r#"{"kv_type":"q4_0"}"#, "needs flash_attn = \"on\""),
             ("[1]", "options must be a table"),
         ] {
