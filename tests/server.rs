@@ -318,9 +318,29 @@ fn an_isolated_provider_batches_sixteen_streams() {
 
 #[test]
 fn identical_greedy_requests_at_once_get_one_answer() {
-    // They used to be decoded in other KV cells each and part within a dozen tokens.
-    let server = Server::start(&["--preload", "default"]);
-    let r = scenario(&server, "identical", &[], &[]);
+    // They used to be decoded in other KV cells each and part within a dozen tokens. The
+    // default model's prompt cache would replay the lone request's answer to each of
+    // them: the batch they follow is made on the same weights with the cache off.
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("nocache.toml");
+    let weights = engine::paths::models_dir().join("smollm2-135m-instruct");
+    std::fs::write(
+        &registry,
+        format!(
+            "[[models]]\nid = \"smollm2-nocache\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
+             source = {{ path = {:?} }}\noptions = {{ prompt_cache = false }}\n",
+            weights.display().to_string()
+        ),
+    )
+    .unwrap();
+    let registry = registry.to_str().unwrap();
+    let server = Server::start(&["--registry", registry, "--preload", "smollm2-nocache"]);
+    let r = scenario(
+        &server,
+        "identical",
+        &[],
+        &[("MLXENGINE_TEST_LLM", "smollm2-nocache")],
+    );
     eprintln!("identical: {r}");
 }
 

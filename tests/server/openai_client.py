@@ -25,7 +25,7 @@ SCENARIO, BASE = sys.argv[1], sys.argv[2].rstrip("/")
 ARGS = sys.argv[3:]
 KEY = os.environ.get("MLXENGINE_TEST_KEY", "none")
 client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
-LLM = "smollm2-135m-instruct"
+LLM = os.environ.get("MLXENGINE_TEST_LLM", "smollm2-135m-instruct")
 QUESTION = "What is the capital of France?"
 
 
@@ -408,7 +408,17 @@ def scenario_timeout():
 
 
 def scenario_metrics():
-    client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    # The same greedy request twice: the second is the prompt cache's recorded answer
+    # (OpenAI's usage.prompt_tokens_details.cached_tokens), then a sampled one reuses the
+    # prompt's cells only (all but its last token).
+    hi = [{"role": "user", "content": "hi"}]
+    r1 = client.chat.completions.create(model=LLM, messages=hi, max_tokens=4, temperature=0)
+    r2 = client.chat.completions.create(model=LLM, messages=hi, max_tokens=4, temperature=0)
+    r3 = client.chat.completions.create(model=LLM, messages=hi, max_tokens=4, temperature=0.7)
+    p = r1.usage.prompt_tokens
+    cached = [r.usage.prompt_tokens_details.cached_tokens for r in (r1, r2, r3)]
+    assert cached == [0, p, p - 1], (cached, p)
+    assert r2.choices[0].message.content == r1.choices[0].message.content
     client.embeddings.create(model="all-minilm-l6-v2", input="hi")
     status, hdrs, _ = http("GET", "/metrics")
     assert status == 200 and hdrs["content-type"].startswith("text/plain"), hdrs
@@ -420,7 +430,12 @@ def scenario_metrics():
     assert fams["mlxengine_time_to_first_token_seconds"].type == "histogram"
     assert sample(fams, "mlxengine_requests", "mlxengine_requests_total", endpoint="/v1/embeddings", status="200") == 1
     assert sample(fams, "mlxengine_generated_tokens", "mlxengine_generated_tokens_total", model=LLM) >= 1
-    assert sample(fams, "mlxengine_time_to_first_token_seconds", "mlxengine_time_to_first_token_seconds_count", model=LLM) == 1
+    assert sample(fams, "mlxengine_time_to_first_token_seconds", "mlxengine_time_to_first_token_seconds_count", model=LLM) == 3
+    lookups = "mlxengine_prompt_cache_lookups"
+    assert sample(fams, lookups, lookups + "_total", model=LLM, result="miss") == 1
+    assert sample(fams, lookups, lookups + "_total", model=LLM, result="hit") == 2
+    reused = "mlxengine_prompt_cache_tokens"
+    assert sample(fams, reused, reused + "_total", model=LLM) == 2 * p - 1
     assert sample(fams, "mlxengine_memory_resident_bytes") > 10e6
     status, _, body = http("GET", "/ready")
     assert status == 200 and body["status"] == "ready", body

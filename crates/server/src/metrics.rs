@@ -143,6 +143,8 @@ pub struct Metrics {
     active: Family,
     prompt_tokens: Family,
     generated_tokens: Family,
+    cache_lookups: Family,
+    cached_tokens: Family,
     cancelled: Family,
     rejected: Family,
     ttft: Family,
@@ -189,6 +191,18 @@ impl Metrics {
             generated_tokens: Family::new(
                 "mlxengine_generated_tokens_total",
                 "Tokens generated, by model.",
+                "counter",
+                &["model"],
+            ),
+            cache_lookups: Family::new(
+                "mlxengine_prompt_cache_lookups_total",
+                "Sequences started by a provider with a prompt cache, by model and result (hit: some of the prompt's KV cache reused, miss: none).",
+                "counter",
+                &["model", "result"],
+            ),
+            cached_tokens: Family::new(
+                "mlxengine_prompt_cache_tokens_total",
+                "Prompt tokens whose KV cache was reused instead of computed, by model.",
                 "counter",
                 &["model"],
             ),
@@ -255,6 +269,12 @@ impl Metrics {
         self.prompt_tokens.add(&[model], prompt as f64);
         self.generated_tokens.add(&[model], generated as f64);
     }
+    /// A sequence started with `tokens` prompt tokens from the prompt cache.
+    pub fn prompt_cached(&self, model: &str, tokens: u32) {
+        let result = if tokens > 0 { "hit" } else { "miss" };
+        self.cache_lookups.add(&[model, result], 1.0);
+        self.cached_tokens.add(&[model], f64::from(tokens));
+    }
     /// A generation stopped early.
     pub fn cancelled(&self, model: &str, reason: &str) {
         self.cancelled.add(&[model, reason], 1.0);
@@ -287,6 +307,8 @@ impl Metrics {
             &self.active,
             &self.prompt_tokens,
             &self.generated_tokens,
+            &self.cache_lookups,
+            &self.cached_tokens,
             &self.cancelled,
             &self.rejected,
             &self.ttft,

@@ -71,21 +71,31 @@ impl Frame {
         }
     }
 
-    pub(crate) fn usage(&self, outputs: &[Option<GenerateOutput>]) -> Value {
+    /// The `usage` object; `cached[i]`: prompt tokens of choice `i` that came from the
+    /// provider's prompt cache.
+    pub(crate) fn usage(&self, outputs: &[Option<GenerateOutput>], cached: &[u32]) -> Value {
         // Prompt tokens count once per prompt, not once per choice.
-        let prompt: u64 = outputs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % self.n == 0)
-            .filter_map(|(_, o)| o.as_ref())
-            .map(|o| o.prompt_tokens as u64)
-            .sum();
+        let per_prompt = || {
+            outputs
+                .iter()
+                .zip(cached)
+                .enumerate()
+                .filter(|(i, _)| i % self.n == 0)
+                .filter_map(|(_, (o, c))| o.as_ref().map(|o| (o, *c)))
+        };
+        let prompt: u64 = per_prompt().map(|(o, _)| o.prompt_tokens as u64).sum();
+        let reused: u64 = per_prompt().map(|(_, c)| u64::from(c)).sum();
         let completion: u64 = outputs
             .iter()
             .flatten()
             .map(|o| o.tokens.len() as u64)
             .sum();
-        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+        json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": reused},
+        })
     }
 
     pub(crate) fn logprobs_json(&self, pieces: &[(String, f32)]) -> Value {
@@ -150,6 +160,7 @@ impl Frame {
     pub(crate) fn complete(
         &self,
         outputs: &[Option<GenerateOutput>],
+        cached: &[u32],
         pieces: &[Vec<(String, f32)>],
     ) -> Value {
         let choices: Vec<Value> = outputs
@@ -174,7 +185,7 @@ impl Frame {
             .collect();
         let mut m = self.head(false);
         m.insert("choices".into(), choices.into());
-        m.insert("usage".into(), self.usage(outputs));
+        m.insert("usage".into(), self.usage(outputs, cached));
         Value::Object(m)
     }
 }
@@ -185,6 +196,7 @@ pub(crate) async fn collect(
     mut rx: UnboundedReceiver<JobMsg>,
 ) -> Result<Response, ApiError> {
     let mut outputs: Vec<Option<GenerateOutput>> = vec![None; frame.choices];
+    let mut cached = vec![0; frame.choices];
     let mut pieces: Vec<Vec<(String, f32)>> = vec![Vec::new(); frame.choices];
     let mut left = frame.choices;
     while left > 0 {
@@ -198,7 +210,12 @@ pub(crate) async fn collect(
                     pieces[index as usize].push((text, logprob));
                 }
             }
-            Some(JobMsg::Finished { index, output }) => {
+            Some(JobMsg::Finished {
+                index,
+                output,
+                cached: c,
+            }) => {
+                cached[index as usize] = c;
                 if outputs[index as usize].replace(output).is_none() {
                     left -= 1;
                 }
@@ -207,7 +224,7 @@ pub(crate) async fn collect(
             None => return Err(ApiError::internal("the generation worker stopped")),
         }
     }
-    Ok(Json(frame.complete(&outputs, &pieces)).into_response())
+    Ok(Json(frame.complete(&outputs, &cached, &pieces)).into_response())
 }
 
 /// State of one server-sent-events response.
@@ -216,6 +233,7 @@ pub(crate) struct Streamer {
     pub(crate) rx: UnboundedReceiver<JobMsg>,
     pub(crate) include_usage: bool,
     pub(crate) outputs: Vec<Option<GenerateOutput>>,
+    pub(crate) cached: Vec<u32>,
     pub(crate) started: Vec<bool>,
     pub(crate) left: usize,
     pub(crate) out: VecDeque<String>,
@@ -237,7 +255,12 @@ impl Streamer {
                     self.out.push_back(c);
                 }
             }
-            Some(JobMsg::Finished { index, output }) => {
+            Some(JobMsg::Finished {
+                index,
+                output,
+                cached,
+            }) => {
+                self.cached[index as usize] = cached;
                 let role = !std::mem::replace(&mut self.started[index as usize], true);
                 self.out.push_back(self.frame.chunk(
                     index,
@@ -253,7 +276,10 @@ impl Streamer {
                     if self.include_usage {
                         let mut m = self.frame.head(true);
                         m.insert("choices".into(), json!([]));
-                        m.insert("usage".into(), self.frame.usage(&self.outputs));
+                        m.insert(
+                            "usage".into(),
+                            self.frame.usage(&self.outputs, &self.cached),
+                        );
                         self.out.push_back(Value::Object(m).to_string());
                     }
                     self.out.push_back("[DONE]".into());
@@ -291,6 +317,7 @@ pub(crate) async fn stream(
         rx,
         include_usage,
         outputs: vec![None; choices],
+        cached: vec![0; choices],
         started: vec![false; choices],
         left: choices,
         out: VecDeque::new(),

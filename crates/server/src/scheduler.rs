@@ -32,8 +32,12 @@ pub enum JobMsg {
         text: String,
         logprob: f32,
     },
-    /// Choice `index` ended.
-    Finished { index: u32, output: GenerateOutput },
+    /// Choice `index` ended; `cached` of its prompt tokens came from the prompt cache.
+    Finished {
+        index: u32,
+        output: GenerateOutput,
+        cached: u32,
+    },
     /// The request failed (every choice not finished yet).
     Failed(ApiError),
 }
@@ -216,6 +220,8 @@ struct Active {
     /// Its sequences (choices).
     n: u32,
     finished: Vec<bool>,
+    /// Prompt tokens each sequence reused from the provider's prompt cache.
+    cached: Vec<u32>,
     last_token: Vec<Option<Instant>>,
     first_token_seen: bool,
     /// Why it was stopped early, if it was.
@@ -239,6 +245,7 @@ impl BatchSink<'_> {
             base: self.next,
             n,
             finished: vec![false; n as usize],
+            cached: vec![0; n as usize],
             last_token: vec![None; n as usize],
             first_token_seen: false,
             stopped: None,
@@ -332,6 +339,7 @@ impl GenerateSink for BatchSink<'_> {
             _ => JobMsg::Finished {
                 index: local,
                 output: output.clone(),
+                cached: a.cached[local as usize],
             },
         };
         if !a.finished.iter().all(|f| *f) {
@@ -347,6 +355,15 @@ impl GenerateSink for BatchSink<'_> {
         metrics.active(model, -1.0);
         self.worker.running.fetch_sub(1, Ordering::Relaxed);
         let _ = a.job.tx.send(msg);
+    }
+
+    fn prompt_cached(&mut self, index: u32, tokens: u32) {
+        let Some(i) = self.find(index) else {
+            return;
+        };
+        let a = &mut self.active[i];
+        a.cached[(index - a.base) as usize] = tokens;
+        self.sched.metrics.prompt_cached(&self.worker.model, tokens);
     }
 
     fn rejected(&mut self, error: &PluginError) {
