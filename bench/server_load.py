@@ -1,6 +1,18 @@
-"""Load generator for `mlxengine serve` (run by bench/server.sh): streamed chat requests
-from C concurrent clients, each sending R requests; prints aggregate tokens/s and
-latency percentiles per concurrency level as a table and JSON."""
+"""Load generator for an OpenAI-compatible server (run by bench/server.sh, against
+`mlxengine serve` and llama.cpp's `llama-server` alike): streamed chat requests from C
+concurrent clients, each sending R requests; prints aggregate tokens/s and latency
+percentiles per concurrency level as a table, then the rows as JSON on the last line.
+
+    server_load.py URL MODEL MAX_TOKENS LEVELS PER_CLIENT [MODE]
+
+MODE (default `unique`):
+  unique   a ~130-token chat prompt made unique at its start per request, greedy: no
+           prefix to share but the chat template's header
+  shared   one prompt for every request, sampled at temperature 0.7 without a seed: a
+           server's prompt cache can reuse the prompt, nothing can reuse an answer
+  greedy   one prompt for every request, greedy: a server that records deterministic
+           answers (mlxengine's prompt cache) replays them
+"""
 
 import json
 import statistics
@@ -13,21 +25,40 @@ import openai
 base, model, max_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 levels = [int(x) for x in sys.argv[4].split(",")]
 per_client = int(sys.argv[5])
+mode = sys.argv[6] if len(sys.argv) > 6 else "unique"
+assert mode in ("unique", "shared", "greedy"), mode
 client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+
+NOTES = (
+    "The lighthouse stands on a basalt cliff above a cold northern harbour. Its keeper "
+    "records the weather every four hours: wind direction and force, sea state, cloud, "
+    "visibility and the barometer. Supply boats come twice a month when the sea allows. "
+    "In winter the lamp burns for sixteen hours a night, and the keeper trims the wick, "
+    "polishes the lens and winds the clockwork that turns it. Write a long story about "
+    "one night there, told by the keeper."
+)
 
 
 def one(i):
+    if mode == "unique":
+        content, sampling = f"Request {i}. {NOTES}", {"temperature": 0}
+    elif mode == "shared":
+        content, sampling = NOTES, {"temperature": 0.7}
+    else:
+        content, sampling = NOTES, {"temperature": 0}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
+    ttft, tokens, chunks = None, 0, 0
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": f"Write a long story about lighthouse number {i}."}],
-        temperature=0.7, seed=i, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+        stream=True, stream_options={"include_usage": True}, **sampling)
     for chunk in stream:
-        if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-            ttft = time.perf_counter() - t0
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if ttft is None:
+                ttft = time.perf_counter() - t0
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
-    return time.perf_counter() - t0, ttft or 0.0, tokens
+    return time.perf_counter() - t0, ttft or 0.0, tokens or chunks
 
 
 def pct(xs, p):
@@ -35,7 +66,7 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-one(0)  # warm-up: model load, caches
+one(-1)  # warm-up: model load, caches
 rows = []
 for c in levels:
     results, lock = [], threading.Lock()
@@ -57,18 +88,15 @@ for c in levels:
     ttft = [r[1] for r in results]
     tokens = sum(r[2] for r in results)
     rows.append({
-        "concurrency": c, "requests": len(results), "tokens": tokens, "wall_s": wall,
+        "mode": mode, "concurrency": c, "requests": len(results), "tokens": tokens, "wall_s": wall,
         "aggregate_tok_s": tokens / wall,
         "per_stream_tok_s": statistics.median(r[2] / max(r[0] - r[1], 1e-9) for r in results),
         "latency_p50_s": pct(lat, 50), "latency_p99_s": pct(lat, 99),
         "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99),
     })
 
-print(f"{'streams':>8} {'requests':>9} {'agg tok/s':>10} {'per-stream':>11} {'lat p50':>8} {'lat p99':>8} {'ttft p50':>9} {'ttft p99':>9}")
+print(f"{'mode':>7} {'streams':>8} {'requests':>9} {'agg tok/s':>10} {'per-stream':>11} {'lat p50':>8} {'lat p99':>8} {'ttft p50':>9} {'ttft p99':>9}")
 for r in rows:
-    print(f"{r['concurrency']:>8} {r['requests']:>9} {r['aggregate_tok_s']:>10.1f} {r['per_stream_tok_s']:>11.1f} "
+    print(f"{r['mode']:>7} {r['concurrency']:>8} {r['requests']:>9} {r['aggregate_tok_s']:>10.1f} {r['per_stream_tok_s']:>11.1f} "
           f"{r['latency_p50_s']:>8.2f} {r['latency_p99_s']:>8.2f} {r['ttft_p50_s']:>9.3f} {r['ttft_p99_s']:>9.3f}")
-base_tps = rows[0]["aggregate_tok_s"]
-for r in rows[1:]:
-    print(f"batching speed-up at {r['concurrency']} streams vs {rows[0]['concurrency']}: {r['aggregate_tok_s'] / base_tps:.2f}x")
 print(json.dumps(rows))
