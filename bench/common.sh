@@ -93,7 +93,7 @@ ggml_settings() {
   "$bin" "${@:1:$#-1}" info "$model" --json | python3 -c 'import json,sys; print(next(c["reason"] for c in json.load(sys.stdin)["candidates"] if c["plugin"] == "ggml-llm"))'
 }
 # What the llama.cpp peer is given (bench/peers.py, llm_decode.sh): the provider's CPU defaults.
-LLAMA_SETTINGS="flash_attn=False, KV cache f16, $THREADS threads, n_batch 512"
+LLAMA_SETTINGS="flash_attn=True, KV cache f16, $THREADS threads, n_batch 512"
 
 # Start `mlxengine serve --port 0 ARGS...` (the release build) with a home of its own;
 # sets SERVER_URL and SERVER_PID, and stops it when the script exits.

@@ -62,9 +62,9 @@ from llama_cpp import Llama
 path, n, runs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 words = "the river carried old stories past quiet towns where people still remember long summer nights and".split()
 # The ggml provider's CPU settings (plugins/llm-ggml/src/settings.rs): flash attention
-# off, f16 KV cache (llama.cpp's default type), one thread per physical core.
+# on, f16 KV cache (llama.cpp's default type), one thread per physical core.
 llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-            flash_attn=False, verbose=False)
+            flash_attn=True, verbose=False)
 prompt = llm.tokenize(" ".join(words[i % len(words)] for i in range(128)).encode(), add_bos=False)
 def run(m):
     llm.reset()

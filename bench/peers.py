@@ -53,9 +53,9 @@ def quantize(src, dst, kind):
 def llama(path, words, new, runs, threads):
     from llama_cpp import Llama
     # The ggml provider's CPU settings (plugins/llm-ggml/src/settings.rs): flash attention
-    # off, f16 KV cache (llama.cpp's default type), one thread per physical core.
+    # on, f16 KV cache (llama.cpp's default type), one thread per physical core.
     llm = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                n_batch=512, flash_attn=False, verbose=False)
+                n_batch=512, flash_attn=True, verbose=False)
     toks = llm.tokenize(prompt(words).encode(), add_bos=True)
 
     def run(m):

@@ -105,7 +105,9 @@ fn the_float_twin_reproduces_the_reference_logits() {
 /// output matrix: N = 121 independent roundings. Pre-norm residual blocks neither
 /// amplify nor damp a relative perturbation of the residual stream on average, so
 /// independent errors add in quadrature: ε ≤ √N · ε_q = 11 · 0.0129 = 0.142. An f16 KV
-/// cache adds 2^-11 relative per element, negligible against it. A real bug (a wrong
+/// cache adds 2^-11 relative per element, and the default flash-attention path sums V in
+/// f16 (one 2^-11 rounding per cell, ≤ √n·2^-11 ≈ 0.006 over these prompts' n < 200
+/// cells): negligible against it. A real bug (a wrong
 /// tensor, RoPE or norm) moves the logits by their own size (relative error ≳ 0.5).
 const REL_BOUND: f64 = 0.142;
 
