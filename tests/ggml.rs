@@ -541,7 +541,7 @@ fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold
     }
     println!("turn 2: {cached} cached, cold and warm agree on {horizon}+ tokens");
 
-    // More distinct requests than sequence ids: the least recently used entries go, and
+    // More distinct requests than entries kept: the least recently used go, and
     // everything keeps working; the last one is still there, the first is not.
     let topic = |i: usize| vec![ChatMessage::text("user", &format!("Name an animal, {i}."))];
     let mut prompt_len = Vec::new();
@@ -553,6 +553,13 @@ fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold
     assert_eq!(cached, prompt_len[19], "the newest answer replays");
     let (_, cached) = run("smol-f32", topic(0), 0.0, 4);
     assert!(cached < prompt_len[0], "the oldest answer was evicted");
+    // A request for every sequence id at once takes the entries' ids back.
+    let all: Vec<TextInput> = (0..16).map(|i| raw(&format!("Count to {i}:"))).collect();
+    let out = gen(&e, "smol-f32", Some("ggml"), all, 3);
+    assert_eq!(out.outputs.len(), 16);
+    assert!(out.outputs.iter().all(|o| o.tokens.len() == 3));
+    let (_, cached) = run("smol-f32", topic(19), 0.0, 4);
+    assert!(cached < prompt_len[19], "its entry's id was taken");
     // With the cache off nothing is reused.
     let (_, cached) = run("smol-f32-cold", q1, 0.0, 8);
     assert_eq!(cached, 0);
