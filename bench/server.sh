@@ -3,7 +3,7 @@
 # to first token and latency percentiles for 1, 4 and 16 concurrent streaming clients on
 # the default model (SmolLM2-135M Q4_1), `mlxengine serve` (ggml provider) first, then
 # `llama-server` built from the same llama-cpp-python sdist as the other peers
-# (`-t THREADS -np 16 -c 8192 -fa off`: its parallel slots and context as people run it,
+# (`-t THREADS -np 16 -c 8192 -fa on`: its parallel slots and context as people run it,
 # flash attention as our CPU default). Three loads (bench/server_load.py): unique
 # prompts, one shared prompt sampled (what a prompt cache can reuse), one shared prompt
 # greedy (what a recorded answer replays).
@@ -28,7 +28,10 @@ quiet_guard
 
 load() {  # load NAME URL: every mode, rows into $OUT/NAME.jsonl
   for mode in ${MODES//,/ }; do
-    "$PY" bench/server_load.py "$2" "$MODEL" "$N" 1,4,16 "$R" "$mode" | tee /dev/stderr | tail -1 >>"$OUT/$1.jsonl"
+    local rows
+    rows=$("$PY" bench/server_load.py "$2" "$MODEL" "$N" 1,4,16 "$R" "$mode")
+    echo "$rows" >&2
+    echo "$rows" | tail -1 >>"$OUT/$1.jsonl"
   done
 }
 
@@ -37,12 +40,12 @@ start_server --preload default
 load ours "$SERVER_URL"
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 
-echo "== llama-server -t $THREADS -np 16 -c 8192 -fa off" >&2
+echo "== llama-server -t $THREADS -np 16 -c 8192 -fa on" >&2
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$LLAMA_SERVER" -m "$GGUF" -t "$THREADS" -tb "$THREADS" -np 16 -c 8192 -fa off \
+"$LLAMA_SERVER" -m "$GGUF" -t "$THREADS" -tb "$THREADS" -np 16 -c 8192 -fa on \
   --host 127.0.0.1 --port "$port" >"$OUT/llama-server.log" 2>&1 &
 LPID=$!
-trap 'kill $LPID 2>/dev/null; rm -rf "$OUT"' EXIT
+trap 'kill $LPID 2>/dev/null || true; rm -rf "$OUT" "$SERVER_HOME"' EXIT
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
 load llama "http://127.0.0.1:$port"
 kill "$LPID"; wait "$LPID" 2>/dev/null || true
