@@ -470,8 +470,10 @@ fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold
         let mut seen = Seen::default();
         let out = e.generate_with(&m, &req, &mut seen).unwrap();
         assert_eq!(seen.text[0], out.outputs[0].text.as_str(), "{id}: stream");
-        assert_eq!(seen.cached.len(), 1, "{id}: one report per sequence");
-        (out.outputs[0].clone(), seen.cached[0].1 as usize)
+        // One report per sequence, from a model with the cache on only.
+        assert_eq!(seen.cached.len(), usize::from(id == "smol-f32"), "{id}");
+        let cached = seen.cached.first().map_or(0, |c| c.1 as usize);
+        (out.outputs[0].clone(), cached)
     };
     let q1 = vec![ChatMessage::text("user", "What is the capital of France?")];
 
@@ -563,6 +565,49 @@ fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold
     // With the cache off nothing is reused.
     let (_, cached) = run("smol-f32-cold", q1, 0.0, 8);
     assert_eq!(cached, 0);
+}
+
+#[test]
+fn repetition_penalties_change_a_repetitive_greedy_answer() {
+    // They were never applied: the chain asked llama.cpp for a window of -1 tokens, which
+    // it reads as "penalties off".
+    let e = engine();
+    let run = |presence: f32, repetition: f32| {
+        let req = GenerateRequest {
+            inputs: vec![raw("red red red red red red red red red red red red")].into(),
+            max_tokens: 24,
+            sampling: plugin_api::text::SamplingParams {
+                temperature: 0.0,
+                presence_penalty: presence,
+                repetition_penalty: repetition,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = e
+            .generate_on("smol", Some("ggml"), &util::gen(req), &mut |_| {
+                StreamControl::Continue
+            })
+            .unwrap();
+        out.outputs[0].tokens.to_vec()
+    };
+    let most_repeated = |t: &[u32]| {
+        let mut n = std::collections::HashMap::new();
+        t.iter().for_each(|x| *n.entry(x).or_insert(0) += 1);
+        n.into_values().max().unwrap_or(0)
+    };
+    let plain = run(0.0, 1.0);
+    for (presence, repetition) in [(2.0, 1.0), (0.0, 1.8)] {
+        let penalized = run(presence, repetition);
+        assert_ne!(
+            penalized, plain,
+            "presence {presence}, repetition {repetition}"
+        );
+        assert!(
+            most_repeated(&penalized) < most_repeated(&plain),
+            "{penalized:?} vs {plain:?}"
+        );
+    }
 }
 
 #[test]

@@ -66,7 +66,11 @@ impl Seq {
     /// fed back (the last one sampled never is).
     fn kv_tokens(&self) -> Vec<LlamaToken> {
         let n = self.pos as usize;
-        let fed_back = n.saturating_sub(self.prompt.len());
+        // (A sequence that ended mid-replay has cells past its last fed-back token: they
+        // are dropped when it retires.)
+        let fed_back = n
+            .saturating_sub(self.prompt.len())
+            .min(self.out.tokens.len().saturating_sub(1));
         let mut t = self.prompt[..n.min(self.prompt.len())].to_vec();
         t.extend(
             self.out.tokens[..fed_back.min(self.out.tokens.len())]
@@ -89,9 +93,8 @@ fn sampling_of(req: &GenerateRequest, row: usize) -> Sampling {
     ];
     let mut h = std::collections::hash_map::DefaultHasher::new();
     penalties.map(f32::to_bits).hash(&mut h);
-    let cover = if s.temperature <= 0.0 {
-        None
-    } else {
+    let resumable = s.temperature <= 0.0;
+    if !resumable {
         let Some(seed) = s.seed.into_option() else {
             return Sampling::Other;
         };
@@ -99,18 +102,21 @@ fn sampling_of(req: &GenerateRequest, row: usize) -> Sampling {
             .map(f32::to_bits)
             .hash(&mut h);
         (s.top_k, seed.wrapping_add(row as u64)).hash(&mut h);
-        Some(req.max_tokens as usize)
-    };
+    }
     Sampling::Deterministic {
         key: h.finish(),
         logprobs: req.logprobs,
-        cover,
+        max_tokens: req.max_tokens as usize,
+        resumable,
     }
 }
 
 /// Tell the host how much of each new sequence's prompt came from the prompt cache
 /// (followers: as their leader).
-fn report_cached(sink: &mut dyn Sink, seqs: &[Seq]) {
+fn report_cached(on: bool, sink: &mut dyn Sink, seqs: &[Seq]) {
+    if !on {
+        return;
+    }
     for s in seqs {
         sink.prompt_cached(s.index, s.cached as u32);
         for f in &s.followers {
@@ -186,19 +192,22 @@ pub(crate) struct Group {
     stops: Vec<String>,
 }
 
+/// The sampler chain of input `row` of `req`, for a sequence of at most `len` tokens.
 pub(crate) fn sampler(
     req: &GenerateRequest,
     n_vocab: i32,
     row: u64,
     fallback: u64,
+    len: usize,
 ) -> LlamaSampler {
     let s = &req.sampling;
     let mut chain = Vec::new();
     if s.repetition_penalty != 1.0 || s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
-        // -1: over the whole context, like the MLX provider (prompt included).
+        // Over the whole sequence, like the MLX provider (prompt included). (llama.cpp
+        // reads a window of 0 or less as "penalties off", not "the whole context".)
         chain.push(LlamaSampler::penalties(
             n_vocab,
-            -1,
+            len.min(i32::MAX as usize) as i32,
             s.repetition_penalty,
             s.frequency_penalty,
             s.presence_penalty,
@@ -314,7 +323,8 @@ impl GgmlModel {
             .into_iter()
             .map(|(prompt, same)| {
                 let i = same[0];
-                let mut sampler = sampler(req, n_vocab, i as u64, seed);
+                let len = (prompt.len() + req.max_tokens as usize).min(ctx_train);
+                let mut sampler = sampler(req, n_vocab, i as u64, seed, len);
                 sampler.accept_many(prompt.iter());
                 let start = slots.take(ctx, &prompt, sampling_of(req, i));
                 let replay: VecDeque<(u32, f32)> = start.replay.map_or_else(VecDeque::new, |a| {
@@ -458,7 +468,7 @@ impl GgmlModel {
         let mut slots = Slots::new(*seqs, cache, self.prompt_cache);
         slots.cells_free(ctx, total_cells, 0, need);
         let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed);
-        report_cached(sink, &live);
+        report_cached(self.prompt_cache, sink, &live);
         let stops_of = |r: &GenerateRequest| -> Vec<String> {
             r.stop
                 .iter()
@@ -526,7 +536,9 @@ impl GgmlModel {
                             };
                             // All of its prompt is the leader's; then what the leader
                             // has streamed so far, in one event.
-                            sink.prompt_cached(f.index, leader.prompt.len() as u32);
+                            if self.prompt_cache {
+                                sink.prompt_cached(f.index, leader.prompt.len() as u32);
+                            }
                             if joined.stream && !leader.out.tokens.is_empty() {
                                 let _ = sink.event(&StreamEvent {
                                     index: f.index,
@@ -544,7 +556,7 @@ impl GgmlModel {
                 });
                 match admitted {
                     Ok((inputs, seqs)) => {
-                        report_cached(sink, &seqs);
+                        report_cached(self.prompt_cache, sink, &seqs);
                         next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {

@@ -303,6 +303,15 @@ impl GgmlModel {
         let arch = model
             .meta_val_str("general.architecture")
             .unwrap_or_default();
+        // A prompt cache needs a KV cache whose prefix is all there: not a recurrent
+        // model's state, and not a sliding-window cache, which reuses cells that fall out
+        // of a sequence's window (a prefix copied from such an entry misses context).
+        let sliding = model
+            .meta_val_str(&format!("{arch}.attention.sliding_window"))
+            .ok()
+            .and_then(|w| w.trim().parse::<u64>().ok())
+            .is_some_and(|w| w > 0);
+        let cuttable = !model.is_recurrent() && !model.is_hybrid() && !sliding;
         Ok(GgmlModel {
             id,
             arch,
@@ -316,7 +325,7 @@ impl GgmlModel {
             eos,
             add_bos,
             extra_eos,
-            prompt_cache: settings.prompt_cache && !model.is_recurrent() && !model.is_hybrid(),
+            prompt_cache: settings.prompt_cache && cuttable,
             settings,
             kv_cell_bytes,
             ctx: Mutex::new(None),
@@ -347,7 +356,7 @@ struct GgmlModel {
     extra_eos: Vec<LlamaToken>,
     settings: Settings,
     /// Whether ended sequences' KV cells are kept for reuse (the `prompt_cache` option,
-    /// and a KV cache that can be cut at any position: not a recurrent model's).
+    /// and a KV cache that keeps every position: not a recurrent or sliding-window one).
     prompt_cache: bool,
     /// KV-cache bytes of one token of one sequence.
     kv_cell_bytes: u64,

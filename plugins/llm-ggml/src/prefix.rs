@@ -84,13 +84,14 @@ pub(crate) struct Hit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sampling {
     /// Deterministic: an answer recorded under the same `key` for the same prompt is its
-    /// answer, if it has log-probabilities when `logprobs` asks for them and, when
-    /// `cover` is set (seeded sampling), it ended on an end-of-generation token or has
-    /// at least `cover` tokens.
+    /// answer (its first `max_tokens` tokens), if it has log-probabilities when
+    /// `logprobs` asks for them and, unless the sampling is `resumable` (greedy: no state
+    /// but the tokens), it ended on an end-of-generation token or has `max_tokens` tokens.
     Deterministic {
         key: u64,
         logprobs: bool,
-        cover: Option<usize>,
+        max_tokens: usize,
+        resumable: bool,
     },
     /// Sampled without a seed: only the prompt's cells can be reused.
     Other,
@@ -116,10 +117,10 @@ impl<T: PartialEq + Clone> PromptCache<T> {
     }
 
     /// What to reuse for a sequence reading `prompt` and sampling as `sampling`: a
-    /// recorded answer to this very prompt when the sampling is deterministic, else the
-    /// entry sharing the longest prefix with it, at most `prompt.len() - 1` tokens (the
-    /// last prompt token is decoded: its logits give the first token). Marks the entry
-    /// used.
+    /// recorded answer to this very prompt when the sampling is deterministic (no more of
+    /// it, and of its cells, than the request can use), else the entry sharing the
+    /// longest prefix with it, at most `prompt.len() - 1` tokens (the last prompt token is
+    /// decoded: its logits give the first token). Marks the entry used.
     pub(crate) fn lookup(&mut self, prompt: &[T], sampling: Sampling) -> Option<Hit> {
         let most = prompt.len().saturating_sub(1);
         let replays = |e: &Entry<T>| match (sampling, &e.answer) {
@@ -127,15 +128,18 @@ impl<T: PartialEq + Clone> PromptCache<T> {
                 Sampling::Deterministic {
                     key,
                     logprobs,
-                    cover,
+                    max_tokens,
+                    resumable,
                 },
                 Some(a),
             ) => {
                 a.key == key
                     && a.prompt_len == prompt.len()
                     && e.tokens.starts_with(prompt)
+                    // The cells hold the prompt and all of the answer but its last token.
+                    && e.tokens.len() + 1 == a.prompt_len + a.tokens.len()
                     && (!logprobs || a.logprobs.len() == a.tokens.len())
-                    && cover.is_none_or(|n| a.eos || a.tokens.len() >= n)
+                    && (resumable || a.eos || a.tokens.len() >= max_tokens)
             }
             _ => false,
         };
@@ -151,13 +155,18 @@ impl<T: PartialEq + Clone> PromptCache<T> {
         self.clock += 1;
         let e = &mut self.entries[entry];
         e.last_use = self.clock;
-        Some(match replay {
-            true => Hit {
-                slot: e.slot,
-                copy: e.tokens.len(),
-                answer: e.answer.clone(),
-            },
-            false => Hit {
+        Some(match (replay, sampling, e.answer.clone()) {
+            (true, Sampling::Deterministic { max_tokens, .. }, Some(mut a)) => {
+                let n = a.tokens.len().min(max_tokens.max(1));
+                a.tokens.truncate(n);
+                a.logprobs.truncate(n);
+                Hit {
+                    slot: e.slot,
+                    copy: prompt.len() + n - 1,
+                    answer: Some(a),
+                }
+            }
+            _ => Hit {
                 slot: e.slot,
                 copy: shared,
                 answer: None,
@@ -366,7 +375,8 @@ mod tests {
     const GREEDY: Sampling = Sampling::Deterministic {
         key: 1,
         logprobs: false,
-        cover: None,
+        max_tokens: 100,
+        resumable: true,
     };
 
     #[test]
@@ -429,17 +439,21 @@ mod tests {
         assert_eq!(c.len(), 1);
     }
 
-    #[test]
-    fn a_deterministic_answer_replays_only_for_its_own_prompt_and_sampling() {
-        let mut c = PromptCache::default();
-        // Prompt [1, 2, 3] answered [7, 8, 9]: the cells hold the prompt and 7, 8.
-        let answer = Answer {
+    fn answer_for_test() -> Answer {
+        Answer {
             prompt_len: 3,
             tokens: vec![7, 8, 9],
             logprobs: vec![],
             key: 1,
             eos: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_deterministic_answer_replays_only_for_its_own_prompt_and_sampling() {
+        let mut c = PromptCache::default();
+        // Prompt [1, 2, 3] answered [7, 8, 9]: the cells hold the prompt and 7, 8.
+        let answer = answer_for_test();
         c.insert(0, vec![1, 2, 3, 7, 8], Some(answer.clone()));
         let replay = c.lookup(&[1, 2, 3], GREEDY).unwrap();
         assert_eq!(replay.copy, 5);
@@ -451,20 +465,34 @@ mod tests {
             answer: None,
         });
         assert_eq!(c.lookup(&[1, 2, 3], OTHER), no_replay);
-        let with = |key, logprobs, cover| Sampling::Deterministic {
+        let with = |key, logprobs, max_tokens, resumable| Sampling::Deterministic {
             key,
             logprobs,
-            cover,
+            max_tokens,
+            resumable,
         };
-        assert_eq!(c.lookup(&[1, 2, 3], with(1, true, None)), no_replay);
+        assert_eq!(c.lookup(&[1, 2, 3], with(1, true, 9, true)), no_replay);
         // Other sampling settings, or a seeded request wanting more than was drawn.
-        assert_eq!(c.lookup(&[1, 2, 3], with(2, false, None)), no_replay);
-        assert_eq!(c.lookup(&[1, 2, 3], with(1, false, Some(4))), no_replay);
+        assert_eq!(c.lookup(&[1, 2, 3], with(2, false, 9, true)), no_replay);
+        assert_eq!(c.lookup(&[1, 2, 3], with(1, false, 4, false)), no_replay);
         assert!(c
-            .lookup(&[1, 2, 3], with(1, false, Some(3)))
+            .lookup(&[1, 2, 3], with(1, false, 3, false))
             .unwrap()
             .answer
             .is_some());
+        // A request for fewer tokens gets no more of the answer, and of its cells, than it
+        // can use: 2 tokens, the prompt and the first of them.
+        let short = c.lookup(&[1, 2, 3], with(1, false, 2, false)).unwrap();
+        assert_eq!((short.copy, short.answer.unwrap().tokens), (4, vec![7, 8]));
+        // An entry whose cells do not hold all of the answer but its last token is no
+        // replay (a sequence that ended mid-replay keeps fewer).
+        let mut d = PromptCache::default();
+        let partial = Answer {
+            tokens: vec![7, 8, 9],
+            ..answer_for_test()
+        };
+        d.insert(0, vec![1, 2, 3, 7, 8, 9], Some(partial));
+        assert_eq!(d.lookup(&[1, 2, 3], GREEDY).unwrap().answer, None);
         // A longer or shorter prompt is not this answer's.
         assert_eq!(c.lookup(&[1, 2, 3, 7, 8, 4], GREEDY).unwrap().answer, None);
         assert_eq!(c.lookup(&[1, 2], GREEDY).unwrap().answer, None);
