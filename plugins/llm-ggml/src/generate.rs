@@ -31,8 +31,8 @@ pub(crate) struct Seq {
     index: u32,
     /// Request it belongs to (0: the call's own).
     group: usize,
-    /// Input of that request whose sampler it has (its seed's offset).
-    row: usize,
+    /// How it samples, as the prompt cache tells answers apart.
+    sampling: Sampling,
     /// llama.cpp sequence id.
     slot: i32,
     prompt: Vec<LlamaToken>,
@@ -257,6 +257,11 @@ pub(crate) fn peak_rss() -> u64 {
 }
 
 impl GgmlModel {
+    /// Whether `tok` ends a sequence (end of generation, or one of the entry's extra EOS).
+    fn ends(&self, tok: LlamaToken) -> bool {
+        self.model.vocab().is_eog(tok) || self.extra_eos.contains(&tok)
+    }
+
     pub(crate) fn prompt_tokens(
         &self,
         model: &LlamaModel,
@@ -326,7 +331,8 @@ impl GgmlModel {
                 let len = (prompt.len() + req.max_tokens as usize).min(ctx_train);
                 let mut sampler = sampler(req, n_vocab, i as u64, seed, len);
                 sampler.accept_many(prompt.iter());
-                let start = slots.take(ctx, &prompt, sampling_of(req, i));
+                let sampling = sampling_of(req, i);
+                let start = slots.take(ctx, &prompt, sampling);
                 let replay: VecDeque<(u32, f32)> = start.replay.map_or_else(VecDeque::new, |a| {
                     let lp = a.logprobs.iter().copied().chain(std::iter::repeat(0.0));
                     a.tokens.into_iter().zip(lp).collect()
@@ -341,9 +347,9 @@ impl GgmlModel {
                         .collect(),
                     index: base + i as u32,
                     group,
-                    row: i,
+                    sampling,
                     slot: start.slot,
-                    cells: (prompt.len() + req.max_tokens as usize).min(ctx_train),
+                    cells: len,
                     fed: if replay.is_empty() {
                         start.copied
                     } else {
@@ -631,7 +637,7 @@ impl GgmlModel {
                 } else {
                     continue;
                 };
-                let eos = vocab.is_eog(tok) || self.extra_eos.contains(&tok);
+                let eos = self.ends(tok);
                 let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
                     || seq.prompt.len() + seq.out.tokens.len() + 1 >= ctx_train;
                 let mut text = if eos {
@@ -734,17 +740,14 @@ impl GgmlModel {
                         outs.push((f.index, seq.out.clone()));
                     }
                 }
-                let answer = match sampling_of(&groups[seq.group].req, seq.row) {
-                    Sampling::Deterministic { key, .. } if !seq.out.tokens.is_empty() => {
-                        let last = LlamaToken(*seq.out.tokens.last().unwrap_or(&0) as i32);
-                        Some(Answer {
-                            prompt_len: seq.prompt.len(),
-                            tokens: seq.out.tokens.clone(),
-                            logprobs: seq.out.logprobs.clone(),
-                            key,
-                            eos: vocab.is_eog(last) || self.extra_eos.contains(&last),
-                        })
-                    }
+                let answer = match (seq.sampling, seq.out.tokens.last()) {
+                    (Sampling::Deterministic { key, .. }, Some(&last)) => Some(Answer {
+                        prompt_len: seq.prompt.len(),
+                        tokens: seq.out.tokens.clone(),
+                        logprobs: seq.out.logprobs.clone(),
+                        key,
+                        eos: self.ends(LlamaToken(last as i32)),
+                    }),
                     _ => None,
                 };
                 slots.retire(ctx, seq.slot, seq.kv_tokens(), answer);
