@@ -47,17 +47,23 @@ pub enum ModelError {
     Checkpoint(#[from] WeightsError),
 }
 
+impl From<sentence::SentenceError> for ModelError {
+    fn from(e: sentence::SentenceError) -> Self {
+        use sentence::SentenceError as S;
+        match e {
+            S::MissingFile(p) => Self::MissingFile(p),
+            S::Io { path, source } => Self::Io { path, source },
+            S::Config { file, msg } => Self::Config { file, msg },
+            S::Tokenizer { file, msg } => Self::Tokenizer { file, msg },
+            S::Request(msg) => Self::Request(msg),
+        }
+    }
+}
+
 impl ModelError {
     /// An I/O error on `path` (`MissingFile` when it does not exist).
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            Self::MissingFile(path.into())
-        } else {
-            Self::Io {
-                path: path.into(),
-                source,
-            }
-        }
+        sentence::SentenceError::io(path, source).into()
     }
 }
 

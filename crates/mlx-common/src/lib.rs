@@ -13,7 +13,8 @@ pub mod blas;
 mod error;
 pub mod estimate;
 mod linear;
-pub mod tokens;
+/// Tokenizer files checked against a model ([`sentence::tokens`]).
+pub use sentence::tokens;
 mod weights;
 
 pub use error::ModelError;
@@ -106,20 +107,7 @@ pub fn dtype_name(d: mlx_rs::Dtype) -> String {
 /// `dir/rel` for a file name a model's own files give (a shard of a safetensors index, a
 /// module folder of `modules.json`): `rel` must be relative and stay inside `dir` (no
 /// `..`, no root), since model files come from someone else's upload.
-pub fn inside(dir: &std::path::Path, rel: &str) -> Result<std::path::PathBuf, String> {
-    use std::path::Component;
-    let p = std::path::Path::new(rel);
-    if rel.is_empty()
-        || !p
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!(
-            "{rel:?} is not a path inside the model folder (relative, without `..`)"
-        ));
-    }
-    Ok(dir.join(p))
-}
+pub use sentence::inside;
 
 #[cfg(test)]
 mod tests {

@@ -4,15 +4,14 @@ use crate::{
     error::EmbedError,
     models::{self, bert, Weights},
     pool::Pool,
-    st::SentenceConfig,
 };
 use mlx_rs::{Array, Dtype};
 use plugin_api::embed::{EmbedRequest, EmbedResponse, Pooling};
+use sentence::TextEncoder;
 use std::{
     path::Path,
     sync::{Arc, Mutex},
 };
-use tokenizers::{Tokenizer, TruncationParams};
 
 /// Most sequences per forward pass, and most padded tokens per pass (bounds activation
 /// memory: 16k tokens × 384 × 4 B ≈ 25 MB per hidden state for MiniLM).
@@ -30,15 +29,8 @@ pub struct Encoder {
     busy: Mutex<()>,
     /// Workers for requests of several batches (MLX's CPU backend, several cores).
     pool: Option<Pool>,
-    tokenizer: Tokenizer,
-    truncating: Tokenizer,
-    pub sentence: SentenceConfig,
-    pub max_len: usize,
-    /// Rows of the word and token-type embedding tables: every id a request's encoding
-    /// holds is checked against them (the post-processor's special tokens are not in the
-    /// vocabulary the load check sees).
-    table_rows: (u32, u32),
-    tokenizer_file: std::path::PathBuf,
+    /// The tokenizer and sentence-transformers settings.
+    pub texts: TextEncoder,
     pub dim: usize,
     pub dtype: Dtype,
     pub parameters: u64,
@@ -91,42 +83,18 @@ impl Encoder {
             });
         }
         let config = bert::Config::from_file(&dir.join("config.json"))?;
-        let sentence = SentenceConfig::load(dir)?;
+        let texts = TextEncoder::load(
+            dir,
+            config.vocab_size as usize,
+            config.type_vocab_size as usize,
+            config.max_position_embeddings as usize,
+        )?;
         let mut weights = Weights::load(dir, dtype)?;
         bert::Bert::sanitize(&mut weights);
         let model = bert::Bert::load(config.clone(), &mut weights)?;
         weights.finish()?;
         model.materialize()?;
         mlx_common::activation::prepare();
-
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            return Err(EmbedError::MissingFile(tok_path));
-        }
-        let mut tokenizer = mlx_common::tokens::load(&tok_path)?;
-        mlx_common::tokens::check_ids(&tokenizer, config.vocab_size as usize, &tok_path)?;
-        // Padding and truncation are ours (batching, model limits), not tokenizer.json's.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| EmbedError::Tokenizer {
-                file: tok_path.clone(),
-                msg: e.to_string(),
-            })?;
-        let max_len = sentence
-            .max_seq_length
-            .unwrap_or(usize::MAX)
-            .min(config.max_position_embeddings as usize);
-        let mut truncating = tokenizer.clone();
-        truncating
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
-            .map_err(|e| EmbedError::Tokenizer {
-                file: tok_path,
-                msg: e.to_string(),
-            })?;
 
         let (parameters, weight_bytes) = model.sizes();
         let workers = if mlx_common::mlx_backend() == "mlx-cpu" {
@@ -146,17 +114,12 @@ impl Encoder {
             None
         };
         Ok(Self {
-            table_rows: (config.vocab_size as u32, config.type_vocab_size as u32),
-            tokenizer_file: dir.join("tokenizer.json"),
             dim: config.hidden_size as usize,
             dtype: model.dtype(),
             model: Arc::new(SharedModel(model)),
             busy: Mutex::new(()),
             pool,
-            tokenizer,
-            truncating,
-            sentence,
-            max_len,
+            texts,
             parameters,
             weight_bytes,
         })
@@ -164,62 +127,14 @@ impl Encoder {
 
     /// Embed a batch of texts.
     pub fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse, EmbedError> {
-        // The host checked the texts (`engine::request::Embed`); pooling is the model's.
-        let pooling = match req.pooling {
-            Pooling::MODEL_DEFAULT => self.sentence.pooling,
-            p @ (Pooling::MEAN | Pooling::CLS | Pooling::LAST) => p,
-            Pooling(n) => return Err(EmbedError::Request(format!("unknown pooling code {n}"))),
-        };
-        let normalize = req
-            .normalize
-            .into_option()
-            .unwrap_or(self.sentence.normalize);
-        let tok = if req.truncate {
-            &self.truncating
-        } else {
-            &self.tokenizer
-        };
-        let texts: Vec<&str> = req.texts.iter().map(|t| t.as_str()).collect();
-        let encodings = tok
-            .encode_batch(texts, true)
-            .map_err(|e| EmbedError::Request(format!("tokenizer: {e}")))?;
-        if let Some((i, e)) = encodings
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.len() > self.max_len)
-        {
-            return Err(EmbedError::Request(format!(
-                "text #{i} has {} tokens, more than the model's maximum of {} (enable truncation)",
-                e.len(),
-                self.max_len
-            )));
-        }
-
-        let (words, types) = self.table_rows;
-        for (i, e) in encodings.iter().enumerate() {
-            let bad_id = e.get_ids().iter().find(|&&id| id >= words);
-            let bad_type = e.get_type_ids().iter().find(|&&t| t >= types);
-            if let Some(what) = bad_id
-                .map(|id| format!("token id {id}, outside the {words}-row embedding table"))
-                .or_else(|| {
-                    bad_type.map(|t| format!("token type {t}, outside the {types}-row type table"))
-                })
-            {
-                return Err(EmbedError::Tokenizer {
-                    file: self.tokenizer_file.clone(),
-                    msg: format!(
-                        "text #{i} encodes to {what}; the tokenizer does not belong to these weights"
-                    ),
-                });
-            }
-        }
-        // Sort by length so each forward pass pads little; results go back in order.
-        let mut order: Vec<usize> = (0..encodings.len()).collect();
-        order.sort_by_key(|&i| encodings[i].len());
+        // The host checked the texts (`engine::request::Embed`).
+        let (pooling, normalize) = self.texts.settings(req)?;
+        let encodings = self.texts.encode(req)?;
         // With workers, batches small enough that each worker gets about two (so the
         // long texts, sorted last, do not all land on one), but not tiny.
         let workers = self.pool.as_ref().map_or(1, Pool::size);
-        let total: usize = encodings.iter().map(|e| e.len()).sum();
+        let lens: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
+        let total: usize = lens.iter().sum();
         let batch_tokens = if workers > 1 {
             total
                 .div_ceil(2 * workers)
@@ -227,20 +142,8 @@ impl Encoder {
         } else {
             MAX_BATCH_TOKENS
         };
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < order.len() {
-            let mut end = start;
-            while end < order.len() && end - start < MAX_BATCH {
-                let longest = encodings[order[end]].len().max(1);
-                if end > start && (end - start + 1) * longest > batch_tokens {
-                    break;
-                }
-                end += 1;
-            }
-            chunks.push(&order[start..end]);
-            start = end;
-        }
+        let (order, ranges) = sentence::batches(&lens, MAX_BATCH, batch_tokens);
+        let chunks: Vec<&[usize]> = ranges.into_iter().map(|r| &order[r]).collect();
         let batches: Vec<Batch> = chunks
             .iter()
             .map(|c| Batch::pad(c.iter().map(|&i| &encodings[i])))

@@ -10,7 +10,6 @@ mod error;
 mod estimate;
 pub mod models;
 mod pool;
-mod st;
 
 pub use encoder::Encoder;
 pub use error::EmbedError;
@@ -127,7 +126,7 @@ impl LoadedModel for LoadedEncoder {
             backend: mlx_backend().into(),
             dtype: format!("{:?}", self.encoder.dtype).to_lowercase().into(),
             dim: self.encoder.dim as u32,
-            max_tokens: self.encoder.max_len as u32,
+            max_tokens: self.encoder.texts.max_len as u32,
             parameters: self.encoder.parameters,
             weight_bytes: self.encoder.weight_bytes,
         }

@@ -3,7 +3,7 @@
 //! and `sentence_bert_config.json` (`max_seq_length`). A plain transformers checkpoint
 //! without them gets mean pooling, no normalization, the model's own maximum length.
 
-use crate::error::EmbedError;
+use crate::SentenceError;
 use plugin_api::embed::Pooling;
 use serde::Deserialize;
 use std::path::Path;
@@ -42,9 +42,9 @@ struct SbertConfig {
     max_seq_length: Option<usize>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EmbedError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, SentenceError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SentenceError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| SentenceError::Config {
         file: path.into(),
         msg: e.to_string(),
     })
@@ -52,7 +52,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedError>
 
 impl SentenceConfig {
     /// Read the sentence-transformers files of `dir`, if any.
-    pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+    pub fn load(dir: &Path) -> Result<Self, SentenceError> {
         let mut cfg = SentenceConfig {
             pooling: Pooling::MEAN,
             normalize: false,
@@ -72,14 +72,14 @@ impl SentenceConfig {
                 "Transformer" => {}
                 "Normalize" => cfg.normalize = true,
                 "Pooling" => {
-                    let file = mlx_common::inside(dir, &m.path)
-                        .map_err(|msg| EmbedError::Config {
+                    let file = crate::inside(dir, &m.path)
+                        .map_err(|msg| SentenceError::Config {
                             file: modules_path.clone(),
                             msg: format!("module `{}`: {msg}", m.ty),
                         })?
                         .join("config.json");
                     let p: PoolingConfig = read_json(&file)?;
-                    let bad = |what: &str| EmbedError::Config {
+                    let bad = |what: &str| SentenceError::Config {
                         file: file.clone(),
                         msg: format!("pooling mode {what} is not supported (mean, cls, lasttoken)"),
                     };
@@ -106,7 +106,7 @@ impl SentenceConfig {
                     };
                 }
                 other => {
-                    return Err(EmbedError::Config {
+                    return Err(SentenceError::Config {
                         file: modules_path.clone(),
                         msg: format!(
                             "sentence-transformers module `{other}` ({}) is not supported",

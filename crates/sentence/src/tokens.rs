@@ -2,16 +2,16 @@
 //! load: an id past the table's end would read outside it at every request that meets
 //! that token (stray memory, NaN, or a crash of the whole host).
 
-use crate::ModelError;
+use crate::SentenceError;
 use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// Read `file` (a `tokenizer.json`). The tokenizers library panics on some malformed
 /// files (a `decoder` of an unknown shape, found by fuzzing): that is an error naming
 /// the file too, not a panic of the loading plugin.
-pub fn load(file: &Path) -> Result<Tokenizer, ModelError> {
-    let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
-    let bad = |msg: String| ModelError::Tokenizer {
+pub fn load(file: &Path) -> Result<Tokenizer, SentenceError> {
+    let bytes = std::fs::read(file).map_err(|e| SentenceError::io(file, e))?;
+    let bad = |msg: String| SentenceError::Tokenizer {
         file: file.to_owned(),
         msg,
     };
@@ -33,10 +33,10 @@ pub fn load(file: &Path) -> Result<Tokenizer, ModelError> {
 
 /// Refuse a tokenizer (read from `file`) whose vocabulary, added tokens included, holds an
 /// id of `rows` or more, `rows` being the embedding table's row count.
-pub fn check_ids(tokenizer: &Tokenizer, rows: usize, file: &Path) -> Result<(), ModelError> {
+pub fn check_ids(tokenizer: &Tokenizer, rows: usize, file: &Path) -> Result<(), SentenceError> {
     let vocab = tokenizer.get_vocab(true);
     match vocab.iter().max_by_key(|(_, id)| **id) {
-        Some((token, &id)) if id as usize >= rows => Err(ModelError::Tokenizer {
+        Some((token, &id)) if id as usize >= rows => Err(SentenceError::Tokenizer {
             file: file.to_owned(),
             msg: format!(
                 "token {token:?} has id {id}, outside the model's embedding table of {rows} \
