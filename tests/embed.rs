@@ -1,5 +1,7 @@
-//! The embed plugin on the real all-MiniLM-L6-v2 weights, through the ABI: reference
-//! parity, batching equal to one-by-one, truncation and pooling options.
+//! Both `embed` providers on the real all-MiniLM-L6-v2 weights, through the ABI: the MLX
+//! plugin, and the ggml plugin (the checkpoint converted to GGUF, run by llama.cpp).
+//! Reference parity, batching equal to one-by-one, truncation and pooling options, and
+//! the refusals of bad model files. Every case runs on each provider ([`PROVIDERS`]).
 
 mod util;
 
@@ -9,10 +11,13 @@ use plugin_api::{
     ErrorKind, ModelKind,
 };
 
-fn engine() -> Engine {
+/// The plugin libraries that serve `embed`.
+const PROVIDERS: [&str; 2] = ["mlxengine_embed", "mlxengine_llm_ggml"];
+
+/// An engine with only `lib` loaded and all-MiniLM-L6-v2 registered as `minilm`.
+fn engine_with(lib: &str) -> Engine {
     let mut set = PluginSet::default();
-    set.load(&util::dylib("mlxengine_embed"))
-        .expect("embed plugin loads");
+    set.load(&util::dylib(lib)).expect("embed plugin loads");
     let engine = Engine::new(Registry::new(), set);
     engine
         .add_model(ModelEntry::new(
@@ -35,7 +40,14 @@ fn req(texts: &[String]) -> EmbedRequest {
 
 #[test]
 fn matches_sentence_transformers_reference() {
-    let engine = engine();
+    for lib in PROVIDERS {
+        matches_sentence_transformers_reference_on(lib);
+    }
+}
+
+fn matches_sentence_transformers_reference_on(lib: &str) {
+    println!("provider {lib}");
+    let engine = engine_with(lib);
     let reference = util::reference();
     let cases = reference["embed"].as_array().unwrap();
     let texts: Vec<String> = cases
@@ -86,7 +98,14 @@ fn mixed_texts() -> Vec<String> {
 
 #[test]
 fn a_batch_of_256_equals_one_by_one() {
-    let engine = engine();
+    for lib in PROVIDERS {
+        a_batch_of_256_equals_one_by_one_on(lib);
+    }
+}
+
+fn a_batch_of_256_equals_one_by_one_on(lib: &str) {
+    println!("provider {lib}");
+    let engine = engine_with(lib);
     let texts = mixed_texts();
     let batch = engine.embed("minilm", &util::emb(req(&texts))).unwrap();
     assert_eq!(batch.data.len(), 256 * 384);
@@ -104,7 +123,14 @@ fn a_batch_of_256_equals_one_by_one() {
 
 #[test]
 fn over_long_text_without_truncation_is_an_invalid_request() {
-    let engine = engine();
+    for lib in PROVIDERS {
+        over_long_text_without_truncation_is_an_invalid_request_on(lib);
+    }
+}
+
+fn over_long_text_without_truncation_is_an_invalid_request_on(lib: &str) {
+    println!("provider {lib}");
+    let engine = engine_with(lib);
     let long = vec!["word ".repeat(400)];
     let mut r = req(&long);
     r.truncate = false;
@@ -137,7 +163,14 @@ fn empty_request_is_rejected() {
 
 #[test]
 fn pooling_and_normalization_options() {
-    let engine = engine();
+    for lib in PROVIDERS {
+        pooling_and_normalization_options_on(lib);
+    }
+}
+
+fn pooling_and_normalization_options_on(lib: &str) {
+    println!("provider {lib}");
+    let engine = engine_with(lib);
     let t = vec!["A man is eating food.".to_owned()];
     let mean = engine.embed("minilm", &util::emb(req(&t))).unwrap();
     let mut raw = req(&t);
@@ -197,13 +230,20 @@ fn load_error(engine: &Engine, id: &str) -> String {
 
 #[test]
 fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
+    for lib in PROVIDERS {
+        a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load_on(lib);
+    }
+}
+
+fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load_on(lib: &str) {
+    println!("provider {lib}");
     // A token id of 10^9 used to index the embedding table unchecked: the request that met
     // it crashed the host. The model is now refused at load, naming the file and token.
     let mut tok: serde_json::Value =
         serde_json::from_slice(&std::fs::read(util::minilm_dir().join("tokenizer.json")).unwrap())
             .unwrap();
     tok["model"]["vocab"]["zzzzqx"] = serde_json::json!(1_000_000_000u64);
-    let engine = engine();
+    let engine = engine_with(lib);
     let _dir = minilm_with(
         &engine,
         "bad-tokenizer",
@@ -219,12 +259,19 @@ fn a_tokenizer_with_ids_past_the_embedding_table_is_refused_at_load() {
 
 #[test]
 fn special_tokens_and_types_past_their_tables_are_refused_per_request() {
+    for lib in PROVIDERS {
+        special_tokens_and_types_past_their_tables_are_refused_per_request_on(lib);
+    }
+}
+
+fn special_tokens_and_types_past_their_tables_are_refused_per_request_on(lib: &str) {
+    println!("provider {lib}");
     // The post-processor's special-token ids and type ids are not in the vocabulary the
     // load check reads: every request's encoding is checked against both tables.
     let tok: serde_json::Value =
         serde_json::from_slice(&std::fs::read(util::minilm_dir().join("tokenizer.json")).unwrap())
             .unwrap();
-    let engine = engine();
+    let engine = engine_with(lib);
     let mut cls = tok.clone();
     cls["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([1_000_000_000u64]);
     let _a = minilm_with(
@@ -252,10 +299,17 @@ fn special_tokens_and_types_past_their_tables_are_refused_per_request() {
 
 #[test]
 fn module_paths_outside_the_model_folder_are_refused() {
+    for lib in PROVIDERS {
+        module_paths_outside_the_model_folder_are_refused_on(lib);
+    }
+}
+
+fn module_paths_outside_the_model_folder_are_refused_on(lib: &str) {
+    println!("provider {lib}");
     // modules.json names folders of the model; `..` would read files anywhere.
     let modules = br#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
         {"idx":1,"name":"1","path":"../../../../etc","type":"sentence_transformers.models.Pooling"}]"#;
-    let engine = engine();
+    let engine = engine_with(lib);
     let _dir = minilm_with(&engine, "escaping", "modules.json", modules);
     let msg = load_error(&engine, "escaping");
     assert!(

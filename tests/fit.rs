@@ -93,12 +93,19 @@ fn estimates_are_within_15_percent_of_measured_peak_memory() {
         }
         worst = worst.max(err.abs());
     }
-    // Embeddings: one sentence, and 256 short ones in one call.
-    for n in [1usize, 256] {
+    // Embeddings on each provider: one sentence, and 256 short ones in one call.
+    for (backend, n) in [("ggml", 1usize), ("ggml", 256), ("mlx", 1), ("mlx", 256)] {
         let texts: Vec<String> = (0..n)
             .map(|i| format!("This is sentence number {i}."))
             .collect();
-        let mut args = vec!["embed", "--model", "all-minilm-l6-v2", "--json"];
+        let mut args = vec![
+            "embed",
+            "--model",
+            "all-minilm-l6-v2",
+            "--backend",
+            backend,
+            "--json",
+        ];
         args.extend(texts.iter().map(String::as_str));
         let e = json(&run(h, &args));
         let measured = e["memory"]["model_peak_bytes"].as_u64().unwrap() as f64;
@@ -108,6 +115,8 @@ fn estimates_are_within_15_percent_of_measured_peak_memory() {
             &[
                 "info",
                 "all-minilm-l6-v2",
+                "--backend",
+                backend,
                 "--context",
                 "10",
                 "--batch",
@@ -118,7 +127,8 @@ fn estimates_are_within_15_percent_of_measured_peak_memory() {
         let est = i["estimate"]["total_bytes"].as_u64().unwrap() as f64;
         let err = est / measured - 1.0;
         eprintln!(
-            "all-minilm-l6-v2 × {n:<3}                      mlx   float32                          measured {:>7.1} MB  estimated {:>7.1} MB  error {:+.1}%",
+            "all-minilm-l6-v2 × {n:<3}                      {backend:<5} {:<32} measured {:>7.1} MB  estimated {:>7.1} MB  error {:+.1}%",
+            i["estimate"]["weights_as"].as_str().unwrap(),
             measured / 1e6,
             est / 1e6,
             err * 100.0

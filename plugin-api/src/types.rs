@@ -207,7 +207,9 @@ pub struct DeviceInfo {
     pub physical_cores: u32,
     /// GPUs and other accelerators the host found (empty on CPU-only machines).
     pub accelerators: RVec<Accelerator>,
-    /// Additions without an ABI change, as a JSON object (empty = none).
+    /// Additions without an ABI change, as a JSON object (empty = none). Keys so far:
+    /// `cache_dir` (string): a folder of the host's cache where plugins may keep files
+    /// they derive from models (a format conversion), each under a name of its own.
     pub options: RString,
 }
 

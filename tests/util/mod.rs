@@ -81,7 +81,7 @@ pub fn smollm2_f32_twin() -> PathBuf {
     if !file.is_file() {
         std::fs::create_dir_all(&dir).expect("models cache is writable");
         let src = gguf::Gguf::open(&smollm2_q4_1()).expect("shipped GGUF opens");
-        gguf::writer::dequantize(&src, &file, gguf::writer::FloatType::F32)
+        gguf::writer::dequantize(&src, &file, gguf::writer::TensorType::F32)
             .expect("dequantize the shipped GGUF");
     }
     file

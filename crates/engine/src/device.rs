@@ -17,7 +17,9 @@ pub fn probe() -> DeviceInfo {
         available_memory: available,
         physical_cores: physical_cores() as u32,
         accelerators: accelerators().into(),
-        options: RString::new(),
+        options: serde_json::json!({ "cache_dir": crate::paths::cache_dir().join("derived") })
+            .to_string()
+            .into(),
     }
 }
 

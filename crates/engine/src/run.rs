@@ -151,6 +151,18 @@ impl Engine {
         self.embed_until(id, req, &|| false)
     }
 
+    /// [`embed`](Self::embed) on a provider `backend` names (`mlx`, `ggml`, a plugin
+    /// name), as `--backend` asks; `None` is the best probe score.
+    pub fn embed_on(
+        &self,
+        id: &str,
+        backend: Option<&str>,
+        req: &Embed,
+    ) -> Result<EmbedResponse, HostError> {
+        let m = self.load_on(id, ModelKind::EMBED, Features::EMBEDDINGS, backend)?;
+        self.embed_with(id, &m, req, &|| false)
+    }
+
     /// [`embed`](Self::embed), in plugin calls of at most [`EMBED_CHUNK`] texts and
     /// [`EMBED_CHUNK_BYTES`] bytes of text, stopping
     /// with [`HostError::Cancelled`] before the next call once `cancelled` says so (a
@@ -163,6 +175,17 @@ impl Engine {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<EmbedResponse, HostError> {
         let m = self.load(id, ModelKind::EMBED, Features::EMBEDDINGS)?;
+        self.embed_with(id, &m, req, cancelled)
+    }
+
+    /// The chunked calls of [`embed_until`](Self::embed_until) on the loaded model `m`.
+    fn embed_with(
+        &self,
+        id: &str,
+        m: &LoadedModel,
+        req: &Embed,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<EmbedResponse, HostError> {
         let mut out = EmbedResponse::default();
         for chunk in req.chunks(EMBED_CHUNK, EMBED_CHUNK_BYTES) {
             if cancelled() {

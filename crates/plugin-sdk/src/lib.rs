@@ -215,6 +215,17 @@ impl plugin_api::Model for Guarded {
     }
 }
 
+/// The folder the host keeps for files plugins derive from models (`DeviceInfo.options`
+/// key `cache_dir`), if it gives one.
+pub fn cache_dir(device: &plugin_api::DeviceInfo) -> Option<std::path::PathBuf> {
+    let options: serde_json::Value = serde_json::from_str(device.options.as_str()).ok()?;
+    options
+        .get("cache_dir")?
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+}
+
 /// Convenience: an `RVec<RString>` from string slices.
 pub fn rstrings(items: &[&str]) -> RVec<abi_stable::std_types::RString> {
     items.iter().map(|s| (*s).into()).collect()

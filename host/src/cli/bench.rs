@@ -30,6 +30,9 @@ pub struct BenchEmbedArgs {
     /// Measured calls per batch size (after one warm-up); at least 256 sentences in all.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    pub backend: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -130,15 +133,16 @@ pub fn cmd_bench_embed(engine: &Engine, a: &BenchEmbedArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &b in &a.batch {
         let pool = sentences(b.max(256));
-        engine.embed(&model, &req(&pool[..b])?)?; // warm-up (and load)
-                                                  // Enough calls to embed at least 256 sentences, at least --runs.
+        let backend = a.backend.as_deref();
+        engine.embed_on(&model, backend, &req(&pool[..b])?)?; // warm-up (and load)
+                                                              // Enough calls to embed at least 256 sentences, at least --runs.
         let calls = a.runs.max(256usize.div_ceil(b));
         let mut per_s = Vec::new();
         for c in 0..calls {
             let start = (c * b) % pool.len();
             let batch: Vec<String> = pool.iter().cycle().skip(start).take(b).cloned().collect();
             let t = Instant::now();
-            engine.embed(&model, &req(&batch)?)?;
+            engine.embed_on(&model, backend, &req(&batch)?)?;
             per_s.push(b as f64 / t.elapsed().as_secs_f64());
         }
         rows.push((b, calls, stats(per_s)));
@@ -153,13 +157,15 @@ pub fn cmd_bench_embed(engine: &Engine, a: &BenchEmbedArgs) -> Result<()> {
             })
             .collect();
         return print_json(&json!({
-            "model": model, "plugin": engine.served_by(&model, None), "results": r,
+            "model": model, "plugin": engine.served_by(&model, a.backend.as_deref()), "results": r,
             "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
         }));
     }
     println!(
         "{model} on {} (short sentences; median, min–max):",
-        engine.served_by(&model, None).unwrap_or_default()
+        engine
+            .served_by(&model, a.backend.as_deref())
+            .unwrap_or_default()
     );
     for (b, calls, s) in &rows {
         println!(

@@ -25,6 +25,9 @@ pub(crate) struct EmbedArgs {
     /// Fail on texts longer than the model's maximum instead of truncating them.
     #[arg(long)]
     pub(crate) no_truncate: bool,
+    /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
+    #[arg(long)]
+    pub(crate) backend: Option<String>,
     /// Print `{"model":..,"dim":..,"embeddings":[[...]]}`.
     #[arg(long)]
     pub(crate) json: bool,
@@ -69,7 +72,7 @@ pub(crate) fn cmd_embed(engine: &Engine, args: &EmbedArgs) -> Result<()> {
             Some(i) => anyhow::anyhow!("text #{}: {}", c * MAX_TEXTS + i, e.message),
             None => anyhow::anyhow!("the texts: {e}"),
         })?;
-        let out = engine.embed(&args.model, &req)?;
+        let out = engine.embed_on(&args.model, args.backend.as_deref(), &req)?;
         dim = out.dim as usize;
         prompt_tokens += out.prompt_tokens;
         data.extend_from_slice(&out.data);

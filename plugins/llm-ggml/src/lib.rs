@@ -6,6 +6,10 @@
 //! chain), stop strings, streaming with cancellation, batching (one llama.cpp sequence
 //! per input) and the same figures — and reports a probe score that makes the host pick
 //! it over MLX on CPU-only machines.
+//!
+//! It is also an `embed` provider ([`embed`]): BERT checkpoints converted once to GGUF
+//! and run by llama.cpp in embeddings mode. One plugin for both, as both share one
+//! llama.cpp runtime per process (its CPU backend variant is loaded once).
 
 use llama_cpp_2::{
     context::LlamaContext,
@@ -46,6 +50,9 @@ pub const ARCHITECTURES: &[&str] = &[
     "starcoder2",
 ];
 
+/// `model_type`s of the embedding checkpoints [`embed`] converts.
+pub const EMBED_ARCHITECTURES: &[&str] = &["bert"];
+
 /// Whether a llama.cpp GPU backend is compiled in (cargo features `cuda`, `metal`, `vulkan`).
 const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "metal", feature = "vulkan"));
 
@@ -59,6 +66,7 @@ const MAX_SEQS: usize = 16;
 const MIN_KV_CELLS: usize = 4096;
 
 mod cpu_backend;
+pub mod embed;
 mod estimate;
 mod generate;
 mod prefix;
@@ -166,12 +174,19 @@ impl Plugin for GgmlPlugin {
         PluginDescriptor {
             name: "ggml-llm".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Text generation on ggml / llama.cpp (GGUF, all quantization types, CPU)"
-                .into(),
-            kinds: vec![ModelKind::LLM].into(),
-            architectures: plugin_sdk::rstrings(ARCHITECTURES),
-            formats: plugin_sdk::rstrings(&["gguf"]),
+            description:
+                "Text generation on ggml / llama.cpp (GGUF, all quantization types, CPU), \
+                          and BERT sentence embeddings (converted to GGUF once)"
+                    .into(),
+            kinds: vec![ModelKind::LLM, ModelKind::EMBED].into(),
+            architectures: ARCHITECTURES
+                .iter()
+                .chain(EMBED_ARCHITECTURES)
+                .map(|a| (*a).into())
+                .collect(),
+            formats: plugin_sdk::rstrings(&["gguf", "safetensors"]),
             features: Features::STREAMING
+                .union(Features::EMBEDDINGS)
                 .union(Features::BATCHING)
                 .union(Features::CONTINUOUS_BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
@@ -188,6 +203,18 @@ impl Plugin for GgmlPlugin {
         };
         let mut settings = Settings::device_default(GPU_BUILD, compute_threads(&req.device));
         if let Some(m) = req.model.as_ref().into_option() {
+            if m.kind == ModelKind::EMBED {
+                if let Err(e) = runtime() {
+                    return refuse(e.message.to_string());
+                }
+                return embed::probe(m, &req.device, backend);
+            }
+            if EMBED_ARCHITECTURES.contains(&m.architecture.as_str()) {
+                return refuse(format!(
+                    "`{}` is an encoder, not a generator",
+                    m.architecture
+                ));
+            }
             let path = Path::new(m.path.as_str());
             if !m.path.is_empty() && gguf::model_file(path).is_none() {
                 return refuse("ggml reads GGUF files only; this model is not a GGUF".into());
@@ -217,12 +244,50 @@ impl Plugin for GgmlPlugin {
     }
 
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
+        if req.model.kind == ModelKind::EMBED {
+            return Ok(Box::new(embed::GgmlEncoder::open(&req.model, &req.device)?));
+        }
         Ok(Box::new(GgmlModel::open(&req.model, &req.device)?))
     }
 
     fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
+        if req.model.kind == ModelKind::EMBED {
+            return embed::estimate(req);
+        }
         estimate::estimate(req)
     }
+}
+
+/// The context settings for `spec` on `device`: the device's defaults, then the
+/// registry's options.
+fn settings_for(spec: &ModelSpec, device: &DeviceInfo) -> Result<Settings, PluginError> {
+    Settings::device_default(GPU_BUILD, compute_threads(device))
+        .with_options(spec.options.as_str())
+        .map_err(|e| {
+            err(
+                ErrorKind::INVALID_REQUEST,
+                &spec.id,
+                format!("registry options: {e}"),
+            )
+        })
+}
+
+/// Load the GGUF `file` for model `id` (every layer on the GPU backend if one is compiled
+/// in); a failure carries llama.cpp's own error lines.
+fn load_gguf(id: &str, file: &Path) -> Result<LlamaModel, PluginError> {
+    let mut params = LlamaModelParams::default();
+    if GPU_BUILD {
+        params = params.with_n_gpu_layers(999);
+    }
+    let backend = backend()?;
+    take_llama_errors();
+    LlamaModel::load_from_file(backend, file, &params).map_err(|e| {
+        let why = match take_llama_errors() {
+            w if w.is_empty() => String::new(),
+            w => format!(" (llama.cpp: {w})"),
+        };
+        err(ErrorKind::LOAD, id, format!("{}: {e}{why}", file.display()))
+    })
 }
 
 impl GgmlModel {
@@ -240,33 +305,8 @@ impl GgmlModel {
                 ),
             )
         })?;
-        let settings = Settings::device_default(GPU_BUILD, compute_threads(device))
-            .with_options(spec.options.as_str())
-            .map_err(|e| {
-                err(
-                    ErrorKind::INVALID_REQUEST,
-                    &id,
-                    format!("registry options: {e}"),
-                )
-            })?;
-        let mut params = LlamaModelParams::default();
-        if GPU_BUILD {
-            // Offload every layer to the GPU backend compiled in.
-            params = params.with_n_gpu_layers(999);
-        }
-        let backend = backend()?;
-        take_llama_errors();
-        let model = LlamaModel::load_from_file(backend, &file, &params).map_err(|e| {
-            let why = match take_llama_errors() {
-                w if w.is_empty() => String::new(),
-                w => format!(" (llama.cpp: {w})"),
-            };
-            err(
-                ErrorKind::LOAD,
-                &id,
-                format!("{}: {e}{why}", file.display()),
-            )
-        })?;
+        let settings = settings_for(spec, device)?;
+        let model = load_gguf(&id, &file)?;
         let vocab = model.vocab();
         let text_of = |t: LlamaToken| {
             vocab
