@@ -17,9 +17,17 @@ pub fn probe() -> DeviceInfo {
         available_memory: available,
         physical_cores: physical_cores() as u32,
         accelerators: accelerators().into(),
-        options: serde_json::json!({ "cache_dir": crate::paths::cache_dir().join("derived") })
-            .to_string()
-            .into(),
+        options: options().into(),
+    }
+}
+
+/// `DeviceInfo.options`: the folder plugins may keep derived files in (`cache_dir`), when
+/// its path is UTF-8 (JSON cannot carry another; plugins then do without).
+fn options() -> String {
+    let dir = crate::paths::cache_dir().join("derived");
+    match dir.to_str() {
+        Some(d) => serde_json::json!({ "cache_dir": d }).to_string(),
+        None => String::new(),
     }
 }
 

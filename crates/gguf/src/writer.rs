@@ -228,8 +228,22 @@ fn write_file(
         head.extend_from_slice(&oty.to_le_bytes());
         head.extend_from_slice(&(offset as u64).to_le_bytes());
         offsets.push(offset);
-        let n = t.shape.iter().product();
-        let size = byte_size(oty, n).expect("F32/F16/Q8_0 sizes are known");
+        let bad = |msg: String| GgufError::Invalid {
+            file: dst.into(),
+            msg: format!("tensor `{}`: {msg}", t.name),
+        };
+        if t.ty == TensorType::Q8_0 && t.shape.last().is_none_or(|n| !n.is_multiple_of(32)) {
+            return Err(bad(format!(
+                "shape {:?}: Q8_0 rows must be whole blocks of 32",
+                t.shape
+            )));
+        }
+        let size = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(*d))
+            .and_then(|n| byte_size(oty, n))
+            .ok_or_else(|| bad(format!("shape {:?} is too large", t.shape)))?;
         offset = (offset + size).div_ceil(align) * align;
     }
     head.resize(head.len().div_ceil(align) * align, 0);
@@ -451,6 +465,19 @@ mod tests {
         let e = write_model(&out, &[], tensors).unwrap_err().to_string();
         assert!(
             e.contains("new.gguf") && e.contains("tensor `w`: 3 values"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Q8_0 rows that are not whole blocks are refused before anything is written.
+        let tensors = vec![NewTensor {
+            name: "q".into(),
+            shape: vec![2, 48],
+            ty: TensorType::Q8_0,
+            data: Box::new(|| Ok(vec![0.0; 96])),
+        }];
+        let e = write_model(&out, &[], tensors).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor `q`") && e.contains("whole blocks of 32"),
             "{e}"
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

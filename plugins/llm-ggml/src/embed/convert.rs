@@ -43,7 +43,7 @@ pub fn type_name(ty: TensorType) -> &'static str {
 }
 
 /// The files a conversion reads.
-const INPUTS: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+pub const INPUTS: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
 /// The GGUF of the checkpoint in `dir` as `ty`, converted now if the cache lacks it.
 pub fn converted(dir: &Path, cache: &Path, ty: TensorType) -> Result<PathBuf, String> {
@@ -54,6 +54,7 @@ pub fn converted(dir: &Path, cache: &Path, ty: TensorType) -> Result<PathBuf, St
         return Ok(file);
     }
     std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    sweep_partials(&folder);
     let opts = gguf::bert::Options {
         ty,
         pooling: gguf::bert::pooling::NONE,
@@ -63,9 +64,36 @@ pub fn converted(dir: &Path, cache: &Path, ty: TensorType) -> Result<PathBuf, St
 }
 
 /// [`key`], read from `stamps` when the inputs' paths, sizes and modification times are
-/// those it was computed for (and saved there otherwise; a stamp that cannot be written
-/// only costs the next load the hashing).
+/// those it was computed for (and saved there otherwise, unless an input changed while it
+/// was hashed; a stamp that cannot be written only costs the next load the hashing). An
+/// edit that keeps a file's size and modification time (`touch -r`) is not seen.
 fn remembered_key(dir: &Path, ty: TensorType, stamps: &Path) -> Result<String, String> {
+    let before = stat_hash(dir, ty)?;
+    let stamp = stamps.join(&before);
+    if let Ok(k) = std::fs::read_to_string(&stamp) {
+        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(k);
+        }
+    }
+    let k = key(dir, ty)?;
+    if stat_hash(dir, ty)? != before {
+        return Ok(k); // changed meanwhile: hashed again next time
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = stamp.with_extension(format!("{}.{n}.partial", std::process::id()));
+    let saved = std::fs::create_dir_all(stamps)
+        .and_then(|()| std::fs::write(&tmp, &k))
+        .and_then(|()| std::fs::rename(&tmp, &stamp));
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(k)
+}
+
+/// Hex SHA-256 over the converter version, the float type and each input's real path,
+/// size and modification time.
+fn stat_hash(dir: &Path, ty: TensorType) -> Result<String, String> {
     let mut h = Sha256::new();
     h.update(CONVERTER_VERSION.as_bytes());
     h.update([ty.ggml_type() as u8]);
@@ -83,21 +111,26 @@ fn remembered_key(dir: &Path, ty: TensorType, stamps: &Path) -> Result<String, S
         h.update(meta.len().to_le_bytes());
         h.update(mtime.to_le_bytes());
     }
-    let stamp = stamps.join(hex(&h.finalize()));
-    if let Ok(k) = std::fs::read_to_string(&stamp) {
-        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(k);
+    Ok(hex(&h.finalize()))
+}
+
+/// Remove what killed conversions left in `folder`: `.partial` files untouched for an
+/// hour (a live conversion writes its file continuously and takes seconds).
+fn sweep_partials(folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if stale && e.file_name().to_string_lossy().ends_with(".partial") {
+            let _ = std::fs::remove_file(e.path());
         }
     }
-    let k = key(dir, ty)?;
-    let tmp = stamp.with_extension(format!("{}.partial", std::process::id()));
-    let saved = std::fs::create_dir_all(stamps)
-        .and_then(|()| std::fs::write(&tmp, &k))
-        .and_then(|()| std::fs::rename(&tmp, &stamp));
-    if saved.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(k)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -34,6 +34,9 @@ use std::{num::NonZeroU32, path::Path, sync::Mutex};
 const BATCH_TOKENS: usize = 512;
 /// Most texts per call (llama.cpp sequence ids).
 const BATCH_ROWS: usize = 128;
+/// Longest text a model may declare (`max_seq_length`, else `max_position_embeddings`):
+/// llama.cpp reserves its compute buffers for a call of that many tokens at load.
+const MAX_TEXT_TOKENS: usize = 8192;
 
 /// llama.cpp's fixed overhead (library state, small buffers), as the `llm` estimate.
 const BASE: u64 = 13_500_000;
@@ -58,6 +61,9 @@ pub fn probe(spec: &ModelSpec, device: &DeviceInfo, backend_name: &str) -> Probe
     let dir = Path::new(spec.path.as_str());
     if !spec.path.is_empty() && !dir.join("model.safetensors").is_file() {
         return refuse("embeddings: reads a BERT checkpoint folder (model.safetensors)".into());
+    }
+    if let Err(e) = convert::float_type(spec) {
+        return refuse(e.message.to_string());
     }
     if plugin_sdk::cache_dir(device).is_none() {
         return refuse(
@@ -132,6 +138,13 @@ impl GgmlEncoder {
                 "the host names no cache folder for the converted GGUF",
             )
         })?;
+        for name in convert::INPUTS {
+            let file = dir.join(name);
+            if !file.is_file() {
+                let msg = format!("{}: missing file", file.display());
+                return Err(err(ErrorKind::NOT_FOUND, &id, msg));
+            }
+        }
         let settings = settings_for(spec, device)?;
         let ty = convert::float_type(spec)?;
         // The text files first: a tokenizer that does not fit the tables is refused before
@@ -142,6 +155,19 @@ impl GgmlEncoder {
             let kind = e.kind();
             err(kind, &id, e)
         })?;
+        if texts.max_len > MAX_TEXT_TOKENS {
+            return Err(err(
+                ErrorKind::UNSUPPORTED,
+                &id,
+                format!(
+                    "{}: texts of up to {} tokens (max_position_embeddings, or max_seq_length \
+                     in sentence_bert_config.json) are more than the {MAX_TEXT_TOKENS} this \
+                     provider serves",
+                    dir.join("config.json").display(),
+                    texts.max_len
+                ),
+            ));
+        }
         let file = convert::converted(dir, &cache, ty).map_err(|e| err(ErrorKind::LOAD, &id, e))?;
         let model = load_gguf(&id, &file)?;
         let model = Box::new(model);
@@ -152,11 +178,14 @@ impl GgmlEncoder {
             .with_n_ctx(NonZeroU32::new(BATCH_TOKENS.max(texts.max_len) as u32))
             .with_n_batch(BATCH_TOKENS.max(texts.max_len) as u32)
             .with_n_ubatch(BATCH_TOKENS.max(texts.max_len) as u32)
-            .with_n_seq_max(BATCH_ROWS as u32);
+            .with_n_seq_max(BATCH_ROWS as u32)
+            // No KV cache (an encoder): unified, llama.cpp does not size one per sequence.
+            .with_kv_unified(true);
         let m: &LlamaModel = &model;
         // SAFETY: the context borrows the boxed model, which never moves and outlives it:
         // `ctx` is declared before `model` in `GgmlEncoder`, so it is dropped first.
         let m: &'static LlamaModel = unsafe { &*(m as *const LlamaModel) };
+        take_llama_errors();
         let ctx = m.new_context(backend()?, ctx_params).map_err(|e| {
             err(
                 ErrorKind::RESOURCE_EXHAUSTED,
@@ -182,6 +211,21 @@ impl GgmlEncoder {
         };
         let (pooling, normalize) = self.texts.settings(req).map_err(bad)?;
         let encodings = self.texts.encode(req).map_err(bad)?;
+        // llama.cpp's BERT graph adds the first token-type row to every token: a text
+        // whose tokenizer marks a second segment would be embedded as if it had none.
+        if let Some(i) = encodings
+            .iter()
+            .position(|e| e.get_type_ids().iter().any(|&t| t != 0))
+        {
+            return Err(err(
+                ErrorKind::INVALID_REQUEST,
+                &self.id,
+                format!(
+                    "text #{i} encodes to token type ids other than 0, which this provider \
+                     does not run (llama.cpp's BERT uses type 0 only); the MLX provider does"
+                ),
+            ));
+        }
         let lens: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
         // Every text is within max_len ≤ the context's batch size (checked at encode).
         let limit = BATCH_TOKENS.max(self.texts.max_len);
@@ -204,6 +248,7 @@ impl GgmlEncoder {
                         .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
                 }
             }
+            take_llama_errors();
             ctx.decode(&mut batch).map_err(|e| {
                 err(
                     ErrorKind::INTERNAL,
