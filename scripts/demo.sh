@@ -2,7 +2,7 @@
 # The main job on a fresh machine: set up (idempotent), build the host and plugins, then
 # chat with the default model (SmolLM2-135M-Instruct) on the fastest provider for this
 # machine (the ggml one on CPU-only machines, MLX on a GPU; it says which), and embed a
-# few sentences with the default embedding model through the embed plugin.
+# few sentences with the default embedding model on its fastest provider (ggml on CPU).
 #   scripts/demo.sh                      # a one-shot answer + embeddings
 #   scripts/demo.sh "Your question"      # ask your own question
 #   scripts/demo.sh --chat               # interactive multi-turn chat
