@@ -187,6 +187,21 @@ fn models_and_info() {
 }
 
 #[test]
+fn a_reader_that_went_away_ends_the_command_quietly() {
+    // `mlxengine models | head -0`: stdout's reader is gone before anything is written.
+    let home = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = mlxengine(home.path(), &["models"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}
+
+#[test]
 fn errors_exit_non_zero_with_one_line() {
     let home = tempfile::tempdir().unwrap();
     let o = run(home.path(), &["embed", "--model", "no-such-model", "hello"]);

@@ -153,7 +153,32 @@ enum Command {
     },
 }
 
+/// Exit status of a command whose reader went away (`mlxengine embed ... | head -1`), as
+/// a shell reports a process ended by SIGPIPE.
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `println!` panics when stdout is a pipe its reader closed (Rust ignores SIGPIPE, so the
+/// write fails instead of ending the process, and restoring SIGPIPE would also end
+/// `serve` and the isolated plugins' pipes): that one panic ends the process quietly, as
+/// SIGPIPE would; every other panic reports as usual.
+fn quiet_on_broken_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_stdout();
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "warn",
