@@ -114,12 +114,20 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
     })
 }
 
+/// A text-side error for model `id`, under the kind it carries.
+fn sentence_err(id: &str, e: sentence::SentenceError) -> PluginError {
+    err(e.kind(), id, e)
+}
+
 /// A loaded encoder.
 pub struct GgmlEncoder {
     id: String,
     texts: TextEncoder,
     dim: usize,
     dtype: &'static str,
+    /// Most tokens per llama.cpp call: [`BATCH_TOKENS`], or the longest text if longer
+    /// (the context's batch size, which its encoder needs to hold a whole call).
+    call_tokens: usize,
     /// Declared before `model`, which it borrows: dropped first. One request at a time.
     ctx: Mutex<LlamaContext<'static>>,
     /// Boxed so its address is stable for the context's borrow.
@@ -151,10 +159,7 @@ impl GgmlEncoder {
         // anything is converted.
         let config = gguf::bert::BertConfig::read(dir).map_err(|e| err(ErrorKind::LOAD, &id, e))?;
         let texts = TextEncoder::load(dir, config.vocab, config.type_vocab, config.max_positions)
-            .map_err(|e| {
-            let kind = e.kind();
-            err(kind, &id, e)
-        })?;
+            .map_err(|e| sentence_err(&id, e))?;
         if texts.max_len > MAX_TEXT_TOKENS {
             return Err(err(
                 ErrorKind::UNSUPPORTED,
@@ -171,13 +176,14 @@ impl GgmlEncoder {
         let file = convert::converted(dir, &cache, ty).map_err(|e| err(ErrorKind::LOAD, &id, e))?;
         let model = load_gguf(&id, &file)?;
         let model = Box::new(model);
+        let call_tokens = BATCH_TOKENS.max(texts.max_len);
         let ctx_params = settings
             .apply(LlamaContextParams::default())
             .with_embeddings(true)
             .with_pooling_type(LlamaPoolingType::None)
-            .with_n_ctx(NonZeroU32::new(BATCH_TOKENS.max(texts.max_len) as u32))
-            .with_n_batch(BATCH_TOKENS.max(texts.max_len) as u32)
-            .with_n_ubatch(BATCH_TOKENS.max(texts.max_len) as u32)
+            .with_n_ctx(NonZeroU32::new(call_tokens as u32))
+            .with_n_batch(call_tokens as u32)
+            .with_n_ubatch(call_tokens as u32)
             .with_n_seq_max(BATCH_ROWS as u32)
             // No KV cache (an encoder): unified, llama.cpp does not size one per sequence.
             .with_kv_unified(true);
@@ -197,6 +203,7 @@ impl GgmlEncoder {
             id,
             dim: config.hidden,
             dtype: convert::type_name(ty),
+            call_tokens,
             texts,
             ctx: Mutex::new(ctx),
             model,
@@ -205,10 +212,7 @@ impl GgmlEncoder {
 
     /// Embed `req`'s texts.
     fn run(&self, req: &EmbedRequest) -> Result<EmbedResponse, PluginError> {
-        let bad = |e: sentence::SentenceError| {
-            let kind = e.kind();
-            err(kind, &self.id, e)
-        };
+        let bad = |e| sentence_err(&self.id, e);
         let (pooling, normalize) = self.texts.settings(req).map_err(bad)?;
         let encodings = self.texts.encode(req).map_err(bad)?;
         // llama.cpp's BERT graph adds the first token-type row to every token: a text
@@ -228,8 +232,7 @@ impl GgmlEncoder {
         }
         let lens: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
         // Every text is within max_len ≤ the context's batch size (checked at encode).
-        let limit = BATCH_TOKENS.max(self.texts.max_len);
-        let (order, ranges) = sentence::batches(&lens, BATCH_ROWS, limit);
+        let (order, ranges) = sentence::batches(&lens, BATCH_ROWS, self.call_tokens);
         let dim = self.dim;
         let mut data = vec![0f32; encodings.len() * dim];
         let mut ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
