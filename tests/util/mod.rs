@@ -76,12 +76,34 @@ pub const GGML_FLOAT_OPTIONS: &str = r#"{"flash_attn":"off","kv_type":"f32"}"#;
 /// Its float twin: every tensor of the Q4_1 file dequantized to F32 by our GGUF writer
 /// (the same weight values, no quantized kernels), made once into the models cache.
 pub fn smollm2_f32_twin() -> PathBuf {
-    let dir = engine::paths::models_dir().join("smollm2-135m-instruct-f32");
-    let file = dir.join("SmolLM2-135M-Instruct.F32.gguf");
+    float_twin(
+        &smollm2_q4_1(),
+        "smollm2-135m-instruct-f32",
+        "SmolLM2-135M-Instruct.F32.gguf",
+    )
+}
+
+/// The shipped Gemma 3 270M Q4_K_M GGUF (Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors).
+pub fn gemma3_q4_k_m() -> PathBuf {
+    let dir = engine::paths::models_dir().join("gemma3-270m");
+    gguf::model_file(&dir)
+        .unwrap_or_else(|| panic!("no GGUF in {}: run scripts/setup.sh", dir.display()))
+}
+
+/// Its float twin (1.1 GB), made once into the models cache.
+pub fn gemma3_f32_twin() -> PathBuf {
+    float_twin(&gemma3_q4_k_m(), "gemma3-270m-f32", "gemma-3-270m.F32.gguf")
+}
+
+/// `src` with every tensor dequantized to F32 by our GGUF writer, made once as
+/// `<models>/<dir>/<name>` (the writer writes beside and renames: never half a file).
+fn float_twin(src: &Path, dir: &str, name: &str) -> PathBuf {
+    let dir = engine::paths::models_dir().join(dir);
+    let file = dir.join(name);
     if !file.is_file() {
         std::fs::create_dir_all(&dir).expect("models cache is writable");
-        let src = gguf::Gguf::open(&smollm2_q4_1()).expect("shipped GGUF opens");
-        gguf::writer::dequantize(&src, &file, gguf::writer::TensorType::F32)
+        let g = gguf::Gguf::open(src).expect("shipped GGUF opens");
+        gguf::writer::dequantize(&g, &file, gguf::writer::TensorType::F32)
             .expect("dequantize the shipped GGUF");
     }
     file

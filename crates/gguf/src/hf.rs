@@ -8,8 +8,64 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// GGUF architectures this conversion knows, with their HF `model_type`.
-pub const ARCHITECTURES: &[(&str, &str)] = &[("llama", "llama")];
+/// How one GGUF architecture maps onto its Hugging Face layout.
+pub struct Arch {
+    /// `general.architecture`.
+    pub gguf: &'static str,
+    /// HF `model_type`.
+    pub model_type: &'static str,
+    /// HF `architectures[0]`.
+    hf_class: &'static str,
+    /// Per-block tensor names (GGUF → HF, after `model.layers.N.`) beyond [`COMMON`].
+    blocks: &'static [(&'static str, &'static str)],
+    /// llama.cpp interleaves the rotary pairs of Q/K rows (its Llama converter does).
+    permuted_qk: bool,
+    /// llama.cpp stores RMSNorm weights as `w + shift` (Gemma applies `1 + w`).
+    norm_shift: f32,
+    /// Architecture-specific `config.json` fields.
+    extra: fn(&Gguf, &mut Json) -> Result<(), GgufError>,
+}
+
+/// Per-block tensors every architecture here shares.
+const COMMON: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// The GGUF architectures this conversion knows.
+pub const ARCHITECTURES: &[Arch] = &[
+    Arch {
+        gguf: "llama",
+        model_type: "llama",
+        hf_class: "LlamaForCausalLM",
+        blocks: &[("ffn_norm", "post_attention_layernorm")],
+        permuted_qk: true,
+        norm_shift: 0.0,
+        extra: llama_config,
+    },
+    Arch {
+        gguf: "gemma3",
+        model_type: "gemma3_text",
+        hf_class: "Gemma3ForCausalLM",
+        blocks: &[
+            ("post_attention_norm", "post_attention_layernorm"),
+            ("ffn_norm", "pre_feedforward_layernorm"),
+            ("post_ffw_norm", "post_feedforward_layernorm"),
+            ("attn_q_norm", "self_attn.q_norm"),
+            ("attn_k_norm", "self_attn.k_norm"),
+        ],
+        permuted_qk: false,
+        // convert_hf_to_gguf.py's Gemma3Model: `norm_shift = 1.0` on every `*norm.weight`.
+        norm_shift: 1.0,
+        extra: gemma3_config,
+    },
+];
 
 /// A dequantized tensor under its HF name.
 pub struct HfTensor {
@@ -18,21 +74,25 @@ pub struct HfTensor {
     pub data: Vec<f32>,
 }
 
-/// HF `model_type` of a GGUF file's `general.architecture`.
-pub fn model_type(g: &Gguf) -> Result<&'static str, GgufError> {
+/// The conversion of a GGUF file's `general.architecture`.
+pub fn arch(g: &Gguf) -> Result<&'static Arch, GgufError> {
     let arch = g.architecture()?;
     ARCHITECTURES
         .iter()
-        .find(|(a, _)| *a == arch)
-        .map(|(_, m)| *m)
+        .find(|a| a.gguf == arch)
         .ok_or_else(|| GgufError::Architecture {
             arch: arch.to_owned(),
             supported: ARCHITECTURES
                 .iter()
-                .map(|(a, _)| *a)
+                .map(|a| a.gguf)
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// HF `model_type` of a GGUF file's `general.architecture`.
+pub fn model_type(g: &Gguf) -> Result<&'static str, GgufError> {
+    Ok(arch(g)?.model_type)
 }
 
 /// Undo llama.cpp's Q/K row permutation: rows of each head are stored with the rotary
@@ -54,7 +114,7 @@ fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-fn hf_tensor_name(gguf: &str) -> Option<String> {
+fn hf_tensor_name(a: &Arch, gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -68,26 +128,14 @@ fn hf_tensor_name(gguf: &str) -> Option<String> {
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (base, suffix) = tail.rsplit_once('.')?;
-    let hf = match base {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (_, hf) = COMMON.iter().chain(a.blocks).find(|(g, _)| *g == base)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
 /// `config.json` (HF field names) of a GGUF model.
 pub fn config(g: &Gguf) -> Result<Json, GgufError> {
-    let model_type = model_type(g)?;
-    let arch = g.architecture()?;
-    let k = |s: &str| format!("{arch}.{s}");
+    let a = arch(g)?;
+    let k = |s: &str| format!("{}.{s}", a.gguf);
     let heads = g.int(&k("attention.head_count"))?;
     let kv_heads = g
         .get(&k("attention.head_count_kv"))
@@ -109,8 +157,8 @@ pub fn config(g: &Gguf) -> Result<Json, GgufError> {
         });
     }
     let mut cfg = json!({
-        "model_type": model_type,
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": a.model_type,
+        "architectures": [a.hf_class],
         "hidden_size": g.int(&k("embedding_length"))?,
         "intermediate_size": g.int(&k("feed_forward_length"))?,
         "num_hidden_layers": g.int(&k("block_count"))?,
@@ -139,7 +187,46 @@ pub fn config(g: &Gguf) -> Result<Json, GgufError> {
             cfg["rope_scaling"] = json!({"type": "linear", "factor": f});
         }
     }
+    (a.extra)(g, &mut cfg)?;
     Ok(cfg)
+}
+
+fn llama_config(_: &Gguf, _: &mut Json) -> Result<(), GgufError> {
+    Ok(())
+}
+
+/// Gemma 3 fields llama.cpp does not store but fixes in code (llama-model.cpp, `LLM_ARCH_GEMMA3`):
+/// every 6th layer global, local layers' RoPE base 10 000, attention scaled by
+/// 1/√head_dim (1/√(hidden/heads) for the 62-layer 27B), GELU(tanh) gating.
+fn gemma3_config(g: &Gguf, cfg: &mut Json) -> Result<(), GgufError> {
+    let pattern = g
+        .get("gemma3.attention.sliding_window_pattern")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(6);
+    let layers = cfg["num_hidden_layers"].as_i64().unwrap_or(0);
+    let head_dim = cfg.get("head_dim").and_then(Json::as_i64).unwrap_or(256);
+    let scalar = if layers == 62 {
+        cfg["hidden_size"].as_i64().unwrap_or(0)
+            / cfg["num_attention_heads"].as_i64().unwrap_or(1).max(1)
+    } else {
+        head_dim
+    };
+    cfg["head_dim"] = json!(head_dim);
+    cfg["sliding_window_pattern"] = json!(pattern);
+    cfg["sliding_window"] = json!(g
+        .get("gemma3.attention.sliding_window")
+        .and_then(|v| v.as_i64())
+        .unwrap_or(512));
+    cfg["rope_local_base_freq"] = json!(10_000.0);
+    cfg["query_pre_attn_scalar"] = json!(scalar);
+    cfg["hidden_activation"] = json!("gelu_pytorch_tanh");
+    if let Some(c) = g
+        .get("gemma3.final_logit_softcapping")
+        .and_then(|v| v.as_f64())
+    {
+        cfg["final_logit_softcapping"] = json!(c);
+    }
+    Ok(())
 }
 
 /// `config.json` and the dequantized tensors under HF names.
@@ -166,11 +253,12 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
         }
         .into());
     }
+    let a = arch(g)?;
     let cfg = config(g)?;
     let heads = cfg["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
     for t in &g.tensors {
-        let name = hf_tensor_name(&t.name).ok_or_else(|| GgufError::Invalid {
+        let name = hf_tensor_name(a, &t.name).ok_or_else(|| GgufError::Invalid {
             file: g.path.clone(),
             msg: format!(
                 "unexpected tensor `{}` for architecture `{}`",
@@ -179,7 +267,12 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
             ),
         })?;
         let mut data = g.to_f32(t)?;
-        let n_heads = if t.name.ends_with("attn_q.weight") {
+        if a.norm_shift != 0.0 && t.name.ends_with("norm.weight") {
+            data.iter_mut().for_each(|x| *x -= a.norm_shift);
+        }
+        let n_heads = if !a.permuted_qk {
+            None
+        } else if t.name.ends_with("attn_q.weight") {
             Some(heads)
         } else if t.name.ends_with("attn_k.weight") {
             Some(kv_heads)

@@ -7,13 +7,13 @@
 
 pub mod bert;
 pub mod hf;
+pub mod quants;
 mod reader;
 mod tokenizer;
 pub mod writer;
 
 pub use reader::{
     metadata_from_prefix, to_json, type_name, Gguf, TensorInfo, Value, MAX_ARRAY_LEN,
-    SUPPORTED_TYPES,
 };
 pub use tokenizer::{tokenizer_config_from_gguf, tokenizer_json_from_gguf};
 
@@ -26,7 +26,7 @@ pub enum GgufError {
     Io { file: PathBuf, msg: String },
     #[error("{}: {msg}", .file.display())]
     Invalid { file: PathBuf, msg: String },
-    #[error("{}: tensor `{tensor}`: unsupported quant type {ty} for the MLX provider (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; the ggml backend reads every GGUF type)", .file.display())]
+    #[error("{}: tensor `{tensor}`: unsupported quant type {ty} for the MLX provider (MLX reads {reads}; the ggml backend reads every GGUF type)", .file.display(), reads = quants::READS)]
     UnsupportedQuant {
         file: PathBuf,
         tensor: String,

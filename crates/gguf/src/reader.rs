@@ -1,10 +1,9 @@
 //! The GGUF container: header, metadata, tensor table, tensor data.
 //!
-//! Dequantization covers F32, F16, BF16, Q4_0, Q4_1, Q8_0 (the types MLX reads natively);
-//! any other type is refused with "unsupported quant type X".
+//! Dequantization ([`crate::quants`]) covers the float types, the legacy quants and the
+//! K-quants; any other type is refused with "unsupported quant type X".
 
-use crate::GgufError;
-use half::{bf16, f16};
+use crate::{quants, GgufError};
 use std::{collections::BTreeMap, path::Path};
 
 /// A metadata value.
@@ -88,9 +87,6 @@ pub fn type_name(t: u32) -> String {
         .find(|(n, _)| *n == t)
         .map_or_else(|| format!("type {t}"), |(_, s)| (*s).to_owned())
 }
-
-/// Tensor types the MLX provider can read.
-pub const SUPPORTED_TYPES: [u32; 6] = [0, 1, 2, 3, 8, 30];
 
 /// One tensor's entry in the table.
 #[derive(Debug, Clone)]
@@ -229,14 +225,8 @@ fn min_size(ty: u32) -> u64 {
 
 /// Bytes of `n` elements of a supported type.
 pub(crate) fn byte_size(ty: u32, n: usize) -> Option<usize> {
-    match ty {
-        0 => n.checked_mul(4),
-        1 | 30 => n.checked_mul(2),
-        2 => (n / 32).checked_mul(18),
-        3 => (n / 32).checked_mul(20),
-        8 => (n / 32).checked_mul(34),
-        _ => None,
-    }
+    let (block, bytes) = quants::block_layout(ty)?;
+    (n / block).checked_mul(bytes)
 }
 
 /// The metadata of a GGUF file from its first bytes (a download's prefix): `Ok(None)` when
@@ -429,7 +419,7 @@ impl Gguf {
         let mut out: Vec<(String, String)> = Vec::new();
         for t in &self.tensors {
             let name = type_name(t.ggml_type);
-            if !SUPPORTED_TYPES.contains(&t.ggml_type) && !out.iter().any(|(n, _)| *n == name) {
+            if !quants::is_supported(t.ggml_type) && !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, t.name.clone()));
             }
         }
@@ -453,69 +443,27 @@ impl Gguf {
     pub fn to_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         // Only types whose size `open` checked against the file are read (and allocated
         // for): an unsupported one may claim any number of elements (found by fuzzing).
-        if byte_size(t.ggml_type, t.elements()).is_none() {
+        let Some((block, _)) = quants::block_layout(t.ggml_type) else {
             return Err(GgufError::UnsupportedQuant {
                 file: self.path.clone(),
                 tensor: t.name.clone(),
                 ty: type_name(t.ggml_type),
             });
-        }
-        let b = self.bytes(t);
-        let n = t.elements();
-        if matches!(t.ggml_type, 2 | 3 | 8) && !n.is_multiple_of(32) {
+        };
+        // ggml quantizes rows: a row of a blocked type is whole blocks.
+        let row = t.shape.last().copied().unwrap_or(1);
+        if !row.is_multiple_of(block) {
             return Err(GgufError::Invalid {
                 file: self.path.clone(),
                 msg: format!(
-                    "tensor `{}`: {n} elements are not whole blocks of 32",
-                    t.name
+                    "tensor `{}` ({}): rows of {row} elements are not whole blocks of {block}",
+                    t.name,
+                    type_name(t.ggml_type)
                 ),
             });
         }
-        let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-        let mut out = Vec::with_capacity(n);
-        match t.ggml_type {
-            0 => out.extend(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
-            ),
-            1 => out.extend(
-                b.chunks_exact(2)
-                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            30 => out.extend(
-                b.chunks_exact(2)
-                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            2 | 3 => {
-                let block = if t.ggml_type == 2 { 18 } else { 20 };
-                for blk in 0..n / 32 {
-                    let o = blk * block;
-                    let d = h(o);
-                    let (m, qs) = if t.ggml_type == 2 {
-                        (-8.0 * d, o + 2)
-                    } else {
-                        (h(o + 2), o + 4)
-                    };
-                    let q = &b[qs..qs + 16];
-                    out.extend(q.iter().map(|x| f32::from(x & 0x0f) * d + m));
-                    out.extend(q.iter().map(|x| f32::from(x >> 4) * d + m));
-                }
-            }
-            8 => {
-                for blk in 0..n / 32 {
-                    let o = blk * 34;
-                    let d = h(o);
-                    out.extend(b[o + 2..o + 34].iter().map(|x| f32::from(*x as i8) * d));
-                }
-            }
-            other => {
-                return Err(GgufError::UnsupportedQuant {
-                    file: self.path.clone(),
-                    tensor: t.name.clone(),
-                    ty: type_name(other),
-                })
-            }
-        }
+        let mut out = Vec::with_capacity(t.elements());
+        quants::dequantize(t.ggml_type, self.bytes(t), &mut out);
         Ok(out)
     }
 

@@ -86,29 +86,81 @@ fn metadata_and_dequantization() {
 }
 
 #[test]
-fn k_quants_are_an_unsupported_quant_type_error() {
+fn importance_matrix_types_are_an_unsupported_quant_type_error() {
     let f = write_gguf(
         &[("general.architecture", 8, string("llama"))],
-        &[("blk.0.attn_q.weight", vec![256, 1], 12, vec![0u8; 144])],
+        &[("blk.0.attn_q.weight", vec![256, 1], 16, vec![0u8; 66])],
     );
     let g = Gguf::open(f.path()).unwrap();
     assert_eq!(
         g.unsupported_types(),
-        vec![("Q4_K".to_owned(), "blk.0.attn_q.weight".to_owned())]
+        vec![("IQ2_XXS".to_owned(), "blk.0.attn_q.weight".to_owned())]
     );
     let e = g.to_f32(&g.tensors[0]).unwrap_err();
     assert!(matches!(e, GgufError::UnsupportedQuant { .. }));
     let msg = e.to_string();
     assert!(
-        msg.contains("tensor `blk.0.attn_q.weight`: unsupported quant type Q4_K"),
+        msg.contains("tensor `blk.0.attn_q.weight`: unsupported quant type IQ2_XXS"),
         "{msg}"
     );
     assert!(
-        msg.contains("ggml backend"),
-        "the message names the fallback: {msg}"
+        msg.contains("Q4_K") && msg.contains("ggml backend"),
+        "the message names what MLX reads and the fallback: {msg}"
     );
     let e = gguf::hf::to_hf(&g).err().unwrap().to_string();
-    assert!(e.contains("unsupported quant type Q4_K"), "{e}");
+    assert!(e.contains("unsupported quant type IQ2_XXS"), "{e}");
+}
+
+#[test]
+fn k_quant_tensors_are_read_checked_for_whole_blocks_and_truncation() {
+    // Q4_K: d = 1, dmin = 0.5, the 8 scales/mins packed as 6 bits (scale j+1, min j),
+    // nibbles i % 16.
+    let mut b = f16::from_f32(1.0).to_le_bytes().to_vec();
+    b.extend(f16::from_f32(0.5).to_le_bytes());
+    let (sc, mn): (Vec<u8>, Vec<u8>) = ((1..=8).collect(), (0..8).collect());
+    let mut packed = [0u8; 12];
+    for j in 0..4 {
+        packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        packed[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        packed[j + 8] = (sc[j + 4] & 0x0f) | ((mn[j + 4] & 0x0f) << 4);
+    }
+    b.extend(packed);
+    b.extend((0..128u8).map(|i| (i % 16) | ((15 - i % 16) << 4)));
+    let f = write_gguf(
+        &[("general.architecture", 8, string("llama"))],
+        &[("w", vec![256, 1], 12, b.clone())],
+    );
+    let g = Gguf::open(f.path()).unwrap();
+    assert!(g.unsupported_types().is_empty());
+    let v = g.to_f32(&g.tensors[0]).unwrap();
+    assert_eq!(v.len(), 256);
+    // Element 32·s + l lies in sub-block s: scale s+1, min s, nibble (low half) l % 16.
+    for (i, x) in v.iter().enumerate() {
+        let (s, l) = (i / 32, i % 32);
+        let nib = if s % 2 == 0 { l % 16 } else { 15 - l % 16 };
+        let want = (s as f32 + 1.0) * nib as f32 - 0.5 * s as f32;
+        assert_eq!(*x, want, "element {i}");
+    }
+
+    // Rows of 128 are not whole super-blocks of 256.
+    let f = write_gguf(
+        &[("general.architecture", 8, string("llama"))],
+        &[("w", vec![128, 2], 12, b.clone())],
+    );
+    let g = Gguf::open(f.path()).unwrap();
+    let e = g.to_f32(&g.tensors[0]).unwrap_err().to_string();
+    assert!(
+        e.contains("tensor `w` (Q4_K): rows of 128 elements are not whole blocks of 256"),
+        "{e}"
+    );
+
+    // Two super-blocks claimed, one stored: refused at open, before any read.
+    let f = write_gguf(
+        &[("general.architecture", 8, string("llama"))],
+        &[("w", vec![256, 2], 12, b)],
+    );
+    let e = Gguf::open(f.path()).err().unwrap().to_string();
+    assert!(e.contains("tensor `w` extends past the end"), "{e}");
 }
 
 #[test]

@@ -69,6 +69,8 @@ mod cpu_backend;
 pub mod embed;
 mod estimate;
 mod generate;
+#[cfg(test)]
+mod gguf_parity;
 mod prefix;
 mod settings;
 mod teacher;

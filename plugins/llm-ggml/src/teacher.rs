@@ -4,7 +4,7 @@
 
 use crate::{err, GgmlModel, PREFILL_CHUNK};
 use llama_cpp_2::{llama_batch::LlamaBatch, token::LlamaToken};
-use plugin_api::{ErrorKind, ModelSpec, PluginError};
+use plugin_api::{text::TextInput, ErrorKind, ModelSpec, PluginError};
 
 /// A model loaded for scoring.
 pub struct Scorer(GgmlModel);
@@ -13,6 +13,16 @@ impl Scorer {
     /// Load the GGUF `spec` names, with its registry options applied.
     pub fn open(spec: &ModelSpec) -> Result<Self, PluginError> {
         Ok(Scorer(GgmlModel::open(spec, &Default::default())?))
+    }
+
+    /// The prompt ids a generation request with `input` starts from (chat template,
+    /// BOS), to score what the provider would be asked.
+    pub fn prompt_ids(&self, input: &TextInput) -> Result<Vec<u32>, PluginError> {
+        let m = &self.0;
+        Ok(m.prompt_tokens(&m.model, input, 0)?
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect())
     }
 
     /// Row `i` holds the full-vocabulary logits predicting `continuation[i]` after `prompt`

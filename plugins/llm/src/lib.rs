@@ -100,8 +100,9 @@ impl Plugin for LlmPlugin {
                             .collect();
                         if !bad.is_empty() {
                             return no(format!(
-                                "unsupported quant type {} (MLX reads F32, F16, BF16, Q4_0, Q4_1, Q8_0; use the ggml backend)",
-                                bad.join(", ")
+                                "unsupported quant type {} (MLX reads {}; use the ggml backend)",
+                                bad.join(", "),
+                                gguf::quants::READS
                             ));
                         }
                         if let Err(e) = gguf::hf::model_type(&g) {
