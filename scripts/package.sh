@@ -20,7 +20,7 @@ tmp="$DIR.partial.$$"
 rm -rf "$tmp"
 mkdir -p "$tmp/plugins/mlx/lib" "$tmp/mlx_cpu.libs"
 cp "$REL/mlxengine" "$tmp/"
-cp "$REL"/libmlxengine_{llm,llm_ggml,embed}.so "$tmp/plugins/"
+cp "$REL"/libmlxengine_{llm,llm_ggml,embed,quant}.so "$tmp/plugins/"
 # llama.cpp: the shared libraries under the names the plugin links (their sonames), and
 # the CPU backend variants, from the build's install folder.
 out=$(dirname "$(ls -d "$REL"/build/llama-cpp-sys-2-*/out/backends | head -1)")

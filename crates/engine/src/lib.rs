@@ -8,6 +8,7 @@
 //! trusts them. This crate knows no HTTP and no terminal.
 
 mod admit;
+mod convert;
 pub mod device;
 mod error;
 pub mod fit;

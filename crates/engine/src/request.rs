@@ -10,6 +10,7 @@
 
 use plugin_api::{
     embed::EmbedRequest,
+    quant::QuantizeRequest,
     text::{GenerateRequest, SamplingParams, KV_BUDGET_OPTION},
     Features,
 };
@@ -232,6 +233,117 @@ impl Deref for Embed {
     type Target = EmbedRequest;
     fn deref(&self) -> &EmbedRequest {
         &self.0
+    }
+}
+
+/// Bit widths an MLX affine quantization takes.
+pub const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+/// Group sizes an MLX affine quantization takes.
+pub const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
+/// Output formats of `quantize`: `mlx` (mlx-lm's checkpoint) and `gguf`.
+pub const QUANT_FORMATS: [&str; 2] = ["mlx", "gguf"];
+
+/// A conversion whose fields hold: `src` exists; `dst` is new (or `force` replaces it)
+/// and its parent folder exists; `format` is one of [`QUANT_FORMATS`]; for `mlx`, `bits`
+/// in [`QUANT_BITS`], `group_size` in [`QUANT_GROUPS`], mode `affine`; `options` a JSON
+/// object or empty.
+#[derive(Debug, Clone)]
+pub struct Quantize {
+    req: QuantizeRequest,
+    format: String,
+    force: bool,
+}
+
+impl Quantize {
+    /// Check `req` for output `format`; `force` allows replacing an existing `dst`.
+    pub fn new(req: QuantizeRequest, format: &str, force: bool) -> Result<Self, InvalidRequest> {
+        let src = std::path::Path::new(req.src.as_str());
+        if !src.exists() {
+            return Err(invalid(
+                "src",
+                format!("{}: no such file or folder", src.display()),
+            ));
+        }
+        let dst = std::path::Path::new(req.dst.as_str());
+        if req.dst.is_empty() || dst.file_name().is_none() {
+            return Err(invalid("dst", "give the folder to write"));
+        }
+        if dst.exists() && !force {
+            return Err(invalid(
+                "dst",
+                format!(
+                    "{} already exists (pass --force to replace it)",
+                    dst.display()
+                ),
+            ));
+        }
+        let parent = dst
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(invalid(
+                "dst",
+                format!("{}: no such folder", parent.display()),
+            ));
+        }
+        if !QUANT_FORMATS.contains(&format) {
+            return Err(invalid(
+                "format",
+                format!(
+                    "`{format}` is not an output format ({})",
+                    QUANT_FORMATS.join(", ")
+                ),
+            ));
+        }
+        if format == "mlx" {
+            if !QUANT_BITS.contains(&req.bits) {
+                return Err(invalid(
+                    "bits",
+                    format!("{} bits: MLX quantizes to {QUANT_BITS:?}", req.bits),
+                ));
+            }
+            if !QUANT_GROUPS.contains(&req.group_size) {
+                return Err(invalid(
+                    "group_size",
+                    format!("{}: MLX groups {QUANT_GROUPS:?} weights", req.group_size),
+                ));
+            }
+            if req.mode.as_str() != "affine" {
+                return Err(invalid(
+                    "mode",
+                    format!("`{}` is not supported (affine)", req.mode),
+                ));
+            }
+        }
+        check_options(req.options.as_str())?;
+        Ok(Self {
+            req,
+            format: format.to_owned(),
+            force,
+        })
+    }
+
+    /// The output format.
+    pub fn format(&self) -> &str {
+        &self.format
+    }
+
+    /// Whether an existing `dst` is replaced.
+    pub fn force(&self) -> bool {
+        self.force
+    }
+
+    /// The request as the ABI carries it.
+    pub fn into_request(self) -> QuantizeRequest {
+        self.req
+    }
+}
+
+impl Deref for Quantize {
+    type Target = QuantizeRequest;
+    fn deref(&self) -> &QuantizeRequest {
+        &self.req
     }
 }
 

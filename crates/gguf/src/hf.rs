@@ -229,6 +229,29 @@ fn gemma3_config(g: &Gguf, cfg: &mut Json) -> Result<(), GgufError> {
     Ok(())
 }
 
+/// The HF names and shapes of a GGUF's tensors, in file order, without reading them.
+pub fn hf_names(g: &Gguf) -> Result<Vec<(String, Vec<usize>)>, GgufError> {
+    let a = arch(g)?;
+    g.tensors
+        .iter()
+        .map(|t| {
+            hf_tensor_name(a, &t.name)
+                .map(|n| (n, t.shape.clone()))
+                .ok_or_else(|| unexpected(g, &t.name))
+        })
+        .collect()
+}
+
+fn unexpected(g: &Gguf, tensor: &str) -> GgufError {
+    GgufError::Invalid {
+        file: g.path.clone(),
+        msg: format!(
+            "unexpected tensor `{tensor}` for architecture `{}`",
+            g.architecture().unwrap_or("?")
+        ),
+    }
+}
+
 /// `config.json` and the dequantized tensors under HF names.
 pub fn to_hf(g: &Gguf) -> Result<(Json, Vec<HfTensor>), GgufError> {
     let mut out = Vec::with_capacity(g.tensors.len());
@@ -258,14 +281,7 @@ pub fn for_each_hf_tensor<E: From<GgufError>>(
     let heads = cfg["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
     for t in &g.tensors {
-        let name = hf_tensor_name(a, &t.name).ok_or_else(|| GgufError::Invalid {
-            file: g.path.clone(),
-            msg: format!(
-                "unexpected tensor `{}` for architecture `{}`",
-                t.name,
-                g.architecture().unwrap_or("?")
-            ),
-        })?;
+        let name = hf_tensor_name(a, &t.name).ok_or_else(|| unexpected(g, &t.name))?;
         let mut data = g.to_f32(t)?;
         if a.norm_shift != 0.0 && t.name.ends_with("norm.weight") {
             data.iter_mut().for_each(|x| *x -= a.norm_shift);

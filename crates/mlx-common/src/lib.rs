@@ -18,8 +18,8 @@ pub use sentence::tokens;
 mod weights;
 
 pub use error::ModelError;
-pub use linear::{Linear, Quantized};
-pub use weights::{Weights, WeightsError};
+pub use linear::{Embedding, Linear, Quantized};
+pub use weights::{QuantConfig, Weights, WeightsError, AFFINE_BITS, AFFINE_GROUPS};
 
 /// `"mlx-cuda"` / `"mlx-metal"` when MLX sees a GPU, else `"mlx-cpu"`.
 pub fn mlx_backend() -> &'static str {

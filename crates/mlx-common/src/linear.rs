@@ -1,6 +1,7 @@
 use mlx_rs::{ops, Array};
 
 /// MLX affine quantization of a layer: `w ≈ scale · q + bias` per group of weights.
+#[derive(Clone)]
 pub struct Quantized {
     pub scales: Array,
     pub biases: Array,
@@ -58,6 +59,73 @@ impl Linear {
         if let Some(b) = &self.bias {
             bytes += b.nbytes() as u64;
             params += b.size() as u64;
+        }
+        (params, bytes)
+    }
+}
+
+/// A token embedding table (vocab, hidden), full precision or MLX affine-quantized
+/// (mlx-lm quantizes `embed_tokens` like a linear layer); a tied output head reads it
+/// as a linear layer.
+pub struct Embedding {
+    /// Checkpoint name (without `.weight`).
+    pub name: String,
+    /// (vocab, hidden) rows, or the packed uint32 rows when `quantized` is set.
+    pub weight: Array,
+    /// Quantization parameters when the rows are packed.
+    pub quantized: Option<Quantized>,
+}
+
+impl Embedding {
+    /// Rows of `ids` (any shape) → (…, hidden).
+    pub fn lookup(&self, ids: &Array) -> mlx_rs::error::Result<Array> {
+        let rows = self.weight.take_axis(ids, 0)?;
+        match &self.quantized {
+            None => Ok(rows),
+            Some(q) => {
+                let biases = q.biases.take_axis(ids, 0)?;
+                ops::dequantize(
+                    &rows,
+                    q.scales.take_axis(ids, 0)?,
+                    &biases,
+                    q.group_size,
+                    q.bits,
+                )?
+                .as_dtype(q.scales.dtype())
+            }
+        }
+    }
+
+    /// `x`: (…, hidden) → (…, vocab): the table as a tied output head.
+    pub fn as_linear(&self, x: &Array) -> mlx_rs::error::Result<Array> {
+        match &self.quantized {
+            None => x.matmul(self.weight.t()),
+            Some(q) => ops::quantized_matmul(
+                x,
+                &self.weight,
+                &q.scales,
+                &q.biases,
+                true,
+                q.group_size,
+                q.bits,
+            ),
+        }
+    }
+
+    /// The dtype activations looked up from it have.
+    pub fn dtype(&self) -> mlx_rs::Dtype {
+        self.quantized
+            .as_ref()
+            .map_or(self.weight.dtype(), |q| q.scales.dtype())
+    }
+
+    /// Number of parameters (unpacked) and bytes held.
+    pub fn sizes(&self) -> (u64, u64) {
+        let mut bytes = self.weight.nbytes() as u64;
+        let mut params = self.weight.size() as u64;
+        if let Some(q) = &self.quantized {
+            params = params * 32 / q.bits as u64;
+            bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
         }
         (params, bytes)
     }

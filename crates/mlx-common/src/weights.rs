@@ -1,4 +1,4 @@
-use crate::linear::{Linear, Quantized};
+use crate::linear::{Embedding, Linear, Quantized};
 use mlx_rs::{Array, Dtype};
 use std::{
     collections::HashMap,
@@ -19,12 +19,91 @@ pub enum WeightsError {
 /// Named tensors being consumed by a model constructor. Floating-point tensors are cast
 /// to the load dtype as they are taken; quantized triplets stay quantized unless the
 /// caller asks to dequantize.
+/// A checkpoint's `quantization` block (mlx-lm's `config.json`): the default group
+/// size and bits, and per-layer settings keyed by module path (`model.layers.0.mlp.down_proj`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantConfig {
+    pub group_size: i32,
+    pub bits: i32,
+    /// Module path → its (group size, bits), or `None` where the layer is not quantized.
+    pub layers: HashMap<String, Option<(i32, i32)>>,
+}
+
+/// Bit widths and group sizes MLX's affine kernels take.
+pub const AFFINE_BITS: [i32; 6] = [2, 3, 4, 5, 6, 8];
+pub const AFFINE_GROUPS: [i32; 3] = [32, 64, 128];
+
+impl QuantConfig {
+    /// Parse a `quantization` (or `quantization_config`) block; `file` names it in errors.
+    pub fn from_json(q: &serde_json::Value, file: &Path) -> Result<Self, WeightsError> {
+        let bad = |msg: String| WeightsError::Invalid {
+            file: file.into(),
+            msg: format!("`quantization`: {msg}"),
+        };
+        let settings = |v: &serde_json::Value, at: &str| -> Result<(i32, i32), WeightsError> {
+            let get = |k: &str, default: i64| -> Result<i32, WeightsError> {
+                match v.get(k) {
+                    None => Ok(default as i32),
+                    Some(x) => x
+                        .as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| bad(format!("{at}`{k}` is not an integer"))),
+                }
+            };
+            let (gs, bits) = (get("group_size", 64)?, get("bits", 4)?);
+            if let Some(mode) = v.get("mode").and_then(|m| m.as_str()) {
+                if mode != "affine" {
+                    return Err(bad(format!("{at}mode `{mode}` is not supported (affine)")));
+                }
+            }
+            if !AFFINE_BITS.contains(&bits) || !AFFINE_GROUPS.contains(&gs) {
+                return Err(bad(format!(
+                    "{at}{bits} bits, group size {gs}: MLX takes bits {AFFINE_BITS:?} and group sizes {AFFINE_GROUPS:?}"
+                )));
+            }
+            Ok((gs, bits))
+        };
+        let (group_size, bits) = settings(q, "")?;
+        let mut layers = HashMap::new();
+        if let Some(map) = q.as_object() {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::Object(_) => {
+                        layers.insert(k.clone(), Some(settings(v, &format!("layer `{k}`: "))?));
+                    }
+                    serde_json::Value::Bool(false) => {
+                        layers.insert(k.clone(), None);
+                    }
+                    serde_json::Value::Bool(true) => {
+                        layers.insert(k.clone(), Some((group_size, bits)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Self {
+            group_size,
+            bits,
+            layers,
+        })
+    }
+
+    /// The (group size, bits) of module `path`; `None` where the config says it is not
+    /// quantized.
+    pub fn layer(&self, path: &str) -> Option<(i32, i32)> {
+        match self.layers.get(path) {
+            Some(l) => *l,
+            None => Some((self.group_size, self.bits)),
+        }
+    }
+}
+
 pub struct Weights {
     tensors: HashMap<String, Array>,
     source: PathBuf,
     dtype: Dtype,
     /// Default group size / bits of quantized layers (`quantization` in config.json).
-    pub quantization: Option<(i32, i32)>,
+    pub quantization: Option<QuantConfig>,
     /// Dequantize quantized layers at load (e.g. on CPUs where quantized kernels are slow).
     pub dequantize: bool,
 }
@@ -152,65 +231,89 @@ impl Weights {
         out: i32,
         bias: bool,
     ) -> Result<Linear, WeightsError> {
-        let wname = format!("{prefix}.weight");
         let bias = if bias {
             Some(self.take(&format!("{prefix}.bias"), &[out])?)
         } else {
             self.take_opt(&format!("{prefix}.bias"), &[out])?
         };
+        let (weight, quantized) = self.matrix(prefix, out, inp)?;
+        Ok(Linear {
+            name: prefix.to_owned(),
+            weight,
+            bias,
+            quantized,
+        })
+    }
+
+    /// The (vocab, hidden) table `{prefix}.weight`, quantized when the checkpoint is.
+    pub fn embedding(
+        &mut self,
+        prefix: &str,
+        vocab: i32,
+        hidden: i32,
+    ) -> Result<Embedding, WeightsError> {
+        let (weight, quantized) = self.matrix(prefix, vocab, hidden)?;
+        Ok(Embedding {
+            name: prefix.to_owned(),
+            weight,
+            quantized,
+        })
+    }
+
+    /// The (rows, cols) matrix `{prefix}.weight`: full, or packed with its scales and
+    /// biases (dequantized when [`Weights::dequantize`] is set) at the bits and group size
+    /// the config gives this layer.
+    fn matrix(
+        &mut self,
+        prefix: &str,
+        rows: i32,
+        cols: i32,
+    ) -> Result<(Array, Option<Quantized>), WeightsError> {
+        let wname = format!("{prefix}.weight");
         let scales_name = format!("{prefix}.scales");
         if !self.contains(&scales_name) {
-            let weight = self.take(&wname, &[out, inp])?;
-            return Ok(Linear {
-                name: prefix.to_owned(),
-                weight,
-                bias,
-                quantized: None,
-            });
+            return Ok((self.take(&wname, &[rows, cols])?, None));
         }
-        let (group_size, bits) = self.quantization.ok_or_else(|| {
-            self.invalid(format!(
-                "`{scales_name}` present but the config has no `quantization` (group_size, bits)"
-            ))
-        })?;
+        let (group_size, bits) = self
+            .quantization
+            .as_ref()
+            .and_then(|q| q.layer(prefix))
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "`{scales_name}` present but the config's `quantization` gives no group_size and bits for `{prefix}`"
+                ))
+            })?;
         let packed = self.take_raw(&wname)?;
         let scales = self.take_raw(&scales_name)?;
         let biases = self.take_raw(&format!("{prefix}.biases"))?;
-        let want = [out, inp * bits / 32];
-        if packed.shape() != want || scales.shape() != [out, inp / group_size] {
+        let want = [rows, cols * bits / 32];
+        let groups = [rows, cols / group_size];
+        if cols % group_size != 0
+            || packed.shape() != want
+            || scales.shape() != groups
+            || biases.shape() != groups
+        {
             return Err(self.invalid(format!(
-                "quantized `{prefix}`: weight {:?} / scales {:?} do not fit {out}×{inp} at {bits} bits, group {group_size}",
+                "quantized `{prefix}`: weight {:?} / scales {:?} / biases {:?} do not fit {rows}×{cols} at {bits} bits, group {group_size}",
                 packed.shape(),
-                scales.shape()
+                scales.shape(),
+                biases.shape()
             )));
         }
-        let scales = scales.as_dtype(self.dtype)?;
-        let biases = biases.as_dtype(self.dtype)?;
         let q = Quantized {
-            scales,
-            biases,
+            scales: scales.as_dtype(self.dtype)?,
+            biases: biases.as_dtype(self.dtype)?,
             group_size,
             bits,
         };
         if self.dequantize {
             let weight = mlx_rs::ops::dequantize(&packed, &q.scales, &q.biases, group_size, bits)?
                 .as_dtype(self.dtype)?;
-            return Ok(Linear {
-                name: prefix.to_owned(),
-                weight,
-                bias,
-                quantized: None,
-            });
+            return Ok((weight, None));
         }
-        Ok(Linear {
-            name: prefix.to_owned(),
-            weight: packed,
-            bias,
-            quantized: Some(q),
-        })
+        Ok((packed, Some(q)))
     }
 
-    /// Add (or replace) a tensor, e.g. one half of a fused tensor split by `sanitize`.
     pub fn insert(&mut self, name: &str, t: Array) {
         self.tensors.insert(name.to_owned(), t);
     }

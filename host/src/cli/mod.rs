@@ -13,6 +13,7 @@ pub mod import;
 pub mod info;
 pub mod models;
 pub mod plugins;
+pub mod quantize;
 pub mod recommend;
 pub mod remove;
 pub mod serve;

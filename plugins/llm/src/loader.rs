@@ -146,9 +146,7 @@ pub fn load_model(
         .get("quantization")
         .or_else(|| cfg.get("quantization_config"))
     {
-        let gs = q.get("group_size").and_then(Json::as_i64).unwrap_or(64) as i32;
-        let bits = q.get("bits").and_then(Json::as_i64).unwrap_or(4) as i32;
-        weights.quantization = Some((gs, bits));
+        weights.quantization = Some(mlx_common::QuantConfig::from_json(q, &cfg_file)?);
     }
     weights.dequantize = opts.dequantize;
     let model = build_model(&cfg, &cfg_file, weights)?;

@@ -7,7 +7,7 @@
 
 use super::{attention_windowed, cfg_i32, cfg_ids, CausalLm, KvCache, Positions, Rope};
 use crate::error::LlmError;
-use mlx_common::{activation::gelu_tanh, Linear, Weights};
+use mlx_common::{activation::gelu_tanh, Embedding, Linear, Weights};
 use mlx_rs::{fast, ops::indexing::IndexOp, Array};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -154,7 +154,7 @@ struct Block {
 /// The Gemma 3 text model.
 pub struct Gemma3 {
     c: Config,
-    embed: Array,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Array,
     global_rope: Rope,
@@ -192,7 +192,7 @@ impl Gemma3 {
         Self::sanitize(w);
         let (global_rope, local_rope) = ropes(cfg, c.head_dim, file)?;
         let (h, d) = (c.hidden_size, c.head_dim);
-        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = w.embedding("model.embed_tokens", c.vocab_size, h)?;
         let blocks = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -312,7 +312,7 @@ impl CausalLm for Gemma3 {
         let eps = self.c.rms_norm_eps;
         let scale =
             Array::from_f32((self.c.hidden_size as f32).sqrt()).as_dtype(self.embed.dtype())?;
-        let mut x = self.embed.take_axis(ids, 0)?.multiply(&scale)?;
+        let mut x = self.embed.lookup(ids)?.multiply(&scale)?;
         for (b, kv) in self.blocks.iter().zip(cache.iter_mut()) {
             let a = self.attention(b, &fast::rms_norm(&x, Some(&b.input_norm), eps)?, kv, pos)?;
             let h = x.add(&fast::rms_norm(&a, Some(&b.post_attn_norm), eps)?)?;
@@ -326,7 +326,8 @@ impl CausalLm for Gemma3 {
             let l = x.shape()[1];
             x = x.index((.., (l - 1)..l, ..));
         }
-        let logits = fast::rms_norm(&x, Some(&self.norm), eps)?.matmul(self.embed.t())?;
+        let logits = fast::rms_norm(&x, Some(&self.norm), eps)?;
+        let logits = self.embed.as_linear(&logits)?;
         match self.c.final_logit_softcapping {
             Some(cap) => {
                 let cap = Array::from_f32(cap);
@@ -349,7 +350,7 @@ impl CausalLm for Gemma3 {
     }
 
     fn sizes(&self) -> (u64, u64) {
-        let mut total = (self.embed.size() as u64, self.embed.nbytes() as u64);
+        let mut total = self.embed.sizes();
         for b in &self.blocks {
             let a = &b.attn;
             for l in [

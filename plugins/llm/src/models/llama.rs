@@ -8,7 +8,7 @@
 
 use super::{attention, cfg_i32, cfg_ids, CausalLm, KvCache, Positions, Rope};
 use crate::error::LlmError;
-use mlx_common::{Linear, Weights};
+use mlx_common::{Embedding, Linear, Weights};
 use mlx_rs::{fast, ops::indexing::IndexOp, Array};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -197,7 +197,7 @@ struct Block {
 /// The Llama model.
 pub struct Llama {
     config: Config,
-    embed: Array,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Array,
     lm_head: Option<Linear>,
@@ -222,7 +222,7 @@ impl Llama {
         Self::sanitize(w);
         let rope = Rope::from_config(cfg, c.rope_dims, file)?;
         let h = c.hidden_size;
-        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = w.embedding("model.embed_tokens", c.vocab_size, h)?;
         let blocks = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -261,7 +261,7 @@ impl CausalLm for Llama {
         all: bool,
     ) -> mlx_rs::error::Result<Array> {
         let eps = self.config.rms_norm_eps;
-        let mut x = self.embed.take_axis(ids, 0)?;
+        let mut x = self.embed.lookup(ids)?;
         for (block, c) in self.blocks.iter().zip(cache.iter_mut()) {
             let a = block.attn.forward(
                 &fast::rms_norm(&x, Some(&block.input_norm), eps)?,
@@ -283,7 +283,7 @@ impl CausalLm for Llama {
         let x = fast::rms_norm(&x, Some(&self.norm), eps)?;
         match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.matmul(self.embed.t()),
+            None => self.embed.as_linear(&x),
         }
     }
 
@@ -300,7 +300,7 @@ impl CausalLm for Llama {
     }
 
     fn sizes(&self) -> (u64, u64) {
-        let mut total = (self.embed.size() as u64, self.embed.nbytes() as u64);
+        let mut total = self.embed.sizes();
         let mut add = |(p, b): (u64, u64)| {
             total.0 += p;
             total.1 += b;

@@ -1,0 +1,176 @@
+//! One conversion: the source's tensors in turn, each quantized or kept as the plan
+//! says, written in mlx-lm's layout with a `config.json` whose `quantization` block
+//! mlx-lm and the `llm` plugin read.
+
+use crate::{
+    plan::{Decision, Options, Plan, Setting},
+    source::Source,
+    writer::{ShardWriter, MAX_SHARD_BYTES},
+};
+use mlx_rs::Dtype;
+use plugin_api::{
+    progress::ProgressEvent,
+    quant::{QuantizeReport, QuantizeRequest},
+    text::StreamControl,
+    ErrorKind, PluginError,
+};
+use plugin_sdk::Progress;
+use serde_json::{json, Value as Json};
+use std::path::Path;
+
+fn invalid(msg: impl Into<String>) -> PluginError {
+    PluginError::new(ErrorKind::INVALID_REQUEST, msg.into())
+}
+
+/// Checkpoint tensors inference never reads, dropped as mlx-lm's `sanitize` drops them
+/// (mlx-lm refuses a checkpoint that still has them).
+fn dropped(name: &str, config: &Json) -> bool {
+    name.contains("rotary_emb.inv_freq")
+        || (name == "lm_head.weight"
+            && config.get("tie_word_embeddings").and_then(Json::as_bool) == Some(true))
+}
+
+/// Convert `req.src` into the existing, empty folder `req.dst`.
+pub fn convert(
+    req: &QuantizeRequest,
+    progress: &mut dyn Progress,
+) -> Result<QuantizeReport, PluginError> {
+    let opts: Options = match req.options.as_str() {
+        "" => Options::default(),
+        s => serde_json::from_str(s).map_err(|e| invalid(format!("options: {e}")))?,
+    };
+    if req.mode.as_str() != "affine" && !req.mode.is_empty() {
+        return Err(invalid(format!(
+            "mode `{}` is not supported (affine)",
+            req.mode
+        )));
+    }
+    let src = Path::new(req.src.as_str());
+    if !src.exists() {
+        return Err(PluginError::new(
+            ErrorKind::NOT_FOUND,
+            format!("{}: no such file or folder", src.display()),
+        ));
+    }
+    let source = Source::open(src).map_err(invalid)?;
+    let dtype = match opts.dtype.as_deref() {
+        Some(d) => Some(
+            mlx_common::parse_dtype(d)
+                .ok_or_else(|| invalid(format!("dtype `{d}`: use float32, float16 or bfloat16")))?,
+        ),
+        None => source.declared_dtype(),
+    };
+    let mut config = source.config().clone();
+    let text = config.get("text_config").unwrap_or(&config);
+    let layers = text
+        .get("num_hidden_layers")
+        .and_then(Json::as_u64)
+        .unwrap_or(0) as usize;
+    let default = Setting {
+        group_size: req.group_size as i32,
+        bits: req.bits as i32,
+    };
+    let plan = Plan::new(default, &opts, layers).map_err(invalid)?;
+    // Every decision first: a refused tensor stops the conversion before anything is written.
+    let tensors: Vec<(String, Vec<usize>)> = source
+        .tensors()
+        .map_err(invalid)?
+        .into_iter()
+        .filter(|(n, _)| !dropped(n, &config))
+        .collect();
+    let decisions = tensors
+        .iter()
+        .map(|(n, s)| plan.decide(n, s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let dst = Path::new(req.dst.as_str());
+    let mut out = ShardWriter::new(dst, MAX_SHARD_BYTES);
+    let mut block =
+        json!({"group_size": default.group_size, "bits": default.bits, "mode": "affine"});
+    let (mut quantized, mut parameters, mut done) = (0u32, 0u64, 0usize);
+    let mut plan_of = tensors.iter().zip(&decisions);
+    let internal = |e: String| PluginError::new(ErrorKind::INTERNAL, e);
+    let cancelled = std::cell::Cell::new(false);
+    source
+        .for_each(|name, shape, w| {
+            if dropped(&name, &config) {
+                return Ok(());
+            }
+            let (planned, decision) = plan_of
+                .next()
+                .ok_or("the source changed while it was read")?;
+            if planned.0 != name {
+                return Err(format!("the source changed while it was read (`{name}`)"));
+            }
+            let ev = ProgressEvent {
+                stage: "quantize".into(),
+                done: done as u64,
+                total: tensors.len() as u64,
+                message: name.as_str().into(),
+                preview: Default::default(),
+            };
+            if progress.report(&ev) == StreamControl::Stop {
+                cancelled.set(true);
+                return Err("cancelled".into());
+            }
+            done += 1;
+            parameters += shape.iter().product::<usize>() as u64;
+            let mlx = |e: mlx_rs::error::Exception| format!("tensor `{name}`: {e}");
+            let w = match dtype {
+                Some(d) if w.dtype() != d && is_float(w.dtype()) => w.as_dtype(d).map_err(mlx)?,
+                _ => w,
+            };
+            match decision {
+                Decision::Quantize(s) => {
+                    let (q, scales, biases) =
+                        mlx_rs::ops::quantize(&w, s.group_size, s.bits).map_err(mlx)?;
+                    let path = name.strip_suffix(".weight").expect("decided on a .weight");
+                    out.add(&name, &q)?;
+                    out.add(&format!("{path}.scales"), &scales)?;
+                    out.add(&format!("{path}.biases"), &biases)?;
+                    quantized += 1;
+                    if plan.per_layer() {
+                        block[path] =
+                            json!({"group_size": s.group_size, "bits": s.bits, "mode": "affine"});
+                    }
+                }
+                Decision::Keep | Decision::Float | Decision::Indivisible => out.add(&name, &w)?,
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            if cancelled.get() {
+                PluginError::new(ErrorKind::CANCELLED, "quantization cancelled")
+            } else {
+                internal(e)
+            }
+        })?;
+    let bytes_out = out.bytes();
+    out.finish(parameters).map_err(internal)?;
+    if let Some(d) = opts.dtype.as_deref().and_then(mlx_common::parse_dtype) {
+        config["torch_dtype"] = json!(mlx_common::dtype_name(d));
+    }
+    config["quantization"] = block.clone();
+    config["quantization_config"] = block;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dst.join(name);
+        std::fs::write(&p, bytes).map_err(|e| internal(format!("{}: {e}", p.display())))
+    };
+    write(
+        "config.json",
+        &serde_json::to_vec_pretty(&config).expect("json"),
+    )?;
+    for (name, bytes) in source.side_files().map_err(internal)? {
+        write(&name, &bytes)?;
+    }
+    Ok(QuantizeReport {
+        dst: req.dst.clone(),
+        tensors_quantized: quantized,
+        bytes_in: source.bytes(),
+        bytes_out,
+    })
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::Float32 | Dtype::Float16 | Dtype::Bfloat16)
+}

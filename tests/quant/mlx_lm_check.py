@@ -1,0 +1,70 @@
+"""mlx-lm (pinned, CPU) as the reference for `mlxengine quantize`; tests/quant.rs runs it.
+
+  compare OURS THEIRS       tensors and config `quantization` of two MLX checkpoints
+  generate MODEL PROMPT N   mlx-lm's greedy continuation of a raw prompt, with the
+                            top-2 logit gap at each step
+
+Prints one JSON object.
+"""
+
+import json
+import sys
+
+import mlx.core as mx
+
+
+def load_weights(path):
+    with open(f"{path}/model.safetensors.index.json") as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for name in files:
+        out.update(mx.load(f"{path}/{name}"))
+    return out
+
+
+def compare(ours, theirs):
+    a, b = load_weights(ours), load_weights(theirs)
+    differ = [
+        k
+        for k in sorted(set(a) & set(b))
+        if a[k].dtype != b[k].dtype
+        or a[k].shape != b[k].shape
+        or not mx.array_equal(a[k], b[k]).item()
+    ]
+    config = [json.load(open(f"{p}/config.json")) for p in (ours, theirs)]
+    return {
+        "count": len(a),
+        "only_ours": sorted(set(a) - set(b)),
+        "only_theirs": sorted(set(b) - set(a)),
+        "differ": differ,
+        "quantization": [c.get("quantization") for c in config],
+        "quantization_config": [c.get("quantization_config") for c in config],
+    }
+
+
+def generate(path, prompt, n):
+    from mlx_lm import load
+    from mlx_lm.models.cache import make_prompt_cache
+
+    model, tokenizer = load(path)
+    ids = tokenizer.encode(prompt)
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([ids]), cache=cache)[0, -1]
+    out, gaps = [], []
+    for _ in range(n):
+        l = logits.astype(mx.float32)
+        top = mx.argsort(-l)[:2].tolist()
+        gaps.append((l[top[0]] - l[top[1]]).item())
+        out.append(top[0])
+        logits = model(mx.array([[top[0]]]), cache=cache)[0, -1]
+    return {"prompt_ids": ids, "ids": out, "gaps": gaps}
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "compare":
+        print(json.dumps(compare(sys.argv[2], sys.argv[3])))
+    elif cmd == "generate":
+        print(json.dumps(generate(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    else:
+        sys.exit(f"unknown command {cmd}")
