@@ -12,6 +12,7 @@ use cli::{
     generate::GenerateArgs,
     hub::{PullArgs, SearchArgs},
     info::InfoOpts,
+    perplexity::PerplexityArgs,
     quantize::QuantizeArgs,
     serve::ServeArgs,
 };
@@ -117,6 +118,9 @@ enum Command {
         /// New output directory.
         out_dir: PathBuf,
     },
+    /// A model's perplexity on a text file, as llama.cpp's llama-perplexity computes it
+    /// (chunks of --ctx tokens, the second half of each scored).
+    Perplexity(PerplexityArgs),
     /// Quantize a model into a new folder: MLX affine (mlx-lm's checkpoint format, which
     /// mlx-lm and this engine load) or GGUF. Written beside DST and renamed into place
     /// when complete.
@@ -263,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchEmbed(a) => cli::bench::cmd_bench_embed(&engine(&cli)?, a),
         Command::BenchAbi(a) => cli::bench::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),
+        Command::Perplexity(a) => cli::perplexity::cmd_perplexity(&engine(&cli)?, a),
         Command::Quantize(a) => cli::quantize::cmd_quantize(&engine(&cli)?, a),
         Command::Add(args) => cli::add::cmd_add(&cli.registries, args),
         Command::Remove { model } => cli::remove::cmd_remove(&cli.registries, model),

@@ -30,6 +30,7 @@ pub mod image;
 pub mod lora;
 pub mod progress;
 pub mod quant;
+pub mod score;
 pub mod text;
 
 pub use error::{ErrorKind, PluginError};
@@ -129,6 +130,16 @@ pub trait Model: Send + Sync {
     /// LoRA adapters: load, unload, fuse into the base weights, list.
     fn adapter(&self, _req: &lora::AdapterRequest) -> PluginResult<lora::AdapterResponse> {
         RResult::RErr(PluginError::unsupported("LoRA adapters"))
+    }
+
+    /// Tokenize text as generation does (`llm`; plugin-api 2.2).
+    fn tokenize(&self, _req: &score::TokenizeRequest) -> PluginResult<score::TokenizeResponse> {
+        RResult::RErr(PluginError::unsupported("tokenizing"))
+    }
+
+    /// Teacher-forced log-probabilities of a token sequence (`llm`; plugin-api 2.2).
+    fn score(&self, _req: &score::ScoreRequest) -> PluginResult<score::ScoreResponse> {
+        RResult::RErr(PluginError::unsupported("scoring"))
     }
 }
 

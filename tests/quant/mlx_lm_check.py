@@ -3,6 +3,9 @@
   compare OURS THEIRS       tensors and config `quantization` of two MLX checkpoints
   generate MODEL PROMPT N   mlx-lm's greedy continuation of a raw prompt, with the
                             top-2 logit gap at each step
+  perplexity MODEL FILE CTX CHUNKS
+                            llama-perplexity's method (chunks of CTX, BOS first where
+                            the tokenizer adds one, the second half scored) on mlx-lm
 
 Prints one JSON object.
 """
@@ -60,11 +63,35 @@ def generate(path, prompt, n):
     return {"prompt_ids": ids, "ids": out, "gaps": gaps}
 
 
+def perplexity(path, file, ctx, chunks):
+    import math
+
+    from mlx_lm import load
+
+    model, tokenizer = load(path)
+    ids = tokenizer.encode(open(file, encoding="utf-8").read())
+    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+    nll, scored, first = 0.0, 0, ctx // 2
+    for i in range(chunks):
+        chunk = ids[i * ctx : (i + 1) * ctx]
+        if bos is not None:
+            chunk[0] = bos
+        logits = model(mx.array([chunk[:-1]]))[0].astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        picked = mx.take_along_axis(logp, mx.array(chunk[1:])[:, None], axis=-1)[:, 0]
+        nll -= picked[first:].sum().item()
+        scored += ctx - 1 - first
+    return {"ppl": math.exp(nll / scored), "scored": scored, "text_tokens": len(ids)}
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "compare":
         print(json.dumps(compare(sys.argv[2], sys.argv[3])))
     elif cmd == "generate":
         print(json.dumps(generate(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    elif cmd == "perplexity":
+        args = sys.argv[2:]
+        print(json.dumps(perplexity(args[0], args[1], int(args[2]), int(args[3]))))
     else:
         sys.exit(f"unknown command {cmd}")

@@ -43,6 +43,32 @@ pub fn mlxengine(home: &Path, args: &[&str]) -> std::process::Command {
     c
 }
 
+/// The Python of the pinned mlx-lm venv (`scripts/setup.sh`).
+pub fn mlx_lm_python() -> PathBuf {
+    let p = engine::paths::cache_dir().join("mlx-lm-venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup.sh (installs mlx-lm)",
+        p.display()
+    );
+    p
+}
+
+/// `tests/quant/mlx_lm_check.py` with `args`: its JSON answer.
+pub fn mlx_lm_check(args: &[&str]) -> serde_json::Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/quant/mlx_lm_check.py"
+    );
+    let o = std::process::Command::new(mlx_lm_python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("json")
+}
+
 /// The all-MiniLM-L6-v2 model directory installed by `scripts/setup.sh`.
 pub fn minilm_dir() -> PathBuf {
     let p = engine::paths::models_dir().join("all-minilm-l6-v2");

@@ -7,7 +7,8 @@
 //!
 //! Frames are a 4-byte little-endian length and a JSON object, at most [`MAX_FRAME`]
 //! bytes. The host asks `{"descriptor":null}`, `{"probe":..}`, `{"estimate":..}`,
-//! `{"load":..}`, `{"info":H}`, `{"embed":[H,..]}`, `{"generate":[H,..]}`, `{"drop":H}`
+//! `{"load":..}`, `{"info":H}`, `{"embed":[H,..]}`, `{"tokenize":[H,..]}`, `{"score":[H,..]}`,
+//! `{"generate":[H,..]}`, `{"drop":H}`
 //! and gets `{"ok":..}`, `{"err":PluginError}` or `{"none":null}`. During `generate`
 //! the child sends `{"event":..}` (answered `{"control":..}`), `{"poll_join":null}`
 //! (answered `{"join":..}`), `{"finished":[i,..]}`, `{"rejected":..}` and `{"cached":[i,n]}`.
@@ -22,6 +23,7 @@ use abi_stable::{
 };
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
+    score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
     text::{
         GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink,
         TokenSinkMut, TokenSink_TO,
@@ -362,6 +364,28 @@ impl Model for Proxy {
             .into()
     }
 
+    fn tokenize(&self, req: &TokenizeRequest) -> RResult<TokenizeResponse, PluginError> {
+        self.worker
+            .simple(
+                Some(&self.slot),
+                "tokenize",
+                |h| json!({"tokenize": [h, to_value(req)]}),
+            )
+            .and_then(|r| r.ok_or_else(|| PluginError::unsupported("tokenizing")))
+            .into()
+    }
+
+    fn score(&self, req: &ScoreRequest) -> RResult<ScoreResponse, PluginError> {
+        self.worker
+            .simple(
+                Some(&self.slot),
+                "score",
+                |h| json!({"score": [h, to_value(req)]}),
+            )
+            .and_then(|r| r.ok_or_else(|| PluginError::unsupported("scoring")))
+            .into()
+    }
+
     fn generate(
         &self,
         req: &GenerateRequest,
@@ -540,6 +564,14 @@ fn serve_one(
         let (h, req): (u64, EmbedRequest) = field(msg, "embed")?;
         model(models, h)?;
         result(models[&h].embed(&req))
+    } else if msg.get("tokenize").is_some() {
+        let (h, req): (u64, TokenizeRequest) = field(msg, "tokenize")?;
+        model(models, h)?;
+        result(models[&h].tokenize(&req))
+    } else if msg.get("score").is_some() {
+        let (h, req): (u64, ScoreRequest) = field(msg, "score")?;
+        model(models, h)?;
+        result(models[&h].score(&req))
     } else if msg.get("generate").is_some() {
         let (h, req): (u64, GenerateRequest) = field(msg, "generate")?;
         model(models, h)?;

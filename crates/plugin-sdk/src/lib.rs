@@ -26,6 +26,7 @@ use plugin_api::{
     lora::{AdapterRequest, AdapterResponse},
     progress::{ProgressEvent, ProgressSinkMut},
     quant::{QuantizeReport, QuantizeRequest},
+    score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
     text::{
         GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSinkMut,
     },
@@ -102,6 +103,14 @@ pub trait LoadedModel: Send + Sync + 'static {
     /// LoRA adapters.
     fn adapter(&self, _req: &AdapterRequest) -> Result<AdapterResponse, PluginError> {
         Err(PluginError::unsupported("LoRA adapters"))
+    }
+    /// Tokenize text as generation does.
+    fn tokenize(&self, _req: &TokenizeRequest) -> Result<TokenizeResponse, PluginError> {
+        Err(PluginError::unsupported("tokenizing"))
+    }
+    /// Teacher-forced log-probabilities of a token sequence.
+    fn score(&self, _req: &ScoreRequest) -> Result<ScoreResponse, PluginError> {
+        Err(PluginError::unsupported("scoring"))
     }
 }
 
@@ -212,6 +221,12 @@ impl plugin_api::Model for Guarded {
     }
     fn adapter(&self, req: &AdapterRequest) -> RResult<AdapterResponse, PluginError> {
         guard(|| self.0.adapter(req))
+    }
+    fn tokenize(&self, req: &TokenizeRequest) -> RResult<TokenizeResponse, PluginError> {
+        guard(|| self.0.tokenize(req))
+    }
+    fn score(&self, req: &ScoreRequest) -> RResult<ScoreResponse, PluginError> {
+        guard(|| self.0.score(req))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod import;
 pub mod info;
 pub mod models;
+pub mod perplexity;
 pub mod plugins;
 pub mod quantize;
 pub mod recommend;

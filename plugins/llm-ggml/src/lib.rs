@@ -431,6 +431,20 @@ impl LoadedModel for GgmlModel {
     ) -> Result<GenerateResponse, PluginError> {
         self.run(req, sink)
     }
+
+    fn tokenize(
+        &self,
+        req: &plugin_api::score::TokenizeRequest,
+    ) -> Result<plugin_api::score::TokenizeResponse, PluginError> {
+        Ok(self.tokenize_text(req))
+    }
+
+    fn score(
+        &self,
+        req: &plugin_api::score::ScoreRequest,
+    ) -> Result<plugin_api::score::ScoreResponse, PluginError> {
+        self.score_tokens(req)
+    }
 }
 
 plugin_sdk::export_plugin!(GgmlPlugin);

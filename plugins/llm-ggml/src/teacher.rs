@@ -1,10 +1,14 @@
-//! Teacher forcing: the logits the provider computes at each step of a given continuation,
-//! with the same contexts and settings generation uses. For tests and tools that compare
-//! this provider's numerics with a reference independently of what it would sample.
+//! Teacher forcing: the logits the provider computes at each step of a given token
+//! sequence, with the same contexts and settings generation uses — for `Model::score`
+//! (perplexity) and for tests that compare this provider's numerics with a reference.
 
 use crate::{err, GgmlModel, PREFILL_CHUNK};
 use llama_cpp_2::{llama_batch::LlamaBatch, token::LlamaToken};
-use plugin_api::{text::TextInput, ErrorKind, ModelSpec, PluginError};
+use plugin_api::{
+    score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
+    text::TextInput,
+    ErrorKind, ModelSpec, PluginError,
+};
 
 /// A model loaded for scoring.
 pub struct Scorer(GgmlModel);
@@ -32,15 +36,76 @@ impl Scorer {
         prompt: &[u32],
         continuation: &[u32],
     ) -> Result<Vec<Vec<f32>>, PluginError> {
-        let m = &self.0;
-        let bad = |msg: String| err(ErrorKind::INVALID_REQUEST, &m.id, msg);
         if prompt.is_empty() || continuation.is_empty() {
-            return Err(bad("prompt and continuation must not be empty".into()));
+            return Err(err(
+                ErrorKind::INVALID_REQUEST,
+                &self.0.id,
+                "prompt and continuation must not be empty",
+            ));
         }
-        let n_vocab = m.model.n_vocab() as u32;
-        let tokens: Vec<LlamaToken> = prompt
+        let tokens: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
+        let mut rows = Vec::with_capacity(continuation.len());
+        self.0.teacher(&tokens, prompt.len() - 1, &mut |_, row| {
+            rows.push(row.to_vec())
+        })?;
+        Ok(rows)
+    }
+}
+
+impl GgmlModel {
+    /// `req.text` as generation tokenizes a raw prompt.
+    pub(crate) fn tokenize_text(&self, req: &TokenizeRequest) -> TokenizeResponse {
+        let vocab = self.model.vocab();
+        let bos = self.add_bos && req.add_special;
+        let tokens: Vec<u32> = vocab
+            .tokenize(req.text.as_bytes(), bos, true)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect();
+        TokenizeResponse {
+            tokens: tokens.into(),
+            bos: self.add_bos.then(|| vocab.bos().0 as u32).into(),
+        }
+    }
+
+    /// Log-probabilities of `req.tokens[first + 1..]`.
+    pub(crate) fn score_tokens(&self, req: &ScoreRequest) -> Result<ScoreResponse, PluginError> {
+        let first = req.first as usize;
+        if req.tokens.len() < 2 || first + 1 >= req.tokens.len() {
+            return Err(err(
+                ErrorKind::INVALID_REQUEST,
+                &self.id,
+                format!(
+                    "scoring needs a token after position `first` ({first}) of {} tokens",
+                    req.tokens.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(req.tokens.len() - first - 1);
+        self.teacher(&req.tokens, first, &mut |pos, row| {
+            let target = req.tokens[pos + 1] as usize;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|x| f64::from(x - max).exp()).sum();
+            out.push((f64::from(row[target] - max) - sum.ln()) as f32);
+        })?;
+        Ok(ScoreResponse {
+            logprobs: out.into(),
+        })
+    }
+
+    /// Run `tokens[..n-1]` through the model in one sequence; `f(pos, logits)` for each
+    /// position from `first` on (its logits predict `tokens[pos + 1]`). The context's prompt
+    /// cache is dropped first: sequence 0 is overwritten.
+    fn teacher(
+        &self,
+        tokens: &[u32],
+        first: usize,
+        f: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), PluginError> {
+        let bad = |msg: String| err(ErrorKind::INVALID_REQUEST, &self.id, msg);
+        let n_vocab = self.model.n_vocab() as u32;
+        let input: Vec<LlamaToken> = tokens[..tokens.len() - 1]
             .iter()
-            .chain(&continuation[..continuation.len() - 1])
             .map(|&t| {
                 (t < n_vocab)
                     .then_some(LlamaToken(t as i32))
@@ -51,35 +116,42 @@ impl Scorer {
                     })
             })
             .collect::<Result<_, _>>()?;
-        if tokens.len() >= m.model.n_ctx_train() as usize {
+        if let Some(t) = tokens.last().filter(|t| **t >= n_vocab) {
             return Err(bad(format!(
-                "{} tokens exceed the model's context ({})",
-                tokens.len(),
-                m.model.n_ctx_train()
+                "token id {t} is outside the vocabulary ({n_vocab})"
             )));
         }
-        let first = prompt.len() - 1;
-        let mut guard = m.ctx.lock().unwrap_or_else(|p| p.into_inner());
-        let ctx = &mut m.context(&mut guard, tokens.len(), 1, usize::MAX)?.ctx;
+        if input.len() >= self.model.n_ctx_train() as usize {
+            return Err(bad(format!(
+                "{} tokens exceed the model's context ({})",
+                input.len(),
+                self.model.n_ctx_train()
+            )));
+        }
+        let mut guard = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.context(&mut guard, input.len(), 1, usize::MAX)?;
+        c.cache.clear();
+        c.ctx.clear_kv_cache();
+        let ctx = &mut c.ctx;
         let mut batch = LlamaBatch::new(PREFILL_CHUNK, 1);
-        let mut rows = Vec::with_capacity(continuation.len());
-        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+        for (k, chunk) in input.chunks(PREFILL_CHUNK).enumerate() {
             batch.clear();
-            let base = c * PREFILL_CHUNK;
+            let base = k * PREFILL_CHUNK;
             for (j, t) in chunk.iter().enumerate() {
                 let pos = base + j;
                 batch
                     .add(*t, pos as i32, &[0], pos >= first)
-                    .map_err(|e| err(ErrorKind::INTERNAL, &m.id, e))?;
+                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
             }
             ctx.decode(&mut batch)
-                .map_err(|e| err(ErrorKind::INTERNAL, &m.id, format!("decode: {e}")))?;
+                .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
             for j in 0..chunk.len() {
                 if base + j >= first {
-                    rows.push(ctx.get_logits_ith(j as i32).to_vec());
+                    f(base + j, ctx.get_logits_ith(j as i32));
                 }
             }
         }
-        Ok(rows)
+        ctx.clear_kv_cache();
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod loader;
 pub mod models;
 pub mod sampling;
+mod score;
 pub mod tokenizer;
 
 pub use error::LlmError;
@@ -19,6 +20,7 @@ pub use loader::{LoadOptions, Loaded};
 use mlx_common::{dtype_name, mlx_backend, parse_dtype};
 use mlx_rs::Dtype;
 use plugin_api::{
+    score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
     text::{GenerateRequest, GenerateResponse},
     ErrorKind, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo, ModelKind,
     PluginDescriptor, PluginError, Probe, ProbeRequest,
@@ -218,15 +220,30 @@ impl LoadedModel for LlmModel {
         let resp = generate::generate(&m, self.system_prompt.as_deref(), req, &mut |ev| {
             sink.event(ev)
         })
-        .map_err(|e| {
-            let mut p = PluginError::from(e);
-            p.message = format!("model `{}`: {}", self.id, p.message).into();
-            p
-        })?;
+        .map_err(|e| self.error(e))?;
         for (i, out) in resp.outputs.iter().enumerate() {
             sink.finished(i as u32, out);
         }
         Ok(resp)
+    }
+
+    fn tokenize(&self, req: &TokenizeRequest) -> Result<TokenizeResponse, PluginError> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        score::tokenize(&m, req).map_err(|e| self.error(e))
+    }
+
+    fn score(&self, req: &ScoreRequest) -> Result<ScoreResponse, PluginError> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        score::score(&m, req).map_err(|e| self.error(e))
+    }
+}
+
+impl LlmModel {
+    /// `e` as a plugin error naming the model.
+    fn error(&self, e: LlmError) -> PluginError {
+        let mut p = PluginError::from(e);
+        p.message = format!("model `{}`: {}", self.id, p.message).into();
+        p
     }
 }
 
