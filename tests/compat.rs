@@ -226,6 +226,17 @@ fn a_plugin_of_an_older_api_2_minor_loads_and_lacks_only_what_it_lacks() {
         .into_result()
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::UNSUPPORTED, "{e}");
+    // So do the methods appended in 2.2.
+    let e = model
+        .score(&plugin_api::score::ScoreRequest::default())
+        .into_result()
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UNSUPPORTED, "{e}");
+    let e = model
+        .tokenize(&plugin_api::score::TokenizeRequest::default())
+        .into_result()
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UNSUPPORTED, "{e}");
 }
 
 #[test]
