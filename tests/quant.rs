@@ -17,30 +17,7 @@ use std::{
     process::{Command, Output},
 };
 
-fn python() -> PathBuf {
-    let p = engine::paths::cache_dir().join("mlx-lm-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/setup.sh (installs mlx-lm)",
-        p.display()
-    );
-    p
-}
-
-/// `tests/quant/mlx_lm_check.py` with `args`: its JSON answer.
-fn check(args: &[&str]) -> serde_json::Value {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/quant/mlx_lm_check.py"
-    );
-    let o = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).expect("json")
-}
+use util::{mlx_lm_check as check, mlx_lm_python as python};
 
 fn run(home: &Path, args: &[&str]) -> Output {
     util::mlxengine(home, args).output().expect("run mlxengine")

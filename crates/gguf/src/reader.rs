@@ -368,6 +368,13 @@ impl Gguf {
                         t.name, t.shape
                     ))
                 })?;
+            if quants::is_supported(t.ggml_type) && byte_size(t.ggml_type, elements).is_none() {
+                return Err(bad(format!(
+                    "tensor `{}`: {elements} elements of {} overflow the file's address space",
+                    t.name,
+                    type_name(t.ggml_type)
+                )));
+            }
             if let Some(size) = byte_size(t.ggml_type, elements) {
                 // Checked: an offset or size near 2^64 must not wrap past the test.
                 let end = g
@@ -443,7 +450,10 @@ impl Gguf {
     pub fn to_f32(&self, t: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         // Only types whose size `open` checked against the file are read (and allocated
         // for): an unsupported one may claim any number of elements (found by fuzzing).
-        let Some((block, _)) = quants::block_layout(t.ggml_type) else {
+        let (Some((block, _)), Some(_)) = (
+            quants::block_layout(t.ggml_type),
+            byte_size(t.ggml_type, t.elements()),
+        ) else {
             return Err(GgufError::UnsupportedQuant {
                 file: self.path.clone(),
                 tensor: t.name.clone(),

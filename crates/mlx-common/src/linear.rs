@@ -9,6 +9,21 @@ pub struct Quantized {
     pub bits: i32,
 }
 
+impl Quantized {
+    /// `x · Wᵀ` for the packed rows `w` these parameters belong to.
+    fn matmul(&self, x: &Array, w: &Array) -> mlx_rs::error::Result<Array> {
+        ops::quantized_matmul(
+            x,
+            w,
+            &self.scales,
+            &self.biases,
+            true,
+            self.group_size,
+            self.bits,
+        )
+    }
+}
+
 /// A dense layer `y = x·Wᵀ + b`, named after its checkpoint path
 /// (`model.layers.0.self_attn.q_proj`).
 pub struct Linear {
@@ -26,15 +41,7 @@ impl Linear {
     /// `x`: (…, in) → (…, out).
     pub fn forward(&self, x: &Array) -> mlx_rs::error::Result<Array> {
         let y = match &self.quantized {
-            Some(q) => ops::quantized_matmul(
-                x,
-                &self.weight,
-                &q.scales,
-                &q.biases,
-                true,
-                q.group_size,
-                q.bits,
-            )?,
+            Some(q) => q.matmul(x, &self.weight)?,
             None => {
                 if let (Some(b), 2) = (&self.bias, x.ndim()) {
                     return ops::addmm(b, x, self.weight.t(), None, None);
@@ -100,15 +107,7 @@ impl Embedding {
     pub fn as_linear(&self, x: &Array) -> mlx_rs::error::Result<Array> {
         match &self.quantized {
             None => x.matmul(self.weight.t()),
-            Some(q) => ops::quantized_matmul(
-                x,
-                &self.weight,
-                &q.scales,
-                &q.biases,
-                true,
-                q.group_size,
-                q.bits,
-            ),
+            Some(q) => q.matmul(x, &self.weight),
         }
     }
 

@@ -146,7 +146,7 @@ fn mlx_affine_quantized_checkpoint() {
     std::fs::write(q.join("config.json"), cfg.to_string()).unwrap();
     let e = loader::load(&q, F32).err().unwrap().to_string();
     assert!(
-        e.contains("scales` present but the config has no `quantization`"),
+        e.contains("scales` present but the config's `quantization` gives no group_size and bits"),
         "{e}"
     );
 }
