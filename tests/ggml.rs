@@ -191,7 +191,9 @@ fn k_quant_ggufs_run_on_both_providers_and_mlx_follows_the_float_twin() {
     );
     let got = &out.outputs[0];
     println!("gemma3-270m on MLX: {:?}", got.text.as_str());
-    let twin = Scorer::open(&ggml_spec(
+    let twin = Scorer::open(&util::llm_spec(
+        "twin",
+        "gemma3",
         &util::gemma3_f32_twin(),
         util::GGML_FLOAT_OPTIONS,
     ))
@@ -211,22 +213,6 @@ fn k_quant_ggufs_run_on_both_providers_and_mlx_follows_the_float_twin() {
         );
     }
     println!("MLX's picks at most {worst:.2e} below the twin's best logit");
-}
-
-/// A model as the ggml provider's scorer takes it.
-fn ggml_spec(path: &std::path::Path, options: &str) -> plugin_api::ModelSpec {
-    plugin_api::ModelSpec {
-        id: "twin".into(),
-        kind: ModelKind::LLM,
-        architecture: "gemma3".into(),
-        path: path.display().to_string().into(),
-        quantization: None.into(),
-        dtype: None.into(),
-        context_length: 0,
-        system_prompt: None.into(),
-        extra_eos: Default::default(),
-        options: options.into(),
-    }
 }
 
 #[test]

@@ -17,22 +17,10 @@
 mod util;
 
 use mlxengine_llm_ggml::Scorer;
-use plugin_api::{ModelKind, ModelSpec};
 use std::path::Path;
 
-fn spec(path: &Path, options: &str) -> ModelSpec {
-    ModelSpec {
-        id: "smol".into(),
-        kind: ModelKind::LLM,
-        architecture: "llama".into(),
-        path: path.display().to_string().into(),
-        quantization: None.into(),
-        dtype: None.into(),
-        context_length: 0,
-        system_prompt: None.into(),
-        extra_eos: Default::default(),
-        options: options.into(),
-    }
+fn spec(path: &Path, options: &str) -> plugin_api::ModelSpec {
+    util::llm_spec("smol", "llama", path, options)
 }
 
 use util::GGML_FLOAT_OPTIONS as FLOAT;

@@ -146,6 +146,23 @@ fn float_twin(src: &Path, dir: &str, name: &str) -> PathBuf {
     file
 }
 
+/// An `llm` model spec as a plugin's own loader takes it (tests that drive a plugin crate
+/// in process, such as the ggml scorer).
+pub fn llm_spec(id: &str, architecture: &str, path: &Path, options: &str) -> plugin_api::ModelSpec {
+    plugin_api::ModelSpec {
+        id: id.into(),
+        kind: plugin_api::ModelKind::LLM,
+        architecture: architecture.into(),
+        path: path.display().to_string().into(),
+        quantization: None.into(),
+        dtype: None.into(),
+        context_length: 0,
+        system_prompt: None.into(),
+        extra_eos: Default::default(),
+        options: options.into(),
+    }
+}
+
 /// `req` as the engine takes it (checked; the tests' requests are valid).
 pub fn gen(req: plugin_api::text::GenerateRequest) -> engine::request::Generate {
     engine::request::Generate::new(req).expect("a valid generation request")

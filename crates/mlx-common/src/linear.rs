@@ -57,12 +57,7 @@ impl Linear {
 
     /// Number of parameters (unpacked) and bytes held.
     pub fn sizes(&self) -> (u64, u64) {
-        let mut bytes = self.weight.nbytes() as u64;
-        let mut params = self.weight.size() as u64;
-        if let Some(q) = &self.quantized {
-            params = params * 32 / q.bits as u64;
-            bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
-        }
+        let (mut params, mut bytes) = matrix_sizes(&self.weight, self.quantized.as_ref());
         if let Some(b) = &self.bias {
             bytes += b.nbytes() as u64;
             params += b.size() as u64;
@@ -120,12 +115,17 @@ impl Embedding {
 
     /// Number of parameters (unpacked) and bytes held.
     pub fn sizes(&self) -> (u64, u64) {
-        let mut bytes = self.weight.nbytes() as u64;
-        let mut params = self.weight.size() as u64;
-        if let Some(q) = &self.quantized {
-            params = params * 32 / q.bits as u64;
-            bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
-        }
-        (params, bytes)
+        matrix_sizes(&self.weight, self.quantized.as_ref())
     }
+}
+
+/// Parameters (unpacked) and bytes of a weight matrix, full or packed with `q`.
+fn matrix_sizes(weight: &Array, q: Option<&Quantized>) -> (u64, u64) {
+    let mut bytes = weight.nbytes() as u64;
+    let mut params = weight.size() as u64;
+    if let Some(q) = q {
+        params = params * 32 / q.bits as u64;
+        bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
+    }
+    (params, bytes)
 }
