@@ -1,7 +1,8 @@
 //! Model conversion (`quant` kind): the plugin that writes the requested format for this
 //! source (probe score), and the host's half of "never half a model": the plugin writes
-//! into a fresh folder beside the destination, renamed into place only when it succeeded,
-//! removed when it failed or was cancelled.
+//! into a fresh folder beside the destination, renamed into place (the folder, or for a
+//! `.gguf` destination the one file in it) only when it succeeded, removed when it failed
+//! or was cancelled.
 
 use crate::{plugins::PluginHandle, request::Quantize, Engine, HostError, ModelEntry, Source};
 use abi_stable::{sabi_trait::TD_Opaque, sabi_types::RMut};
@@ -117,24 +118,45 @@ impl Engine {
                 return Err(fail(e));
             }
         };
+        // What goes to `dst`: the folder, or for a `.gguf` destination the one file in it.
+        let made = if req.single_file() {
+            match gguf::model_file(&tmp) {
+                Some(f) => f,
+                None => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(fail(PluginError::new(
+                        ErrorKind::INTERNAL,
+                        "the plugin wrote no single .gguf file",
+                    )));
+                }
+            }
+        } else {
+            tmp.clone()
+        };
         // Replace an old `dst` (with --force) only now that the new one is whole.
+        let remove = |p: &Path| {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        };
         let old = sibling(&dst, "old");
         let replacing = dst.exists();
         if replacing {
             std::fs::rename(&dst, &old).map_err(|e| {
-                let _ = std::fs::remove_dir_all(&tmp);
+                remove(&tmp);
                 io(&dst, e)
             })?;
         }
-        if let Err(e) = std::fs::rename(&tmp, &dst) {
+        if let Err(e) = std::fs::rename(&made, &dst) {
             if replacing {
                 let _ = std::fs::rename(&old, &dst);
             }
-            let _ = std::fs::remove_dir_all(&tmp);
+            remove(&tmp);
             return Err(io(&dst, e));
         }
+        if made != tmp {
+            remove(&tmp);
+        }
         if replacing {
-            let _ = std::fs::remove_dir_all(&old).or_else(|_| std::fs::remove_file(&old));
+            remove(&old);
         }
         report.dst = req.dst.clone();
         Ok(report)

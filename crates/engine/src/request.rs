@@ -244,7 +244,8 @@ pub const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
 pub const QUANT_FORMATS: [&str; 2] = ["mlx", "gguf"];
 
 /// A conversion whose fields hold: `src` exists; `dst` is new (or `force` replaces it)
-/// and its parent folder exists; `format` is one of [`QUANT_FORMATS`]; for `mlx`, `bits`
+/// and its parent folder exists; `format` is one of [`QUANT_FORMATS`] (a `.gguf` `dst`
+/// only with `gguf`: then the one file is written there); for `mlx`, `bits`
 /// in [`QUANT_BITS`], `group_size` in [`QUANT_GROUPS`], mode `affine`; `options` a JSON
 /// object or empty.
 #[derive(Debug, Clone)]
@@ -296,6 +297,16 @@ impl Quantize {
                 ),
             ));
         }
+        let gguf_file = dst.extension().is_some_and(|e| e == "gguf");
+        if gguf_file && format != "gguf" {
+            return Err(invalid(
+                "dst",
+                format!(
+                    "{}: a .gguf file is written with format `gguf`, not `{format}`",
+                    dst.display()
+                ),
+            ));
+        }
         if format == "mlx" {
             if !QUANT_BITS.contains(&req.bits) {
                 return Err(invalid(
@@ -332,6 +343,14 @@ impl Quantize {
     /// Whether an existing `dst` is replaced.
     pub fn force(&self) -> bool {
         self.force
+    }
+
+    /// Whether `dst` is one `.gguf` file rather than a model folder.
+    pub fn single_file(&self) -> bool {
+        self.format == "gguf"
+            && std::path::Path::new(self.req.dst.as_str())
+                .extension()
+                .is_some_and(|e| e == "gguf")
     }
 
     /// The request as the ABI carries it.

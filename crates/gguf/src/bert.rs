@@ -480,7 +480,7 @@ fn fuse_qkv(tensors: Vec<NewTensor<'_>>) -> Vec<NewTensor<'_>> {
 }
 
 /// Little-endian F32/F16/BF16 bytes as f32.
-fn to_f32(dtype: Dtype, data: &[u8]) -> Vec<f32> {
+pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Vec<f32> {
     match dtype {
         Dtype::F32 => data
             .chunks_exact(4)

@@ -17,17 +17,17 @@ pub struct Arch {
     /// HF `architectures[0]`.
     hf_class: &'static str,
     /// Per-block tensor names (GGUF → HF, after `model.layers.N.`) beyond [`COMMON`].
-    blocks: &'static [(&'static str, &'static str)],
+    pub(crate) blocks: &'static [(&'static str, &'static str)],
     /// llama.cpp interleaves the rotary pairs of Q/K rows (its Llama converter does).
-    permuted_qk: bool,
+    pub(crate) permuted_qk: bool,
     /// llama.cpp stores RMSNorm weights as `w + shift` (Gemma applies `1 + w`).
-    norm_shift: f32,
+    pub(crate) norm_shift: f32,
     /// Architecture-specific `config.json` fields.
     extra: fn(&Gguf, &mut Json) -> Result<(), GgufError>,
 }
 
 /// Per-block tensors every architecture here shares.
-const COMMON: &[(&str, &str)] = &[
+pub(crate) const COMMON: &[(&str, &str)] = &[
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
@@ -114,15 +114,33 @@ fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-fn hf_tensor_name(a: &Arch, gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_owned());
+/// The inverse of [`unpermute`]: HF rows (head, half, i) → llama.cpp's (head, i, half).
+pub(crate) fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let per_head = rows / heads;
+    let half = per_head / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * per_head + j * half + i) * cols;
+                let dst = (h * per_head + i * 2 + j) * cols;
+                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Whole-model tensors (GGUF name, HF name).
+const FIXED: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+pub(crate) fn hf_tensor_name(a: &Arch, gguf: &str) -> Option<String> {
+    if let Some((_, hf)) = FIXED.iter().find(|(g, _)| *g == gguf) {
+        return Some((*hf).to_owned());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, tail) = rest.split_once('.')?;
@@ -130,6 +148,19 @@ fn hf_tensor_name(a: &Arch, gguf: &str) -> Option<String> {
     let (base, suffix) = tail.rsplit_once('.')?;
     let (_, hf) = COMMON.iter().chain(a.blocks).find(|(g, _)| *g == base)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// The GGUF name of an HF tensor (the inverse of the table above), if `a` has one.
+pub(crate) fn gguf_tensor_name(a: &Arch, hf: &str) -> Option<String> {
+    if let Some((g, _)) = FIXED.iter().find(|(_, h)| *h == hf) {
+        return Some((*g).to_owned());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (base, suffix) = tail.rsplit_once('.')?;
+    let (g, _) = COMMON.iter().chain(a.blocks).find(|(_, h)| *h == base)?;
+    Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
 /// `config.json` (HF field names) of a GGUF model.

@@ -1,11 +1,13 @@
 //! GGUF files for MLXEngine, in pure Rust (no MLX): read the container, dequantize
 //! tensors, and convert a model to the Hugging Face layout (HF tensor names and
 //! `config.json`, `tokenizer.json`, `tokenizer_config.json`), and write a model's float
-//! twin ([`writer::dequantize`]), and write a BERT checkpoint as GGUF ([`bert::convert`],
-//! for the ggml embed provider). The MLX `llm` plugin loads a
+//! twin ([`writer::dequantize`]), and write a BERT checkpoint ([`bert::convert`], for the
+//! ggml embed provider) or a Hub decoder ([`from_hf::convert`], for llama.cpp's quantizer)
+//! as GGUF. The MLX `llm` plugin loads a
 //! lone `.gguf` through [`hf::to_hf`]; `mlxengine import` writes it with [`hf::import`].
 
 pub mod bert;
+pub mod from_hf;
 pub mod hf;
 pub mod quants;
 mod reader;

@@ -29,9 +29,10 @@ pub(crate) struct QuantizeArgs {
     /// Quantization mode.
     #[arg(long, default_value = "affine")]
     mode: String,
-    /// Output format: `mlx` (mlx-lm's checkpoint) or `gguf`.
-    #[arg(long, default_value = "mlx")]
-    format: String,
+    /// Output format: `mlx` (mlx-lm's checkpoint) or `gguf` (llama.cpp's quantizer; the
+    /// default when DST ends in .gguf or --type is given).
+    #[arg(long)]
+    format: Option<String>,
     /// mlx-lm's mixed recipe (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6): more bits for
     /// v_proj/down_proj in some layers and for lm_head.
     #[arg(long)]
@@ -47,7 +48,7 @@ pub(crate) struct QuantizeArgs {
     /// Keep layers whose inputs are not whole groups in float (mlx-lm does so silently).
     #[arg(long = "allow-float")]
     allow_float: bool,
-    /// GGUF output type (with --format gguf): Q4_K_M, Q5_K_M, Q6_K, Q8_0, …
+    /// GGUF output type (llama-quantize's names): Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0, F16, …
     #[arg(long = "type", value_name = "TYPE")]
     gguf_type: Option<String>,
     /// Replace DST if it exists (only once the new model is complete).
@@ -157,8 +158,15 @@ pub(crate) fn cmd_quantize(engine: &Engine, a: &QuantizeArgs) -> Result<()> {
             a.src
         );
     };
+    let format = match &a.format {
+        Some(f) => f.clone(),
+        None if a.gguf_type.is_some() || a.dst.extension().is_some_and(|e| e == "gguf") => {
+            "gguf".into()
+        }
+        None => "mlx".into(),
+    };
     let mut options = serde_json::Map::new();
-    options.insert("format".into(), json!(a.format));
+    options.insert("format".into(), json!(format));
     if let Some(r) = &a.recipe {
         options.insert("recipe".into(), json!(r));
     }
@@ -182,7 +190,7 @@ pub(crate) fn cmd_quantize(engine: &Engine, a: &QuantizeArgs) -> Result<()> {
         mode: a.mode.as_str().into(),
         options: Json::Object(options).to_string().into(),
     };
-    let req = Quantize::new(req, &a.format, a.force)?;
+    let req = Quantize::new(req, &format, a.force)?;
     let plugin = engine.quantizer(&req)?.descriptor.name.to_string();
     let mut bar = Bar {
         draw: !a.quiet && !a.json && std::io::stderr().is_terminal(),
@@ -201,7 +209,7 @@ pub(crate) fn cmd_quantize(engine: &Engine, a: &QuantizeArgs) -> Result<()> {
             "src": src.display().to_string(),
             "dst": report.dst.as_str(),
             "plugin": plugin,
-            "format": a.format,
+            "format": format,
             "tensors_quantized": report.tensors_quantized,
             "bytes_in": report.bytes_in,
             "bytes_out": report.bytes_out,

@@ -72,6 +72,7 @@ mod generate;
 #[cfg(test)]
 mod gguf_parity;
 mod prefix;
+pub mod quantize;
 mod settings;
 mod teacher;
 
@@ -105,7 +106,8 @@ static LLAMA_ERRORS: Mutex<String> = Mutex::new(String::new());
 static LAST_LEVEL: AtomicU32 = AtomicU32::new(0);
 const MAX_KEPT_ERRORS: usize = 4096;
 
-/// Keep llama.cpp's and ggml's error lines (for load errors), drop the rest.
+/// Keep llama.cpp's and ggml's error lines (for load errors), hand a running
+/// quantization its progress lines, drop the rest.
 fn silence_llama_logs() {
     unsafe extern "C" fn keep_errors(
         level: llama_cpp_sys_2::ggml_log_level,
@@ -118,11 +120,17 @@ fn silence_llama_logs() {
             LAST_LEVEL.store(level, Ordering::Relaxed);
             level
         };
-        if level != llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR || text.is_null() {
+        if text.is_null() {
             return;
         }
         // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
         let line = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        if level == llama_cpp_sys_2::GGML_LOG_LEVEL_INFO {
+            quantize::log_line(&line);
+        }
+        if level != llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR {
+            return;
+        }
         let mut kept = LLAMA_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
         kept.push_str(&line);
         if kept.len() > MAX_KEPT_ERRORS {
@@ -178,9 +186,10 @@ impl Plugin for GgmlPlugin {
             version: env!("CARGO_PKG_VERSION").into(),
             description:
                 "Text generation on ggml / llama.cpp (GGUF, all quantization types, CPU), \
-                          and BERT sentence embeddings (converted to GGUF once)"
+                 BERT sentence embeddings (converted to GGUF once), and GGUF quantization \
+                 with llama.cpp's quantizer"
                     .into(),
-            kinds: vec![ModelKind::LLM, ModelKind::EMBED].into(),
+            kinds: vec![ModelKind::LLM, ModelKind::EMBED, ModelKind::QUANT].into(),
             architectures: ARCHITECTURES
                 .iter()
                 .chain(EMBED_ARCHITECTURES)
@@ -205,6 +214,14 @@ impl Plugin for GgmlPlugin {
         };
         let mut settings = Settings::device_default(GPU_BUILD, compute_threads(&req.device));
         if let Some(m) = req.model.as_ref().into_option() {
+            if m.kind == ModelKind::QUANT {
+                let (score, reason) = quantize::probe(m);
+                return Probe {
+                    score,
+                    backend: backend.into(),
+                    reason: reason.into(),
+                };
+            }
             if m.kind == ModelKind::EMBED {
                 if let Err(e) = runtime() {
                     return refuse(e.message.to_string());
@@ -245,7 +262,19 @@ impl Plugin for GgmlPlugin {
         }
     }
 
+    fn convert(
+        req: &plugin_api::quant::QuantizeRequest,
+        progress: &mut dyn plugin_sdk::Progress,
+    ) -> Result<plugin_api::quant::QuantizeReport, PluginError> {
+        quantize::convert(req, progress)
+    }
+
     fn load(req: &LoadRequest) -> Result<Box<dyn LoadedModel>, PluginError> {
+        if req.model.kind == ModelKind::QUANT {
+            return Err(PluginError::unsupported(
+                "loading a `quant` entry (conversions run through `convert`)",
+            ));
+        }
         if req.model.kind == ModelKind::EMBED {
             return Ok(Box::new(embed::GgmlEncoder::open(&req.model, &req.device)?));
         }
