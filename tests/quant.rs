@@ -132,13 +132,22 @@ fn engine() -> Engine {
 
 /// Our MLX provider's greedy continuation of `prompt` on the checkpoint `dir`.
 fn our_greedy(e: &Engine, id: &str, dir: &Path, prompt: &str, n: u32) -> (Vec<u32>, u32) {
-    e.add_model(ModelEntry::new(
-        id,
-        ModelKind::LLM,
-        "llama",
-        Source::Path(dir.to_owned()),
-    ))
-    .unwrap();
+    let (ids, _, prompt_tokens) = our_greedy_kv(e, id, dir, None, prompt, n);
+    (ids, prompt_tokens)
+}
+
+/// As [`our_greedy`] with the registry's `kv_cache` set, and each pick's log-probability.
+fn our_greedy_kv(
+    e: &Engine,
+    id: &str,
+    dir: &Path,
+    kv_cache: Option<&str>,
+    prompt: &str,
+    n: u32,
+) -> (Vec<u32>, Vec<f32>, u32) {
+    let mut entry = ModelEntry::new(id, ModelKind::LLM, "llama", Source::Path(dir.to_owned()));
+    entry.kv_cache = kv_cache.map(str::to_owned);
+    e.add_model(entry).unwrap();
     let req = GenerateRequest {
         inputs: vec![TextInput {
             prompt: prompt.into(),
@@ -146,13 +155,14 @@ fn our_greedy(e: &Engine, id: &str, dir: &Path, prompt: &str, n: u32) -> (Vec<u3
         }]
         .into(),
         max_tokens: n,
+        logprobs: true,
         ..Default::default()
     };
     let out = e
         .generate(id, &util::gen(req), &mut |_| StreamControl::Continue)
         .unwrap();
     let o = &out.outputs[0];
-    (o.tokens.to_vec(), o.prompt_tokens)
+    (o.tokens.to_vec(), o.logprobs.to_vec(), o.prompt_tokens)
 }
 
 #[test]
@@ -226,6 +236,75 @@ fn mlx_lm_loads_our_checkpoints_and_continues_as_we_do() {
         assert!(
             horizon >= 4,
             "{id}: the check must cover some steps (horizon {horizon})"
+        );
+    }
+}
+
+#[test]
+fn a_quantized_kv_cache_continues_as_mlx_lm_s() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let q4 = h.join("q4");
+    ok(&run(
+        h,
+        &["quantize", s(&util::smollm2_q4_1()), "-o", s(&q4)],
+    ));
+    let e = engine();
+    let prompt = "The three primary colors are";
+    let n = 16;
+    let floats = check(&["generate", s(&q4), prompt, &n.to_string()]);
+    let float_lp: Vec<f64> = serde_json::from_value(floats["logprobs"].clone()).unwrap();
+    let (_, ours_float, _) = our_greedy_kv(&e, "float", &q4, None, prompt, n);
+    // `kv_cache` q8_0 / q4_0 are MLX affine 8 / 4 bits in groups of 32: mlx-lm's
+    // QuantizedKVCache with kv_bits 8 / 4 and kv_group_size 32, quantized after the prompt.
+    for (kv, bits) in [("q8_0", "8"), ("q4_0", "4")] {
+        let want = check(&["generate", s(&q4), prompt, &n.to_string(), bits, "32"]);
+        let want_ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
+        let want_lp: Vec<f64> = serde_json::from_value(want["logprobs"].clone()).unwrap();
+        let gaps: Vec<f64> = serde_json::from_value(want["gaps"].clone()).unwrap();
+        let (got, lp, _) = our_greedy_kv(&e, kv, &q4, Some(kv), prompt, n);
+        let horizon = gaps.iter().position(|g| *g < 0.02).unwrap_or(gaps.len());
+        let same = got
+            .iter()
+            .zip(&want_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            same >= horizon,
+            "{kv}: departs at {same}: {got:?} vs {want_ids:?}"
+        );
+        assert!(horizon >= 4, "{kv}: horizon {horizon}");
+        // What the quantized cache does to each pick's log-probability, against each
+        // side's own float cache (which removes the ~1e-4 the two float paths differ by).
+        // The same rounding of nearly the same keys and values moves both alike; where a
+        // value sits within ~1e-5 of a rounding boundary the two sides round it apart:
+        // at 8 bits, where the whole shift is small (~2e-2), that leaves a residual of
+        // about half of it (measured 0.46); at 4 bits flips are 16× rarer against a
+        // shift ~200× larger (measured 0.00). The bound, 0.8, still fails a cache that
+        // ignores the option (residual 1) or rounds at other bits (≫ 1).
+        let shift = |q: &[f64], f: &[f64]| -> Vec<f64> {
+            q.iter().zip(f).take(horizon).map(|(a, b)| a - b).collect()
+        };
+        let ours: Vec<f64> = shift(
+            &lp.iter().map(|x| f64::from(*x)).collect::<Vec<_>>(),
+            &ours_float.iter().map(|x| f64::from(*x)).collect::<Vec<_>>(),
+        );
+        let theirs = shift(&want_lp, &float_lp);
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let residual: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a - b).collect();
+        let r = norm(&residual) / norm(&theirs);
+        println!(
+            "{kv}: {same}/{n} ids as mlx-lm; shift of the log-probabilities {:.2e} (mlx-lm) / {:.2e} (ours), residual {r:.2}",
+            norm(&theirs),
+            norm(&ours)
+        );
+        assert!(
+            norm(&theirs) > 1e-3,
+            "{kv}: mlx-lm's cache did not change anything"
+        );
+        assert!(
+            r < 0.8,
+            "{kv}: residual {r}: ours {ours:?} vs mlx-lm {theirs:?}"
         );
     }
 }

@@ -170,6 +170,21 @@ fn bad_values_name_the_key() {
         dtype.starts_with("test.toml:5: model `d`: key `dtype`: unknown dtype `fp8`"),
         "{dtype}"
     );
+    let kv = err("[[models]]\nid = \"k\"\nkind = \"llm\"\narchitecture = \"llama\"\nkv_cache = \"q3\"\nsource = { path = \"/m\" }\n");
+    assert!(
+        kv.starts_with("test.toml:5: model `k`: key `kv_cache`: unknown type `q3` (expected one of f32, f16, bf16, q8_0, q4_0)"),
+        "{kv}"
+    );
+    let kv_embed = err("[[models]]\nid = \"e\"\nkind = \"embed\"\narchitecture = \"bert\"\nkv_cache = \"q8_0\"\nsource = { path = \"/m\" }\n");
+    assert!(
+        kv_embed.contains("key `kv_cache`: only `llm` models have a KV cache"),
+        "{kv_embed}"
+    );
+    let twice = err("[[models]]\nid = \"t\"\nkind = \"llm\"\narchitecture = \"llama\"\nkv_cache = \"q8_0\"\nsource = { path = \"/m\" }\noptions = { kv_cache = \"f16\" }\n");
+    assert!(
+        twice.contains("set `kv_cache` on the model, not in its options"),
+        "{twice}"
+    );
     let feat = err("[[models]]\nid = \"f\"\nkind = \"embed\"\narchitecture = \"bert\"\nfeatures = [\"telepathy\"]\nsource = { path = \"/m\" }\n");
     assert!(
         feat.contains("key `features`: unknown feature `telepathy`"),

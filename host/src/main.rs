@@ -257,13 +257,17 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Embed(args) => cli::embed::cmd_embed(&engine(&cli)?, args),
-        Command::Generate(args) => {
-            cli::generate::cmd_generate(&with_dtype(engine(&cli)?, &args.dtype), args)
+        Command::Generate(args) => cli::generate::cmd_generate(
+            &with_dtype(engine(&cli)?, &args.dtype, &args.kv_cache),
+            args,
+        ),
+        Command::Chat(args) => {
+            cli::chat::cmd_chat(&with_dtype(engine(&cli)?, &args.dtype, &None), args)
         }
-        Command::Chat(args) => cli::chat::cmd_chat(&with_dtype(engine(&cli)?, &args.dtype), args),
-        Command::Bench(args) => {
-            cli::bench::cmd_bench(&with_dtype(engine(&cli)?, &args.dtype), args)
-        }
+        Command::Bench(args) => cli::bench::cmd_bench(
+            &with_dtype(engine(&cli)?, &args.dtype, &args.kv_cache),
+            args,
+        ),
         Command::BenchEmbed(a) => cli::bench::cmd_bench_embed(&engine(&cli)?, a),
         Command::BenchAbi(a) => cli::bench::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),
@@ -279,12 +283,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull(a) => cli::hub::cmd_pull(&cli.registries, &engine(&cli)?, a),
         Command::Ls { json } => cli::hub::cmd_ls(&engine(&cli)?, *json),
         Command::Rm { repo } => cli::hub::cmd_rm(repo),
-        Command::Serve(a) => cli::serve::cmd_serve(with_dtype(engine(&cli)?, &a.dtype), a),
+        Command::Serve(a) => {
+            cli::serve::cmd_serve(with_dtype(engine(&cli)?, &a.dtype, &a.kv_cache), a)
+        }
     }
 }
 
-/// The engine with `--dtype` applied to every model it loads.
-fn with_dtype(engine: Engine, dtype: &Option<String>) -> Engine {
+/// The engine with `--dtype` applied to every model it loads, and `--kv-cache` to every
+/// language model.
+fn with_dtype(engine: Engine, dtype: &Option<String>, kv_cache: &Option<String>) -> Engine {
     engine.set_dtype_override(dtype.clone());
+    engine.set_kv_cache_override(kv_cache.clone());
     engine
 }

@@ -1,8 +1,11 @@
 """mlx-lm (pinned, CPU) as the reference for `mlxengine quantize`; tests/quant.rs runs it.
 
   compare OURS THEIRS       tensors and config `quantization` of two MLX checkpoints
-  generate MODEL PROMPT N   mlx-lm's greedy continuation of a raw prompt, with the
-                            top-2 logit gap at each step
+  generate MODEL PROMPT N [KV_BITS KV_GROUP]
+                            mlx-lm's greedy continuation of a raw prompt, with the
+                            top-2 logit gap and the chosen token's log-probability at
+                            each step; with KV_BITS the cache is quantized after the
+                            prompt (mlx-lm's `kv_bits`, `quantized_kv_start = 0`)
   perplexity MODEL FILE CTX CHUNKS
                             llama-perplexity's method (chunks of CTX, BOS first where
                             the tokenizer adds one, the second half scored) on mlx-lm
@@ -45,22 +48,26 @@ def compare(ours, theirs):
     }
 
 
-def generate(path, prompt, n):
+def generate(path, prompt, n, kv_bits=None, kv_group=64):
     from mlx_lm import load
+    from mlx_lm.generate import maybe_quantize_kv_cache
     from mlx_lm.models.cache import make_prompt_cache
 
     model, tokenizer = load(path)
     ids = tokenizer.encode(prompt)
     cache = make_prompt_cache(model)
     logits = model(mx.array([ids]), cache=cache)[0, -1]
-    out, gaps = [], []
+    out, gaps, logprobs = [], [], []
     for _ in range(n):
+        # As mlx-lm's generate_step after each model call.
+        maybe_quantize_kv_cache(cache, 0, kv_group, kv_bits)
         l = logits.astype(mx.float32)
         top = mx.argsort(-l)[:2].tolist()
         gaps.append((l[top[0]] - l[top[1]]).item())
+        logprobs.append((l[top[0]] - mx.logsumexp(l)).item())
         out.append(top[0])
         logits = model(mx.array([[top[0]]]), cache=cache)[0, -1]
-    return {"prompt_ids": ids, "ids": out, "gaps": gaps}
+    return {"prompt_ids": ids, "ids": out, "gaps": gaps, "logprobs": logprobs}
 
 
 def perplexity(path, file, ctx, chunks):
@@ -89,7 +96,8 @@ if __name__ == "__main__":
     if cmd == "compare":
         print(json.dumps(compare(sys.argv[2], sys.argv[3])))
     elif cmd == "generate":
-        print(json.dumps(generate(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        kv = [int(a) for a in sys.argv[5:7]]
+        print(json.dumps(generate(sys.argv[2], sys.argv[3], int(sys.argv[4]), *kv)))
     elif cmd == "perplexity":
         args = sys.argv[2:]
         print(json.dumps(perplexity(args[0], args[1], int(args[2]), int(args[3]))))

@@ -61,6 +61,7 @@ pub struct Engine {
     pub(crate) last_used: Mutex<HashMap<String, Instant>>,
     pub(crate) budget: std::sync::atomic::AtomicU64,
     pub(crate) dtype_override: Mutex<Option<String>>,
+    pub(crate) kv_cache_override: Mutex<Option<String>>,
 }
 
 /// Share of the available memory the default budget allows.
@@ -80,6 +81,7 @@ impl Engine {
             loaded: Mutex::default(),
             last_used: Mutex::default(),
             dtype_override: Mutex::default(),
+            kv_cache_override: Mutex::default(),
             budget: std::sync::atomic::AtomicU64::new(if budget == 0 { u64::MAX } else { budget }),
         }
     }
@@ -101,6 +103,15 @@ impl Engine {
             .dtype_override
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = dtype;
+    }
+
+    /// Give every `llm` model it loads this KV-cache type (`--kv-cache`, one of
+    /// [`crate::registry::KV_CACHE_TYPES`]), overriding the registry.
+    pub fn set_kv_cache_override(&self, kv_cache: Option<String>) {
+        *self
+            .kv_cache_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = kv_cache;
     }
 
     /// Estimated bytes of the loaded models, and their keys.
@@ -199,6 +210,15 @@ impl Engine {
             .clone()
         {
             entry.dtype = Some(d);
+        }
+        if let Some(k) = self
+            .kv_cache_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|_| entry.kind == ModelKind::LLM)
+        {
+            entry.kv_cache = Some(k);
         }
         if entry.kind != kind {
             return Err(HostError::WrongKind {

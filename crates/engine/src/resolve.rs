@@ -76,6 +76,18 @@ pub(crate) fn spec(entry: &ModelEntry, path: Option<&Path>) -> ModelSpec {
             .iter()
             .map(|e| RString::from(e.as_str()))
             .collect(),
-        options: entry.options.to_string().into(),
+        options: options(entry).into(),
+    }
+}
+
+/// The entry's options as plugins get them: its `options` table, with `kv_cache` added.
+fn options(entry: &ModelEntry) -> String {
+    match (&entry.kv_cache, &entry.options) {
+        (Some(kv), serde_json::Value::Object(m)) => {
+            let mut m = m.clone();
+            m.insert("kv_cache".into(), kv.as_str().into());
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => entry.options.to_string(),
     }
 }

@@ -235,6 +235,10 @@ pub(crate) struct BenchArgs {
     /// default: the device policy (float32 on CPU when it fits the budget).
     #[arg(long)]
     pub(crate) dtype: Option<String>,
+    /// KV-cache type of every language model this command loads (f32, f16, bf16, q8_0,
+    /// q4_0), over the registry's `kv_cache`: q8_0 takes about a third of f32's memory.
+    #[arg(long = "kv-cache", value_parser = engine::registry::KV_CACHE_TYPES)]
+    pub(crate) kv_cache: Option<String>,
     /// Registry id of a language model (default: the registry's default LLM).
     #[arg(long, short)]
     pub(crate) model: Option<String>,

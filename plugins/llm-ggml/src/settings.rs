@@ -54,8 +54,15 @@ pub struct Settings {
     pub prompt_cache: bool,
 }
 
-/// Option keys the registry may set for this provider.
-pub const KEYS: &[&str] = &["flash_attn", "kv_type", "threads", "prompt_cache"];
+/// Option keys the registry may set for this provider (`kv_cache` is the registry's
+/// provider-neutral key, which the host passes in the options; `kv_type` its older name).
+pub const KEYS: &[&str] = &[
+    "flash_attn",
+    "kv_cache",
+    "kv_type",
+    "threads",
+    "prompt_cache",
+];
 
 impl Settings {
     /// The defaults for this build on a machine with `cores` physical cores.
@@ -83,6 +90,13 @@ impl Settings {
         let Some(map) = v.as_object() else {
             return Err("options must be a table".into());
         };
+        if let (Some(a), Some(b)) = (map.get("kv_cache"), map.get("kv_type")) {
+            if a != b {
+                return Err(format!(
+                    "`kv_cache` = {a} and option `kv_type` = {b} disagree; give one"
+                ));
+            }
+        }
         for (key, val) in map {
             let bad = |want: &str| format!("option `{key}`: expected {want}, got {val}");
             match key.as_str() {
@@ -94,7 +108,7 @@ impl Settings {
                         _ => return Err(bad("\"on\", \"off\" or \"auto\"")),
                     }
                 }
-                "kv_type" => {
+                "kv_type" | "kv_cache" => {
                     let names: Vec<&str> = KV_TYPES.iter().map(|(n, _)| *n).collect();
                     self.kv = val
                         .as_str()
@@ -119,9 +133,13 @@ impl Settings {
                 }
             }
         }
+        // llama.cpp quantizes the V cache only inside flash attention: `auto` becomes on.
+        if self.kv >= 3 && self.flash_attn == FlashAttn::Auto {
+            self.flash_attn = FlashAttn::On;
+        }
         if self.kv >= 3 && self.flash_attn != FlashAttn::On {
             return Err(format!(
-                "option `kv_type`: a quantized KV cache ({}) needs flash_attn = \"on\"",
+                "a quantized KV cache ({}) needs option flash_attn = \"on\" on this provider",
                 self.kv_name()
             ));
         }
@@ -186,6 +204,12 @@ mod tests {
             "flash attention off, KV cache bf16, 4 threads"
         );
         assert!(d.prompt_cache);
+        let q8 = d.clone().with_options(r#"{"kv_cache":"q8_0"}"#).unwrap();
+        assert_eq!(
+            q8.describe(),
+            "flash attention on, KV cache q8_0, 2 threads"
+        );
+        assert_eq!(q8.kv_bytes_per_element(), (34, 32));
         let off = d.clone().with_options(r#"{"prompt_cache":false}"#).unwrap();
         assert!(!off.prompt_cache);
         assert_eq!(d.clone().with_options("{}").unwrap(), d);
@@ -202,7 +226,11 @@ mod tests {
             ),
             (
                 r#"{"kv_type":"q4_0","flash_attn":"off"}"#,
-                "needs flash_attn = \"on\"",
+                "needs option flash_attn = \"on\"",
+            ),
+            (
+                r#"{"kv_cache":"q8_0","kv_type":"f16"}"#,
+                "`kv_cache` = \"q8_0\" and option `kv_type` = \"f16\" disagree",
             ),
             ("[1]", "options must be a table"),
         ] {

@@ -2,20 +2,21 @@
 //!
 //! Weights are converted to the load dtype (float32 on CPU, where MLX's f32 path goes
 //! through BLAS; bfloat16 on GPU, where MLX-quantized weights also stay packed); the KV
-//! cache grows in steps of 256 tokens in that dtype; a GGUF is converted one tensor at a
+//! cache grows in steps of 256 tokens in that dtype (or as the `kv_cache` option stores
+//! it: another float type, or 8/4 bits with a scale and bias per 32); a GGUF is converted one tensor at a
 //! time, so its largest tensor (the embedding table) exists once more in float32 at the
 //! peak; activations of one prefill chunk and its logits. On CPU, when float32 does not
 //! fit what the host can give, bfloat16 is chosen (half the weights). Constants
 //! calibrated against measured peak resident memory (docs/device-fit.md, tests/fit.rs).
 
-use crate::{generate::PREFILL_CHUNK, load_options};
+use crate::{generate::PREFILL_CHUNK, load_options, models::KvStore};
 use mlx_common::{
     dtype_name,
     estimate::{request_facts, requested_dtype, MLX_BASE_BYTES},
     mlx_backend,
 };
 use mlx_rs::Dtype;
-use plugin_api::{EstimateRequest, MemoryEstimate, PluginError};
+use plugin_api::{ErrorKind, EstimateRequest, MemoryEstimate, PluginError};
 
 /// Weight bytes per second streamed while decoding one sequence on MLX's CPU path on the
 /// 2-core x86-64 reference machine (SmolLM2-135M: ~10 tok/s from 538 MB of f32), per 2
@@ -27,7 +28,10 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
     let backend = mlx_backend();
     let requested = requested_dtype(req);
     let dtype = load_options(requested, backend)?.dtype;
-    let first = of_dtype(&f, req, backend, dtype);
+    let kv_store = KvStore::from_options(req.model.options.as_str()).map_err(|e| {
+        PluginError::new(ErrorKind::INVALID_REQUEST, format!("registry options: {e}"))
+    })?;
+    let first = of_dtype(&f, req, backend, dtype, kv_store);
     if requested.is_some()
         || dtype != Dtype::Float32
         || req.memory_available == 0
@@ -35,7 +39,7 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
     {
         return Ok(first);
     }
-    let mut half = of_dtype(&f, req, backend, Dtype::Bfloat16);
+    let mut half = of_dtype(&f, req, backend, Dtype::Bfloat16, kv_store);
     half.note = format!(
         "float32 would need {:.0} MB; bfloat16 chosen",
         first.total_bytes() as f64 / 1e6
@@ -49,6 +53,7 @@ fn of_dtype(
     req: &EstimateRequest,
     backend: &str,
     dt: Dtype,
+    kv_store: KvStore,
 ) -> MemoryEstimate {
     let context = u64::from(req.context.max(1));
     let batch = u64::from(req.batch.max(1));
@@ -60,10 +65,11 @@ fn of_dtype(
         f.parameters * elt
     };
     let kv_per_token = kv_elements_per_token(f);
-    let kv = kv_per_token
+    let kv = (kv_per_token
         .saturating_mul(context.div_ceil(256) * 256)
-        .saturating_mul(batch)
-        .saturating_mul(elt);
+        .saturating_mul(batch) as f64
+        * kv_store.bytes_per_element(dt))
+    .ceil() as u64;
     let transient = if f.format == "gguf" {
         f.vocab * f.hidden * 4
     } else {

@@ -158,7 +158,9 @@ pub fn generate(
         }
     }
     let ids = Array::from_slice(&padded, &[b as i32, longest as i32]);
-    let mut cache: Vec<KvCache> = (0..model.layers()).map(|_| KvCache::default()).collect();
+    let mut cache: Vec<KvCache> = (0..model.layers())
+        .map(|_| KvCache::new(lm.kv_store))
+        .collect();
     let mut logits = None;
     let mut q0 = 0;
     let prefill_start = Instant::now();
@@ -171,6 +173,9 @@ pub fn generate(
             &positions(&pads, q0, l, lm.dtype)?,
             false,
         )?;
+        for c in &mut cache {
+            c.settle()?;
+        }
         let mut to_eval: Vec<&Array> = cache.iter().flat_map(KvCache::state).collect();
         to_eval.push(&out);
         mlx_rs::transforms::eval(to_eval)?;

@@ -85,6 +85,9 @@ impl Plugin for LlmPlugin {
             reason: reason.into(),
         };
         if let Some(m) = req.model.as_ref().into_option() {
+            if let Err(e) = models::KvStore::from_options(m.options.as_str()) {
+                return no(format!("registry options: {e}"));
+            }
             if !models::supports(&m.architecture) {
                 return no(format!(
                     "architecture `{}` not supported (supported: {})",
@@ -158,15 +161,17 @@ impl Plugin for LlmPlugin {
                 supported: models::supported_list(),
             }));
         }
+        let kv_store = models::KvStore::from_options(spec.options.as_str())
+            .map_err(|e| ctx(LlmError::Request(format!("registry options: {e}"))))?;
         let mut loaded = loader::load(path, opts).map_err(ctx)?;
-        // As the estimate counts it: keys and values of every layer, in the load dtype.
-        let elt = if opts.dtype == mlx_rs::Dtype::Float32 {
-            4
-        } else {
-            2
-        };
+        // As the estimate counts it: keys and values of every layer, as the cache stores them.
+        loaded.kv_store = kv_store;
         loaded.kv_token_bytes = model_facts::facts(path)
-            .map(|f| estimate::kv_elements_per_token(&f).saturating_mul(elt))
+            .map(|f| {
+                (estimate::kv_elements_per_token(&f) as f64
+                    * kv_store.bytes_per_element(opts.dtype))
+                .ceil() as u64
+            })
             .unwrap_or(0);
         let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();
         loaded.tokenizer.add_eos_tokens(&extra).map_err(ctx)?;

@@ -26,6 +26,8 @@ pub struct Loaded {
     pub dtype: Dtype,
     /// KV-cache bytes of one token of one sequence (0 when the files do not say).
     pub kv_token_bytes: u64,
+    /// How the KV cache stores keys and values (the `kv_cache` option).
+    pub kv_store: crate::models::KvStore,
 }
 
 /// Options that decide how weights are materialised.
@@ -194,5 +196,6 @@ fn finish(
         model_type,
         dtype: opts.dtype,
         kv_token_bytes: 0,
+        kv_store: Default::default(),
     })
 }

@@ -54,6 +54,9 @@ pub struct ModelEntry {
     pub quantization: Option<String>,
     /// Load-time dtype override.
     pub dtype: Option<String>,
+    /// KV-cache element type (one of [`KV_CACHE_TYPES`]); plugins see it as the
+    /// `kv_cache` key of `options`.
+    pub kv_cache: Option<String>,
     /// Parameter count.
     pub parameters: Option<u64>,
     /// Estimated download / weight size in bytes.
@@ -123,6 +126,7 @@ struct RawModel {
     source: Spanned<RawSource>,
     quantization: Option<String>,
     dtype: Option<Spanned<String>>,
+    kv_cache: Option<Spanned<String>>,
     parameters: Option<u64>,
     size_bytes: Option<u64>,
     context_length: Option<u32>,
@@ -147,6 +151,11 @@ struct RawSource {
 }
 
 const DTYPES: &[&str] = &["float32", "float16", "bfloat16"];
+
+/// KV-cache types a registry entry may ask for (`kv_cache`), in llama.cpp's names; each
+/// `llm` provider maps them onto its own cache (ggml's typed cache; MLX's float or
+/// quantized cache).
+pub const KV_CACHE_TYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
 
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
@@ -272,6 +281,25 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             }
             d => d.map(Spanned::into_inner),
         };
+        let kv_cache = match m.kv_cache {
+            Some(k) if !KV_CACHE_TYPES.contains(&k.get_ref().as_str()) => {
+                return Err(err(
+                    k.span(),
+                    format!(
+                        "key `kv_cache`: unknown type `{}` (expected one of {})",
+                        k.get_ref(),
+                        KV_CACHE_TYPES.join(", ")
+                    ),
+                ))
+            }
+            Some(k) if kind != ModelKind::LLM => {
+                return Err(err(
+                    k.span(),
+                    format!("key `kv_cache`: only `llm` models have a KV cache, not `{kind}`"),
+                ))
+            }
+            k => k.map(Spanned::into_inner),
+        };
         let mut features = Features::NONE;
         for f in &m.features {
             let flag = Features::from_name(f.get_ref()).ok_or_else(|| {
@@ -291,6 +319,12 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
                 .map_err(|e| err(src_span.clone(), format!("key `options`: {e}")))?,
             None => serde_json::Value::Object(Default::default()),
         };
+        if kv_cache.is_some() && options.get("kv_cache").is_some() {
+            return Err(err(
+                src_span.clone(),
+                "key `options.kv_cache`: set `kv_cache` on the model, not in its options".into(),
+            ));
+        }
         let is_default = m.default.as_ref().is_some_and(|d| *d.get_ref());
         if let (true, Some(d)) = (is_default, &m.default) {
             if let Some(prev) = out.iter().find(|e| e.default && e.kind == kind) {
@@ -312,6 +346,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             source,
             quantization: m.quantization,
             dtype,
+            kv_cache,
             parameters: m.parameters,
             size_bytes: m.size_bytes,
             context_length: m.context_length,
@@ -488,6 +523,7 @@ impl ModelEntry {
             source,
             quantization: None,
             dtype: None,
+            kv_cache: None,
             parameters: None,
             size_bytes: None,
             context_length: None,
@@ -537,6 +573,7 @@ impl ModelEntry {
         };
         opt(&mut t, "quantization", &self.quantization);
         opt(&mut t, "dtype", &self.dtype);
+        opt(&mut t, "kv_cache", &self.kv_cache);
         opt(&mut t, "system_prompt", &self.system_prompt);
         opt(&mut t, "backend", &self.backend);
         if let Some(c) = self.context_length {

@@ -289,9 +289,9 @@ impl Gemma3 {
             &self.global_rope
         };
         let (q, k) = (rope.apply(&q, pos)?, rope.apply(&k, pos)?);
-        let (k, v) = cache.update(k, v)?;
+        let kv = cache.update(k, v)?;
         let window = b.sliding.then_some(c.sliding_window);
-        let o = attention_windowed(&q, &k, &v, c.query_pre_attn_scalar.powf(-0.5), pos, window)?;
+        let o = attention_windowed(&q, &kv, c.query_pre_attn_scalar.powf(-0.5), pos, window)?;
         a.o_proj
             .forward(&o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[
                 bs,

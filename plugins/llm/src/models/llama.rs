@@ -152,8 +152,8 @@ impl Attention {
         let q = rope.apply(&q, pos)?;
         let k = rope.apply(&k, pos)?;
         let v = heads(self.v_proj.forward(x)?, self.kv_heads)?;
-        let (k, v) = cache.update(k, v)?;
-        let o = attention(&q, &k, &v, self.scale, pos)?;
+        let kv = cache.update(k, v)?;
+        let o = attention(&q, &kv, self.scale, pos)?;
         self.o_proj
             .forward(&o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[
                 b,

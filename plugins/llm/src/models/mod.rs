@@ -3,6 +3,7 @@
 //! variants, attention masks.
 
 pub mod gemma3;
+mod kv;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -10,6 +11,7 @@ pub mod qwen2;
 pub mod qwen3;
 
 use crate::error::LlmError;
+pub use kv::{attention, attention_windowed, CachedKv, KvCache, KvStore, Positions};
 use mlx_common::Weights;
 use mlx_rs::{fast, Array};
 use serde_json::Value as Json;
@@ -92,70 +94,6 @@ pub fn supported_list() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-/// Position offsets of the rows of a batch: one shared offset (single sequence or equal
-/// lengths), or one per row (left-padded batches: offset − padding).
-pub enum Positions {
-    Shared(i32),
-    PerRow { offsets: Array, mask: Array },
-}
-
-/// Keys and values of one layer, (B, kv_heads, T, head_dim), grown by concatenation in
-/// steps so that decoding does not copy the whole cache each token.
-#[derive(Default)]
-pub struct KvCache {
-    keys: Option<Array>,
-    values: Option<Array>,
-    /// Tokens stored.
-    pub offset: i32,
-}
-
-/// Cache capacity grows in multiples of this many tokens.
-const CACHE_STEP: i32 = 256;
-
-impl KvCache {
-    /// Append `k`, `v` (B, H, L, D) and return the keys/values of every position so far.
-    pub fn update(&mut self, k: Array, v: Array) -> mlx_rs::error::Result<(Array, Array)> {
-        let l = k.shape()[2];
-        let prev = self.offset;
-        let need = prev + l;
-        let cap = self.keys.as_ref().map_or(0, |a| a.shape()[2]);
-        if need > cap {
-            let (b, h, d) = (k.shape()[0], k.shape()[1], k.shape()[3]);
-            let grow = (need - cap + CACHE_STEP - 1) / CACHE_STEP * CACHE_STEP;
-            let zeros_k = mlx_rs::ops::zeros_dtype(&[b, h, grow, d], k.dtype())?;
-            let zeros_v = mlx_rs::ops::zeros_dtype(&[b, h, grow, v.shape()[3]], v.dtype())?;
-            self.keys = Some(match self.keys.take() {
-                Some(old) => {
-                    mlx_rs::ops::concatenate(&[old.index((.., .., ..prev, ..)), zeros_k], 2)?
-                }
-                None => zeros_k,
-            });
-            self.values = Some(match self.values.take() {
-                Some(old) => {
-                    mlx_rs::ops::concatenate(&[old.index((.., .., ..prev, ..)), zeros_v], 2)?
-                }
-                None => zeros_v,
-            });
-        }
-        let keys = self.keys.as_mut().expect("allocated above");
-        let values = self.values.as_mut().expect("allocated above");
-        keys.index_mut((.., .., prev..need, ..), &k);
-        values.index_mut((.., .., prev..need, ..), &v);
-        self.offset = need;
-        Ok((
-            keys.index((.., .., ..need, ..)),
-            values.index((.., .., ..need, ..)),
-        ))
-    }
-
-    /// Arrays to evaluate so the cache does not hold a growing lazy graph.
-    pub fn state(&self) -> Vec<&Array> {
-        self.keys.iter().chain(self.values.iter()).collect()
-    }
-}
-
-use mlx_rs::ops::indexing::{IndexMutOp, IndexOp};
 
 /// RoPE as configured by `rope_theta` / `rope_scaling` (none, `linear`, `llama3`).
 pub struct Rope {
@@ -287,64 +225,6 @@ impl Rope {
             ),
         }
     }
-}
-
-/// Scaled dot-product attention over `q` (B, H, L, D) and the cached `k`, `v`, with the
-/// causal mask (and the padding mask of left-padded batches).
-pub fn attention(
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    scale: f32,
-    pos: &Positions,
-) -> mlx_rs::error::Result<Array> {
-    let l = q.shape()[2];
-    match pos {
-        Positions::PerRow { mask, .. } => {
-            fast::scaled_dot_product_attention(q, k, v, scale, mask, None)
-        }
-        Positions::Shared(_) if l > 1 => fast::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            scale,
-            fast::ScaledDotProductAttentionMask::Causal,
-            None,
-        ),
-        Positions::Shared(_) => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
-    }
-}
-
-/// Attention where a query only sees the last `window` positions (itself included), on
-/// top of the causal / padding masks; `None` or a window covering every key is plain
-/// [`attention`].
-pub fn attention_windowed(
-    q: &Array,
-    k: &Array,
-    v: &Array,
-    scale: f32,
-    pos: &Positions,
-    window: Option<i32>,
-) -> mlx_rs::error::Result<Array> {
-    let (l, s) = (q.shape()[2], k.shape()[2]);
-    let Some(window) = window.filter(|w| *w < s) else {
-        return attention(q, k, v, scale, pos);
-    };
-    // Query i sits at key index s - l + i; it sees keys j with q - window < j <= q.
-    let mut m = vec![-1e9f32; (l * s) as usize];
-    for i in 0..l {
-        let qpos = s - l + i;
-        for j in (qpos - window + 1).max(0)..=qpos {
-            m[(i * s + j) as usize] = 0.0;
-        }
-    }
-    let mut mask = Array::from_slice(&m, &[1, 1, l, s]).as_dtype(q.dtype())?;
-    if let Positions::PerRow { mask: rows, .. } = pos {
-        // Both must allow a key. A padding query's own position stays allowed by both,
-        // so no row is fully masked.
-        mask = rows.add(&mask)?;
-    }
-    fast::scaled_dot_product_attention(q, k, v, scale, &mask, None)
 }
 
 /// Read a JSON number field as i32, with the key named on error.

@@ -1,0 +1,413 @@
+//! The KV cache and attention over it: keys and values of one layer, stored in the
+//! model's dtype, in a float dtype of their own, or MLX affine-quantized along the head
+//! dimension (the `kv_cache` option: mlx-lm's `QuantizedKVCache`, attention through
+//! `quantized_matmul` as its `quantized_scaled_dot_product_attention`).
+
+use mlx_rs::{
+    fast,
+    ops::indexing::{IndexMutOp, IndexOp},
+    Array, Dtype,
+};
+
+/// Position offsets of the rows of a batch: one shared offset (single sequence or equal
+/// lengths), or one per row (left-padded batches: offset − padding).
+pub enum Positions {
+    Shared(i32),
+    PerRow { offsets: Array, mask: Array },
+}
+
+/// How a cache stores keys and values (the model's `kv_cache` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvStore {
+    /// In the dtype the model computes in.
+    #[default]
+    Model,
+    /// In this float dtype (cast to the model's for attention).
+    Float(Dtype),
+    /// MLX affine-quantized along the head dimension, from the end of the first model
+    /// call on (as mlx-lm converts its cache after the first prefill step).
+    Quantized { bits: i32, group_size: i32 },
+}
+
+/// `kv_cache` values: llama.cpp's names, so one registry entry means the same on both
+/// providers. q8_0 / q4_0 are blocks of 32 with one f16 scale in llama.cpp; here groups
+/// of 32 with a scale and a bias in the model's dtype (the nearest MLX affine setting).
+pub const KV_CACHE_TYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
+
+impl KvStore {
+    /// The store a model's registry options ask for (`kv_cache`; absent: the model's dtype).
+    pub fn from_options(options: &str) -> Result<Self, String> {
+        let v: serde_json::Value = match options.trim() {
+            "" => return Ok(KvStore::Model),
+            s => serde_json::from_str(s).map_err(|e| format!("options are not JSON: {e}"))?,
+        };
+        let Some(kv) = v.get("kv_cache") else {
+            return Ok(KvStore::Model);
+        };
+        Ok(match kv.as_str() {
+            Some("f32") => KvStore::Float(Dtype::Float32),
+            Some("f16") => KvStore::Float(Dtype::Float16),
+            Some("bf16") => KvStore::Float(Dtype::Bfloat16),
+            Some("q8_0") => KvStore::Quantized {
+                bits: 8,
+                group_size: 32,
+            },
+            Some("q4_0") => KvStore::Quantized {
+                bits: 4,
+                group_size: 32,
+            },
+            _ => {
+                return Err(format!(
+                    "option `kv_cache`: expected one of {}, got {kv}",
+                    KV_CACHE_TYPES.join(", ")
+                ))
+            }
+        })
+    }
+
+    /// Bytes of one cached element for a model computing in `model` (the estimate's and
+    /// the budget's figure): packed bits plus a scale and a bias per group.
+    pub fn bytes_per_element(self, model: Dtype) -> f64 {
+        let size = |d: Dtype| if d == Dtype::Float32 { 4.0 } else { 2.0 };
+        match self {
+            KvStore::Model => size(model),
+            KvStore::Float(d) => size(d),
+            KvStore::Quantized { bits, group_size } => {
+                f64::from(bits) / 8.0 + 2.0 * size(model) / f64::from(group_size)
+            }
+        }
+    }
+}
+
+/// What attention reads: every position so far, float or quantized.
+pub enum CachedKv {
+    Float {
+        keys: Array,
+        values: Array,
+    },
+    /// (packed, scales, biases) of keys and values.
+    Quantized {
+        keys: [Array; 3],
+        values: [Array; 3],
+        bits: i32,
+        group_size: i32,
+    },
+}
+
+/// Keys and values of one layer, (B, kv_heads, T, head_dim), grown in steps so that
+/// decoding does not copy the whole cache each token.
+#[derive(Default)]
+pub struct KvCache {
+    store: KvStore,
+    keys: Option<Array>,
+    values: Option<Array>,
+    qkeys: Option<[Array; 3]>,
+    qvalues: Option<[Array; 3]>,
+    /// Tokens stored.
+    pub offset: i32,
+}
+
+/// Cache capacity grows in multiples of this many tokens.
+const CACHE_STEP: i32 = 256;
+
+/// `old[..prev]` along axis 2 followed by zeros for `grow` more positions.
+fn grown(old: Option<Array>, prev: i32, like: &Array, grow: i32) -> mlx_rs::error::Result<Array> {
+    let s = like.shape();
+    let zeros = mlx_rs::ops::zeros_dtype(&[s[0], s[1], grow, s[3]], like.dtype())?;
+    match old {
+        Some(old) => mlx_rs::ops::concatenate(&[old.index((.., .., ..prev, ..)), zeros], 2),
+        None => Ok(zeros),
+    }
+}
+
+/// `n` positions rounded up to whole steps.
+fn steps(n: i32) -> i32 {
+    (n + CACHE_STEP - 1) / CACHE_STEP * CACHE_STEP
+}
+
+fn capacity(a: &Option<Array>) -> i32 {
+    a.as_ref().map_or(0, |a| a.shape()[2])
+}
+
+impl KvCache {
+    /// An empty cache storing as `store` says.
+    pub fn new(store: KvStore) -> Self {
+        Self {
+            store,
+            ..Default::default()
+        }
+    }
+
+    /// Append `k`, `v` (B, H, L, D) and return the keys/values of every position so far.
+    pub fn update(&mut self, k: Array, v: Array) -> mlx_rs::error::Result<CachedKv> {
+        let l = k.shape()[2];
+        let prev = self.offset;
+        let need = prev + l;
+        self.offset = need;
+        if let (Some(qk), Some(qv), KvStore::Quantized { bits, group_size }) =
+            (&self.qkeys, &self.qvalues, self.store)
+        {
+            let (nk, nv) = (
+                quantize(&k, group_size, bits)?,
+                quantize(&v, group_size, bits)?,
+            );
+            let put = |old: &[Array; 3], new: [Array; 3]| -> mlx_rs::error::Result<[Array; 3]> {
+                let cap = old[0].shape()[2];
+                let mut out = old.each_ref().map(Clone::clone);
+                if need > cap {
+                    let grow = steps(need - cap);
+                    for (o, n) in out.iter_mut().zip(&new) {
+                        *o = grown(Some(o.clone()), prev, n, grow)?;
+                    }
+                }
+                for (o, n) in out.iter_mut().zip(&new) {
+                    o.index_mut((.., .., prev..need, ..), n);
+                }
+                Ok(out)
+            };
+            let (qk, qv) = (put(qk, nk)?, put(qv, nv)?);
+            let upto = |a: &[Array; 3]| a.each_ref().map(|x| x.index((.., .., ..need, ..)));
+            let out = CachedKv::Quantized {
+                keys: upto(&qk),
+                values: upto(&qv),
+                bits,
+                group_size,
+            };
+            (self.qkeys, self.qvalues) = (Some(qk), Some(qv));
+            return Ok(out);
+        }
+        let compute = k.dtype();
+        let (k, v) = match self.store {
+            KvStore::Float(d) if d != compute => (k.as_dtype(d)?, v.as_dtype(d)?),
+            _ => (k, v),
+        };
+        if need > capacity(&self.keys) {
+            let grow = steps(need - capacity(&self.keys));
+            self.keys = Some(grown(self.keys.take(), prev, &k, grow)?);
+            self.values = Some(grown(self.values.take(), prev, &v, grow)?);
+        }
+        let keys = self.keys.as_mut().expect("allocated above");
+        let values = self.values.as_mut().expect("allocated above");
+        keys.index_mut((.., .., prev..need, ..), &k);
+        values.index_mut((.., .., prev..need, ..), &v);
+        let (keys, values) = (
+            keys.index((.., .., ..need, ..)),
+            values.index((.., .., ..need, ..)),
+        );
+        Ok(match keys.dtype() == compute {
+            true => CachedKv::Float { keys, values },
+            false => CachedKv::Float {
+                keys: keys.as_dtype(compute)?,
+                values: values.as_dtype(compute)?,
+            },
+        })
+    }
+
+    /// After a model call: a cache that is to be quantized becomes so (once).
+    pub fn settle(&mut self) -> mlx_rs::error::Result<()> {
+        let KvStore::Quantized { bits, group_size } = self.store else {
+            return Ok(());
+        };
+        if self.qkeys.is_some() {
+            return Ok(());
+        }
+        let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) else {
+            return Ok(());
+        };
+        // The whole capacity, zeros included: later tokens are written in place.
+        self.qkeys = Some(quantize(&k, group_size, bits)?);
+        self.qvalues = Some(quantize(&v, group_size, bits)?);
+        Ok(())
+    }
+
+    /// Arrays to evaluate so the cache does not hold a growing lazy graph.
+    pub fn state(&self) -> Vec<&Array> {
+        self.keys
+            .iter()
+            .chain(self.values.iter())
+            .chain(self.qkeys.iter().flatten())
+            .chain(self.qvalues.iter().flatten())
+            .collect()
+    }
+}
+
+fn quantize(x: &Array, group_size: i32, bits: i32) -> mlx_rs::error::Result<[Array; 3]> {
+    let (w, s, b) = mlx_rs::ops::quantize(x, group_size, bits)?;
+    Ok([w, s, b])
+}
+
+/// The additive causal mask (1, 1, L, S) of `l` queries at the end of `s` keys.
+fn causal_mask(l: i32, s: i32, dtype: Dtype) -> mlx_rs::error::Result<Array> {
+    let mut m = vec![0f32; (l * s) as usize];
+    for i in 0..l {
+        for j in (s - l + i + 1)..s {
+            m[(i * s + j) as usize] = -1e9;
+        }
+    }
+    Array::from_slice(&m, &[1, 1, l, s]).as_dtype(dtype)
+}
+
+/// Attention over quantized keys and values, as mlx-lm's
+/// `quantized_scaled_dot_product_attention`: scaled queries times the packed keys, the
+/// additive mask, a precise softmax, times the packed values; grouped-query heads by
+/// reshaping the queries, never by repeating the cache.
+fn quantized_attention(
+    q: &Array,
+    keys: &[Array; 3],
+    values: &[Array; 3],
+    (bits, group_size): (i32, i32),
+    scale: f32,
+    mask: Option<&Array>,
+) -> mlx_rs::error::Result<Array> {
+    let sh = q.shape();
+    let (b, hq, l, d) = (sh[0], sh[1], sh[2], sh[3]);
+    let hkv = keys[0].shape()[1];
+    let rep = hq / hkv;
+    let mut q = q.multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?;
+    let (mut ks, mut vs) = (
+        keys.each_ref().map(Clone::clone),
+        values.each_ref().map(Clone::clone),
+    );
+    if rep > 1 {
+        q = q.reshape(&[b, hkv, rep, l, d])?;
+        for a in ks.iter_mut().chain(vs.iter_mut()) {
+            *a = a.expand_dims(-3)?;
+        }
+    }
+    let qmm = |x: &Array, w: &[Array; 3], transpose: bool| {
+        mlx_rs::ops::quantized_matmul(x, &w[0], &w[1], &w[2], transpose, group_size, bits)
+    };
+    let mut scores = qmm(&q, &ks, true)?;
+    if let Some(m) = mask {
+        let m = if rep > 1 {
+            m.expand_dims(2)?
+        } else {
+            m.clone()
+        };
+        scores = scores.add(&m)?;
+    }
+    let p = mlx_rs::ops::softmax_axis(&scores, -1, true)?;
+    let out = qmm(&p, &vs, false)?;
+    if rep > 1 {
+        out.reshape(&[b, hq, l, d])
+    } else {
+        Ok(out)
+    }
+}
+
+/// Scaled dot-product attention over `q` (B, H, L, D) and the cached keys and values,
+/// with the causal mask (and the padding mask of left-padded batches).
+pub fn attention(
+    q: &Array,
+    kv: &CachedKv,
+    scale: f32,
+    pos: &Positions,
+) -> mlx_rs::error::Result<Array> {
+    let l = q.shape()[2];
+    let (k, v) = match kv {
+        CachedKv::Float { keys, values } => (keys, values),
+        CachedKv::Quantized {
+            keys,
+            values,
+            bits,
+            group_size,
+        } => {
+            let s = keys[0].shape()[2];
+            let causal;
+            let mask = match pos {
+                Positions::PerRow { mask, .. } => Some(mask),
+                Positions::Shared(_) if l > 1 => {
+                    causal = causal_mask(l, s, q.dtype())?;
+                    Some(&causal)
+                }
+                Positions::Shared(_) => None,
+            };
+            return quantized_attention(q, keys, values, (*bits, *group_size), scale, mask);
+        }
+    };
+    match pos {
+        Positions::PerRow { mask, .. } => {
+            fast::scaled_dot_product_attention(q, k, v, scale, mask, None)
+        }
+        Positions::Shared(_) if l > 1 => fast::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            scale,
+            fast::ScaledDotProductAttentionMask::Causal,
+            None,
+        ),
+        Positions::Shared(_) => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
+    }
+}
+
+/// Attention where a query only sees the last `window` positions (itself included), on
+/// top of the causal / padding masks; `None` or a window covering every key is plain
+/// [`attention`].
+pub fn attention_windowed(
+    q: &Array,
+    kv: &CachedKv,
+    scale: f32,
+    pos: &Positions,
+    window: Option<i32>,
+) -> mlx_rs::error::Result<Array> {
+    let l = q.shape()[2];
+    let s = match kv {
+        CachedKv::Float { keys, .. } => keys.shape()[2],
+        CachedKv::Quantized { keys, .. } => keys[0].shape()[2],
+    };
+    let Some(window) = window.filter(|w| *w < s) else {
+        return attention(q, kv, scale, pos);
+    };
+    // Query i sits at key index s - l + i; it sees keys j with q - window < j <= q.
+    let mut m = vec![-1e9f32; (l * s) as usize];
+    for i in 0..l {
+        let qpos = s - l + i;
+        for j in (qpos - window + 1).max(0)..=qpos {
+            m[(i * s + j) as usize] = 0.0;
+        }
+    }
+    let mut mask = Array::from_slice(&m, &[1, 1, l, s]).as_dtype(q.dtype())?;
+    if let Positions::PerRow { mask: rows, .. } = pos {
+        // Both must allow a key. A padding query's own position stays allowed by both,
+        // so no row is fully masked.
+        mask = rows.add(&mask)?;
+    }
+    match kv {
+        CachedKv::Float { keys, values } => {
+            fast::scaled_dot_product_attention(q, keys, values, scale, &mask, None)
+        }
+        CachedKv::Quantized {
+            keys,
+            values,
+            bits,
+            group_size,
+        } => quantized_attention(q, keys, values, (*bits, *group_size), scale, Some(&mask)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_options_name_the_key_and_the_types() {
+        assert_eq!(KvStore::from_options("").unwrap(), KvStore::Model);
+        assert_eq!(
+            KvStore::from_options(r#"{"kv_cache":"q8_0"}"#).unwrap(),
+            KvStore::Quantized {
+                bits: 8,
+                group_size: 32
+            }
+        );
+        let e = KvStore::from_options(r#"{"kv_cache":"q3"}"#).unwrap_err();
+        assert!(
+            e.contains("option `kv_cache`: expected one of f32, f16"),
+            "{e}"
+        );
+        // 8 bits + a f32 scale and bias per 32: 1.25 bytes; 4 bits: 0.75.
+        let q8 = KvStore::from_options(r#"{"kv_cache":"q8_0"}"#).unwrap();
+        assert_eq!(q8.bytes_per_element(Dtype::Float32), 1.25);
+        assert_eq!(KvStore::Model.bytes_per_element(Dtype::Bfloat16), 2.0);
+    }
+}
