@@ -19,24 +19,36 @@ ensure_bench_venv() {
     --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 }
 
-# llama.cpp's own server, `llama-server`, from the same llama-cpp-python 0.3.36 sdist
-# (its vendored llama.cpp, native CPU flags, as the bench venv's build): built once into
-# $CACHE/llama-server (~5 min on 2 cores). Sets LLAMA_SERVER.
-ensure_llama_server() {
+# llama.cpp's own tools from the llama-cpp-python 0.3.36 sdist (its vendored llama.cpp,
+# native CPU flags, as the bench venv's build), configured once into $CACHE/llama-server;
+# `llama_cpp_tool TARGET` builds one of them there (incremental: an interrupted build goes
+# on where it stopped) and sets LLAMA_TOOL to the binary.
+llama_cpp_tool() {
   local src=$CACHE/llama-server
-  LLAMA_SERVER=$src/build/bin/llama-server
-  [ -x "$LLAMA_SERVER" ] && return
-  echo "[bench] building llama-server from the llama-cpp-python 0.3.36 sdist into $src" >&2
+  LLAMA_TOOL=$src/build/bin/$1
+  [ -x "$LLAMA_TOOL" ] && return
+  echo "[bench] building $1 from the llama-cpp-python 0.3.36 sdist into $src" >&2
   if [ ! -d "$src/llama_cpp_python-0.3.36" ]; then
     rm -rf "$src" && mkdir -p "$src"
     python3 -m pip download -q --no-deps --no-binary :all: -d "$src" "llama-cpp-python==0.3.36"
     tar -xzf "$src"/llama_cpp_python-0.3.36.tar.gz -C "$src"
   fi
-  # Incremental: an interrupted build goes on where it stopped.
   cmake -S "$src"/llama_cpp_python-0.3.36/vendor/llama.cpp -B "$src/build" \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
-  cmake --build "$src/build" --target llama-server -j "$(nproc)" >/dev/null
+  cmake --build "$src/build" --target "$1" -j "$(nproc)" >/dev/null
+}
+
+# `llama-server` (~5 min on 2 cores the first time). Sets LLAMA_SERVER.
+ensure_llama_server() {
+  llama_cpp_tool llama-server
+  LLAMA_SERVER=$LLAMA_TOOL
+}
+
+# `llama-perplexity`, llama.cpp's perplexity tool. Sets LLAMA_PERPLEXITY.
+ensure_llama_perplexity() {
+  llama_cpp_tool llama-perplexity
+  LLAMA_PERPLEXITY=$LLAMA_TOOL
 }
 
 # sentence-transformers 6.2.0 on torch 2.15.0 (CPU).
