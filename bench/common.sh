@@ -36,7 +36,8 @@ llama_cpp_tool() {
   cmake -S "$src"/llama_cpp_python-0.3.36/vendor/llama.cpp -B "$src/build" \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
-  cmake --build "$src/build" --target "$1" -j "$(nproc)" >/dev/null
+  cmake --build "$src/build" --target "$1" -j "$(nproc)" >"$src/build-$1.log" 2>&1 ||
+    { tail -20 "$src/build-$1.log" >&2; return 1; }
 }
 
 # `llama-server` (~5 min on 2 cores the first time). Sets LLAMA_SERVER.

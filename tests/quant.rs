@@ -279,7 +279,7 @@ fn a_quantized_kv_cache_continues_as_mlx_lm_s() {
         // The same rounding of nearly the same keys and values moves both alike; where a
         // value sits within ~1e-5 of a rounding boundary the two sides round it apart:
         // at 8 bits, where the whole shift is small (~2e-2), that leaves a residual of
-        // about half of it (measured 0.46); at 4 bits flips are 16× rarer against a
+        // about half of it (measured 0.40); at 4 bits flips are 16× rarer against a
         // shift ~200× larger (measured 0.00). The bound, 0.8, still fails a cache that
         // ignores the option (residual 1) or rounds at other bits (≫ 1).
         let shift = |q: &[f64], f: &[f64]| -> Vec<f64> {

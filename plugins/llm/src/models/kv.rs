@@ -1,7 +1,7 @@
 //! The KV cache and attention over it: keys and values of one layer, stored in the
 //! model's dtype, in a float dtype of their own, or MLX affine-quantized along the head
-//! dimension (the `kv_cache` option: mlx-lm's `QuantizedKVCache`, attention through
-//! `quantized_matmul` as its `quantized_scaled_dot_product_attention`).
+//! dimension (the `kv_cache` option: mlx-lm's `QuantizedKVCache`; attention reads the
+//! packed cache through `dequantize`, the products mlx-lm's `quantized_matmul` computes).
 
 use mlx_rs::{
     fast,
@@ -236,63 +236,22 @@ fn quantize(x: &Array, group_size: i32, bits: i32) -> mlx_rs::error::Result<[Arr
     Ok([w, s, b])
 }
 
-/// The additive causal mask (1, 1, L, S) of `l` queries at the end of `s` keys.
-fn causal_mask(l: i32, s: i32, dtype: Dtype) -> mlx_rs::error::Result<Array> {
-    let mut m = vec![0f32; (l * s) as usize];
-    for i in 0..l {
-        for j in (s - l + i + 1)..s {
-            m[(i * s + j) as usize] = -1e9;
-        }
-    }
-    Array::from_slice(&m, &[1, 1, l, s]).as_dtype(dtype)
-}
-
-/// Attention over quantized keys and values, as mlx-lm's
-/// `quantized_scaled_dot_product_attention`: scaled queries times the packed keys, the
-/// additive mask, a precise softmax, times the packed values; grouped-query heads by
-/// reshaping the queries, never by repeating the cache.
-fn quantized_attention(
-    q: &Array,
+/// The cache's keys and values dequantized to `dtype`, for the fused attention kernel:
+/// the same products as mlx-lm's `quantized_scaled_dot_product_attention` (quantized_matmul
+/// multiplies by the dequantized codes), summed in another order — and on every backend:
+/// MLX's CUDA `quantized_matmul` has no kernel for head-dimension-64 keys in groups of 32.
+/// One layer's float copy exists at a time (MLX frees it after that layer's attention);
+/// the cache itself stays packed.
+fn dequantized(
     keys: &[Array; 3],
     values: &[Array; 3],
     (bits, group_size): (i32, i32),
-    scale: f32,
-    mask: Option<&Array>,
-) -> mlx_rs::error::Result<Array> {
-    let sh = q.shape();
-    let (b, hq, l, d) = (sh[0], sh[1], sh[2], sh[3]);
-    let hkv = keys[0].shape()[1];
-    let rep = hq / hkv;
-    let mut q = q.multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?;
-    let (mut ks, mut vs) = (
-        keys.each_ref().map(Clone::clone),
-        values.each_ref().map(Clone::clone),
-    );
-    if rep > 1 {
-        q = q.reshape(&[b, hkv, rep, l, d])?;
-        for a in ks.iter_mut().chain(vs.iter_mut()) {
-            *a = a.expand_dims(-3)?;
-        }
-    }
-    let qmm = |x: &Array, w: &[Array; 3], transpose: bool| {
-        mlx_rs::ops::quantized_matmul(x, &w[0], &w[1], &w[2], transpose, group_size, bits)
+    dtype: Dtype,
+) -> mlx_rs::error::Result<(Array, Array)> {
+    let f = |a: &[Array; 3]| {
+        mlx_rs::ops::dequantize(&a[0], &a[1], &a[2], group_size, bits)?.as_dtype(dtype)
     };
-    let mut scores = qmm(&q, &ks, true)?;
-    if let Some(m) = mask {
-        let m = if rep > 1 {
-            m.expand_dims(2)?
-        } else {
-            m.clone()
-        };
-        scores = scores.add(&m)?;
-    }
-    let p = mlx_rs::ops::softmax_axis(&scores, -1, true)?;
-    let out = qmm(&p, &vs, false)?;
-    if rep > 1 {
-        out.reshape(&[b, hq, l, d])
-    } else {
-        Ok(out)
-    }
+    Ok((f(keys)?, f(values)?))
 }
 
 /// Scaled dot-product attention over `q` (B, H, L, D) and the cached keys and values,
@@ -312,17 +271,8 @@ pub fn attention(
             bits,
             group_size,
         } => {
-            let s = keys[0].shape()[2];
-            let causal;
-            let mask = match pos {
-                Positions::PerRow { mask, .. } => Some(mask),
-                Positions::Shared(_) if l > 1 => {
-                    causal = causal_mask(l, s, q.dtype())?;
-                    Some(&causal)
-                }
-                Positions::Shared(_) => None,
-            };
-            return quantized_attention(q, keys, values, (*bits, *group_size), scale, mask);
+            let (k, v) = dequantized(keys, values, (*bits, *group_size), q.dtype())?;
+            return attention(q, &CachedKv::Float { keys: k, values: v }, scale, pos);
         }
     };
     match pos {
@@ -382,7 +332,10 @@ pub fn attention_windowed(
             values,
             bits,
             group_size,
-        } => quantized_attention(q, keys, values, (*bits, *group_size), scale, Some(&mask)),
+        } => {
+            let (k, v) = dequantized(keys, values, (*bits, *group_size), q.dtype())?;
+            fast::scaled_dot_product_attention(q, &k, &v, scale, &mask, None)
+        }
     }
 }
 
