@@ -52,13 +52,14 @@ fn mlx_checkpoints_equal_mlx_lm_s_tensor_by_tensor() {
     let gguf = util::smollm2_q4_1();
     // (bits, group size, recipe, our source): the GGUF (dequantized on the way) and the
     // imported folder hold the same float32 values, so either must give mlx-lm's result.
-    let cases: [(&str, &str, Option<&str>, &Path); 3] = [
-        ("4", "64", None, &gguf),
-        ("8", "32", None, &hf),
-        ("3", "64", Some("mixed_3_6"), &gguf),
+    let cases: [(&str, &str, Option<&str>, &str, &Path); 4] = [
+        ("4", "64", None, "affine", &gguf),
+        ("8", "32", None, "affine", &hf),
+        ("3", "64", Some("mixed_3_6"), "affine", &gguf),
+        ("4", "32", None, "mxfp4", &gguf),
     ];
-    for (bits, group, recipe, src) in cases {
-        let tag = format!("{bits}-{group}-{}", recipe.unwrap_or("plain"));
+    for (bits, group, recipe, mode, src) in cases {
+        let tag = format!("{bits}-{group}-{}-{mode}", recipe.unwrap_or("plain"));
         let ours = h.join(format!("ours-{tag}"));
         let theirs = h.join(format!("theirs-{tag}"));
         let mut args = vec![
@@ -70,6 +71,8 @@ fn mlx_checkpoints_equal_mlx_lm_s_tensor_by_tensor() {
             bits,
             "--group-size",
             group,
+            "--mode",
+            mode,
             "--json",
         ];
         let mut theirs_args = vec![
@@ -85,6 +88,8 @@ fn mlx_checkpoints_equal_mlx_lm_s_tensor_by_tensor() {
             bits,
             "--q-group-size",
             group,
+            "--q-mode",
+            mode,
         ];
         if let Some(r) = recipe {
             args.extend(["--recipe", r]);
@@ -103,9 +108,11 @@ fn mlx_checkpoints_equal_mlx_lm_s_tensor_by_tensor() {
         for k in ["only_ours", "only_theirs", "differ"] {
             assert_eq!(c[k], serde_json::json!([]), "{tag}: {k}");
         }
+        // mxfp4 keeps no biases: its scales are shared exponents.
+        let per_layer = if mode == "mxfp4" { 2 } else { 3 };
         assert_eq!(
             c["count"],
-            211 * 3 + 61,
+            211 * per_layer + 61,
             "{tag}: packed weights, scales, biases + 61 norms"
         );
         assert_eq!(c["quantization"][0], c["quantization"][1], "{tag}: config");
@@ -207,9 +214,22 @@ fn mlx_lm_loads_our_checkpoints_and_continues_as_we_do() {
         "layer 0 stays float"
     );
 
+    // mxfp4: 4-bit floats with a power-of-two scale per 32, no biases.
+    let mx = h.join("mxfp4");
+    ok(&run(
+        h,
+        &[
+            "quantize",
+            s(&util::smollm2_q4_1()),
+            "-o",
+            s(&mx),
+            "--mode",
+            "mxfp4",
+        ],
+    ));
     let e = engine();
     let prompt = "The three primary colors are";
-    for (id, dir) in [("q4", &plain), ("rules", &mixed)] {
+    for (id, dir) in [("q4", &plain), ("rules", &mixed), ("mxfp4", &mx)] {
         let want = check(&["generate", s(dir), prompt, "24"]);
         let want_ids: Vec<u32> = serde_json::from_value(want["ids"].clone()).unwrap();
         let gaps: Vec<f64> = serde_json::from_value(want["gaps"].clone()).unwrap();
@@ -349,6 +369,18 @@ fn bad_requests_are_refused_naming_what_is_wrong_and_leave_nothing() {
         e.contains("bad.toml: [[layer]] #1: unknown key `bitz`"),
         "{e}"
     );
+    let e = err(&q(&["--mode", "nvfp4"]));
+    assert!(
+        e.contains("`mode`: `nvfp4` is not supported (affine, mxfp4)"),
+        "{e}"
+    );
+    let e = err(&q(&["--mode", "mxfp4", "--group-size", "64"]));
+    assert!(
+        e.contains("`mxfp4` is 4 bits in groups of 32 (got 4 bits, group 64)"),
+        "{e}"
+    );
+    let e = err(&q(&["--mode", "mxfp4", "--recipe", "mixed_4_6"]));
+    assert!(e.contains("mode `mxfp4` has one setting"), "{e}");
     let e = err(&run(h, &["quantize", s(&h.join("nope")), "-o", s(&dst)]));
     assert!(e.contains("nope: no such file or folder"), "{e}");
     let leftovers: Vec<_> = std::fs::read_dir(h)

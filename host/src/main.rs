@@ -121,9 +121,9 @@ enum Command {
     /// A model's perplexity on a text file, as llama.cpp's llama-perplexity computes it
     /// (chunks of --ctx tokens, the second half of each scored).
     Perplexity(PerplexityArgs),
-    /// Quantize a model into a new folder: MLX affine (mlx-lm's checkpoint format, which
-    /// mlx-lm and this engine load) or GGUF. Written beside DST and renamed into place
-    /// when complete.
+    /// Quantize a model: MLX affine or mxfp4 (mlx-lm's checkpoint format, which mlx-lm and
+    /// this engine load) or GGUF (llama.cpp's quantizer). Written beside DST and renamed
+    /// into place when complete.
     Quantize(QuantizeArgs),
     /// Add a model to your runtime registry (the shipped registry.toml is not touched).
     Add(AddArgs),

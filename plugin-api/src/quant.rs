@@ -14,7 +14,7 @@ pub struct QuantizeRequest {
     pub bits: u32,
     /// Weights per scale/bias group (32, 64, 128).
     pub group_size: u32,
-    /// Quantization mode (`"affine"`).
+    /// Quantization mode (`"affine"`, `"mxfp4"`).
     pub mode: RString,
     /// Additions without an ABI change, as a JSON object (empty = none).
     pub options: RString,

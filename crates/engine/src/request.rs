@@ -240,13 +240,17 @@ impl Deref for Embed {
 pub const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
 /// Group sizes an MLX affine quantization takes.
 pub const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
+/// MLX quantization modes `quantize` writes: affine (2–8 bits, groups of 32/64/128) and
+/// mxfp4 (4-bit floats in groups of 32 with a power-of-two scale).
+pub const QUANT_MODES: [&str; 2] = ["affine", "mxfp4"];
 /// Output formats of `quantize`: `mlx` (mlx-lm's checkpoint) and `gguf`.
 pub const QUANT_FORMATS: [&str; 2] = ["mlx", "gguf"];
 
 /// A conversion whose fields hold: `src` exists; `dst` is new (or `force` replaces it)
 /// and its parent folder exists; `format` is one of [`QUANT_FORMATS`] (a `.gguf` `dst`
 /// only with `gguf`: then the one file is written there); for `mlx`, `bits`
-/// in [`QUANT_BITS`], `group_size` in [`QUANT_GROUPS`], mode `affine`; `options` a JSON
+/// in [`QUANT_BITS`], `group_size` in [`QUANT_GROUPS`], a mode of [`QUANT_MODES`] (mxfp4:
+/// 4 bits, groups of 32); `options` a JSON
 /// object or empty.
 #[derive(Debug, Clone)]
 pub struct Quantize {
@@ -320,11 +324,24 @@ impl Quantize {
                     format!("{}: MLX groups {QUANT_GROUPS:?} weights", req.group_size),
                 ));
             }
-            if req.mode.as_str() != "affine" {
-                return Err(invalid(
-                    "mode",
-                    format!("`{}` is not supported (affine)", req.mode),
-                ));
+            match req.mode.as_str() {
+                "affine" => {}
+                "mxfp4" if (req.bits, req.group_size) == (4, 32) => {}
+                "mxfp4" => {
+                    return Err(invalid(
+                        "mode",
+                        format!(
+                            "`mxfp4` is 4 bits in groups of 32 (got {} bits, group {})",
+                            req.bits, req.group_size
+                        ),
+                    ))
+                }
+                m => {
+                    return Err(invalid(
+                        "mode",
+                        format!("`{m}` is not supported ({})", QUANT_MODES.join(", ")),
+                    ))
+                }
             }
         }
         check_options(req.options.as_str())?;

@@ -13,12 +13,14 @@ pub mod blas;
 mod error;
 pub mod estimate;
 mod linear;
+pub mod qmode;
 /// Tokenizer files checked against a model ([`sentence::tokens`]).
 pub use sentence::tokens;
 mod weights;
 
 pub use error::ModelError;
 pub use linear::{Embedding, Linear, Quantized};
+pub use qmode::{QuantMode, QUANT_MODES};
 pub use weights::{QuantConfig, Weights, WeightsError, AFFINE_BITS, AFFINE_GROUPS};
 
 /// `"mlx-cuda"` / `"mlx-metal"` when MLX sees a GPU, else `"mlx-cpu"`.

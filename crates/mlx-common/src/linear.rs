@@ -1,25 +1,46 @@
-use mlx_rs::{ops, Array};
+use crate::qmode::{self, QuantMode};
+use mlx_rs::{ops, Array, Dtype};
 
-/// MLX affine quantization of a layer: `w ≈ scale · q + bias` per group of weights.
+/// MLX quantization of a layer: per group of weights a scale (and for `affine` a bias:
+/// `w ≈ scale · q + bias`), in `mode`.
 #[derive(Clone)]
 pub struct Quantized {
     pub scales: Array,
-    pub biases: Array,
+    /// Per-group biases (`affine` only).
+    pub biases: Option<Array>,
     pub group_size: i32,
     pub bits: i32,
+    pub mode: QuantMode,
+    /// The float type its values dequantize to (the load dtype).
+    pub dtype: Dtype,
 }
 
 impl Quantized {
     /// `x · Wᵀ` for the packed rows `w` these parameters belong to.
     fn matmul(&self, x: &Array, w: &Array) -> mlx_rs::error::Result<Array> {
-        ops::quantized_matmul(
+        qmode::quantized_matmul(
             x,
             w,
             &self.scales,
-            &self.biases,
+            self.biases.as_ref(),
             true,
             self.group_size,
             self.bits,
+            self.mode,
+        )
+    }
+
+    /// The float values of the packed `w` (or of rows taken from it, with `rows` of the
+    /// scales and biases).
+    pub fn dequantize(&self, w: &Array) -> mlx_rs::error::Result<Array> {
+        qmode::dequantize(
+            w,
+            &self.scales,
+            self.biases.as_ref(),
+            self.group_size,
+            self.bits,
+            self.mode,
+            self.dtype,
         )
     }
 }
@@ -85,15 +106,12 @@ impl Embedding {
         match &self.quantized {
             None => Ok(rows),
             Some(q) => {
-                let biases = q.biases.take_axis(ids, 0)?;
-                ops::dequantize(
-                    &rows,
-                    q.scales.take_axis(ids, 0)?,
-                    &biases,
-                    q.group_size,
-                    q.bits,
-                )?
-                .as_dtype(q.scales.dtype())
+                let picked = Quantized {
+                    scales: q.scales.take_axis(ids, 0)?,
+                    biases: q.biases.as_ref().map(|b| b.take_axis(ids, 0)).transpose()?,
+                    ..q.clone()
+                };
+                picked.dequantize(&rows)
             }
         }
     }
@@ -110,7 +128,7 @@ impl Embedding {
     pub fn dtype(&self) -> mlx_rs::Dtype {
         self.quantized
             .as_ref()
-            .map_or(self.weight.dtype(), |q| q.scales.dtype())
+            .map_or(self.weight.dtype(), |q| q.dtype)
     }
 
     /// Number of parameters (unpacked) and bytes held.
@@ -125,7 +143,7 @@ fn matrix_sizes(weight: &Array, q: Option<&Quantized>) -> (u64, u64) {
     let mut params = weight.size() as u64;
     if let Some(q) = q {
         params = params * 32 / q.bits as u64;
-        bytes += (q.scales.nbytes() + q.biases.nbytes()) as u64;
+        bytes += (q.scales.nbytes() + q.biases.as_ref().map_or(0, |b| b.nbytes())) as u64;
     }
     (params, bytes)
 }

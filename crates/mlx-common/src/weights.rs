@@ -1,4 +1,7 @@
-use crate::linear::{Embedding, Linear, Quantized};
+use crate::{
+    linear::{Embedding, Linear, Quantized},
+    qmode::QuantMode,
+};
 use mlx_rs::{Array, Dtype};
 use std::{
     collections::HashMap,
@@ -20,13 +23,15 @@ pub enum WeightsError {
 /// to the load dtype as they are taken; quantized triplets stay quantized unless the
 /// caller asks to dequantize.
 /// A checkpoint's `quantization` block (mlx-lm's `config.json`): the default group
-/// size and bits, and per-layer settings keyed by module path (`model.layers.0.mlp.down_proj`).
+/// size, bits and mode, and per-layer settings keyed by module path
+/// (`model.layers.0.mlp.down_proj`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantConfig {
     pub group_size: i32,
     pub bits: i32,
-    /// Module path → its (group size, bits), or `None` where the layer is not quantized.
-    pub layers: HashMap<String, Option<(i32, i32)>>,
+    pub mode: QuantMode,
+    /// Module path → its (group size, bits, mode), or `None` where the layer is not quantized.
+    pub layers: HashMap<String, Option<(i32, i32, QuantMode)>>,
 }
 
 /// Bit widths and group sizes MLX's affine kernels take.
@@ -40,7 +45,9 @@ impl QuantConfig {
             file: file.into(),
             msg: format!("`quantization`: {msg}"),
         };
-        let settings = |v: &serde_json::Value, at: &str| -> Result<(i32, i32), WeightsError> {
+        let settings = |v: &serde_json::Value,
+                        at: &str|
+         -> Result<(i32, i32, QuantMode), WeightsError> {
             let get = |k: &str, default: i64| -> Result<i32, WeightsError> {
                 match v.get(k) {
                     None => Ok(default as i32),
@@ -51,19 +58,30 @@ impl QuantConfig {
                 }
             };
             let (gs, bits) = (get("group_size", 64)?, get("bits", 4)?);
-            if let Some(mode) = v.get("mode").and_then(|m| m.as_str()) {
-                if mode != "affine" {
-                    return Err(bad(format!("{at}mode `{mode}` is not supported (affine)")));
+            let mode = match v.get("mode").and_then(|m| m.as_str()) {
+                None => QuantMode::Affine,
+                Some(m) => QuantMode::parse(m).ok_or_else(|| {
+                    bad(format!(
+                        "{at}mode `{m}` is not supported ({})",
+                        crate::QUANT_MODES.join(", ")
+                    ))
+                })?,
+            };
+            if let Some((g, b)) = mode.fixed() {
+                if (gs, bits) != (g, b) {
+                    return Err(bad(format!(
+                        "{at}mode `{}` is {b} bits in groups of {g}, not {bits} bits in groups of {gs}",
+                        mode.name()
+                    )));
                 }
-            }
-            if !AFFINE_BITS.contains(&bits) || !AFFINE_GROUPS.contains(&gs) {
+            } else if !AFFINE_BITS.contains(&bits) || !AFFINE_GROUPS.contains(&gs) {
                 return Err(bad(format!(
                     "{at}{bits} bits, group size {gs}: MLX takes bits {AFFINE_BITS:?} and group sizes {AFFINE_GROUPS:?}"
                 )));
             }
-            Ok((gs, bits))
+            Ok((gs, bits, mode))
         };
-        let (group_size, bits) = settings(q, "")?;
+        let (group_size, bits, mode) = settings(q, "")?;
         let mut layers = HashMap::new();
         if let Some(map) = q.as_object() {
             for (k, v) in map {
@@ -75,7 +93,7 @@ impl QuantConfig {
                         layers.insert(k.clone(), None);
                     }
                     serde_json::Value::Bool(true) => {
-                        layers.insert(k.clone(), Some((group_size, bits)));
+                        layers.insert(k.clone(), Some((group_size, bits, mode)));
                     }
                     _ => {}
                 }
@@ -84,16 +102,17 @@ impl QuantConfig {
         Ok(Self {
             group_size,
             bits,
+            mode,
             layers,
         })
     }
 
-    /// The (group size, bits) of module `path`; `None` where the config says it is not
-    /// quantized.
-    pub fn layer(&self, path: &str) -> Option<(i32, i32)> {
+    /// The (group size, bits, mode) of module `path`; `None` where the config says it is
+    /// not quantized.
+    pub fn layer(&self, path: &str) -> Option<(i32, i32, QuantMode)> {
         match self.layers.get(path) {
             Some(l) => *l,
-            None => Some((self.group_size, self.bits)),
+            None => Some((self.group_size, self.bits, self.mode)),
         }
     }
 }
@@ -274,7 +293,7 @@ impl Weights {
         if !self.contains(&scales_name) {
             return Ok((self.take(&wname, &[rows, cols])?, None));
         }
-        let (group_size, bits) = self
+        let (group_size, bits, mode) = self
             .quantization
             .as_ref()
             .and_then(|q| q.layer(prefix))
@@ -285,31 +304,50 @@ impl Weights {
             })?;
         let packed = self.take_raw(&wname)?;
         let scales = self.take_raw(&scales_name)?;
-        let biases = self.take_raw(&format!("{prefix}.biases"))?;
+        let biases_name = format!("{prefix}.biases");
+        let biases = if mode.has_biases() {
+            Some(self.take_raw(&biases_name)?)
+        } else if self.contains(&biases_name) {
+            return Err(self.invalid(format!(
+                "`{biases_name}`: mode `{}` has no biases",
+                mode.name()
+            )));
+        } else {
+            None
+        };
         let want = [rows, cols * bits / 32];
         let groups = [rows, cols / group_size];
         if cols % group_size != 0
             || packed.shape() != want
             || scales.shape() != groups
-            || biases.shape() != groups
+            || biases.as_ref().is_some_and(|b| b.shape() != groups)
         {
             return Err(self.invalid(format!(
-                "quantized `{prefix}`: weight {:?} / scales {:?} / biases {:?} do not fit {rows}×{cols} at {bits} bits, group {group_size}",
+                "quantized `{prefix}`: weight {:?} / scales {:?} / biases {:?} do not fit {rows}×{cols} at {bits} bits, group {group_size} ({})",
                 packed.shape(),
                 scales.shape(),
-                biases.shape()
+                biases.as_ref().map(|b| b.shape().to_vec()),
+                mode.name()
             )));
         }
+        // Affine scales and biases take the load dtype; mxfp4's are exponents (uint8).
+        let float = |a: Array| -> Result<Array, WeightsError> {
+            Ok(if mode == QuantMode::Affine {
+                a.as_dtype(self.dtype)?
+            } else {
+                a
+            })
+        };
         let q = Quantized {
-            scales: scales.as_dtype(self.dtype)?,
-            biases: biases.as_dtype(self.dtype)?,
+            scales: float(scales)?,
+            biases: biases.map(float).transpose()?,
             group_size,
             bits,
+            mode,
+            dtype: self.dtype,
         };
         if self.dequantize {
-            let weight = mlx_rs::ops::dequantize(&packed, &q.scales, &q.biases, group_size, bits)?
-                .as_dtype(self.dtype)?;
-            return Ok((weight, None));
+            return Ok((q.dequantize(&packed)?, None));
         }
         Ok((packed, Some(q)))
     }

@@ -20,13 +20,14 @@ pub(crate) struct QuantizeArgs {
     /// The folder to write (must not exist unless --force).
     #[arg(short = 'o', long = "output", value_name = "DST")]
     dst: PathBuf,
-    /// Bits per weight (MLX: 2, 3, 4, 5, 6, 8).
-    #[arg(long, default_value_t = 4)]
-    bits: u32,
-    /// Weights per scale and bias (MLX: 32, 64, 128).
-    #[arg(long = "group-size", default_value_t = 64)]
-    group_size: u32,
-    /// Quantization mode.
+    /// Bits per weight (MLX affine: 2, 3, 4, 5, 6, 8; default 4).
+    #[arg(long)]
+    bits: Option<u32>,
+    /// Weights per scale and bias (MLX affine: 32, 64, 128; default 64, mxfp4: 32).
+    #[arg(long = "group-size")]
+    group_size: Option<u32>,
+    /// Quantization mode: `affine` (scale and bias per group) or `mxfp4` (4-bit floats,
+    /// a power-of-two scale per 32).
     #[arg(long, default_value = "affine")]
     mode: String,
     /// Output format: `mlx` (mlx-lm's checkpoint) or `gguf` (llama.cpp's quantizer; the
@@ -185,8 +186,10 @@ pub(crate) fn cmd_quantize(engine: &Engine, a: &QuantizeArgs) -> Result<()> {
     let req = QuantizeRequest {
         src: src.display().to_string().into(),
         dst: a.dst.display().to_string().into(),
-        bits: a.bits,
-        group_size: a.group_size,
+        bits: a.bits.unwrap_or(4),
+        group_size: a
+            .group_size
+            .unwrap_or(if a.mode == "mxfp4" { 32 } else { 64 }),
         mode: a.mode.as_str().into(),
         options: Json::Object(options).to_string().into(),
     };

@@ -7,6 +7,7 @@ use crate::{
     source::Source,
     writer::{ShardWriter, MAX_SHARD_BYTES},
 };
+use mlx_common::QuantMode;
 use mlx_rs::Dtype;
 use plugin_api::{
     progress::ProgressEvent,
@@ -39,11 +40,35 @@ pub fn convert(
         "" => Options::default(),
         s => serde_json::from_str(s).map_err(|e| invalid(format!("options: {e}")))?,
     };
-    if req.mode.as_str() != "affine" && !req.mode.is_empty() {
-        return Err(invalid(format!(
-            "mode `{}` is not supported (affine)",
-            req.mode
-        )));
+    let mode = match req.mode.as_str() {
+        "" => QuantMode::Affine,
+        m => QuantMode::parse(m).ok_or_else(|| {
+            invalid(format!(
+                "mode `{m}` is not supported ({})",
+                mlx_common::QUANT_MODES.join(", ")
+            ))
+        })?,
+    };
+    if let Some((g, b)) = mode.fixed() {
+        if (req.group_size as i32, req.bits as i32) != (g, b) {
+            return Err(invalid(format!(
+                "mode `{}` is {b} bits in groups of {g} (got {} bits, group {})",
+                mode.name(),
+                req.bits,
+                req.group_size
+            )));
+        }
+        if opts.recipe.is_some()
+            || opts
+                .layers
+                .iter()
+                .any(|r| r.bits.is_some() || r.group_size.is_some())
+        {
+            return Err(invalid(format!(
+                "mode `{}` has one setting: recipes and per-layer bits or group sizes are for `affine` (rules with `quantize = false` apply)",
+                mode.name()
+            )));
+        }
     }
     let src = Path::new(req.src.as_str());
     if !src.exists() {
@@ -86,7 +111,7 @@ pub fn convert(
     let dst = Path::new(req.dst.as_str());
     let mut out = ShardWriter::new(dst, MAX_SHARD_BYTES);
     let mut block =
-        json!({"group_size": default.group_size, "bits": default.bits, "mode": "affine"});
+        json!({"group_size": default.group_size, "bits": default.bits, "mode": mode.name()});
     let (mut quantized, mut parameters, mut done) = (0u32, 0u64, 0usize);
     let mut plan_of = tensors.iter().zip(&decisions);
     let internal = |e: String| PluginError::new(ErrorKind::INTERNAL, e);
@@ -123,15 +148,17 @@ pub fn convert(
             match decision {
                 Decision::Quantize(s) => {
                     let (q, scales, biases) =
-                        mlx_rs::ops::quantize(&w, s.group_size, s.bits).map_err(mlx)?;
+                        mlx_common::qmode::quantize(&w, s.group_size, s.bits, mode)
+                            .map_err(mlx)?;
                     let path = name.strip_suffix(".weight").expect("decided on a .weight");
                     out.add(&name, &q)?;
                     out.add(&format!("{path}.scales"), &scales)?;
-                    out.add(&format!("{path}.biases"), &biases)?;
+                    if let Some(b) = &biases {
+                        out.add(&format!("{path}.biases"), b)?;
+                    }
                     quantized += 1;
                     if plan.per_layer() {
-                        block[path] =
-                            json!({"group_size": s.group_size, "bits": s.bits, "mode": "affine"});
+                        block[path] = json!({"group_size": s.group_size, "bits": s.bits, "mode": mode.name()});
                     }
                 }
                 Decision::Keep | Decision::Float | Decision::Indivisible => out.add(&name, &w)?,

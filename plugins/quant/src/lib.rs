@@ -1,5 +1,5 @@
 //! MLXEngine quant plugin: MLX affine quantization (2–8 bits, groups of 32/64/128, mlx-lm's
-//! mixed recipes and per-layer rules) of a Hugging Face layout model or a GGUF, written as
+//! mixed recipes and per-layer rules) and mxfp4 of a Hugging Face layout model or a GGUF, written as
 //! the checkpoint mlx-lm writes (`mlx_lm.convert -q`): same tensors, same numbers (MLX's
 //! own `quantize`), same `config.json` block — so mlx-lm and the `llm` plugin both load it.
 //!
@@ -29,7 +29,7 @@ impl Plugin for QuantPlugin {
         PluginDescriptor {
             name: "mlx-quant".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "MLX affine quantization into mlx-lm's checkpoint format".into(),
+            description: "MLX affine and mxfp4 quantization into mlx-lm's checkpoint format".into(),
             kinds: RVec::from(vec![ModelKind::QUANT]),
             architectures: RVec::new(),
             formats: plugin_sdk::rstrings(&["safetensors", "gguf"]),

@@ -176,6 +176,7 @@ fn raw(a: &Array) -> Option<(&'static str, &[u8])> {
         Dtype::Float16 => ("F16", bytes(a.as_slice::<half::f16>())),
         Dtype::Bfloat16 => ("BF16", bytes(a.as_slice::<half::bf16>())),
         Dtype::Uint32 => ("U32", bytes(a.as_slice::<u32>())),
+        Dtype::Uint8 => ("U8", a.as_slice::<u8>()),
         _ => return None,
     })
 }
