@@ -541,18 +541,7 @@ mod tests {
             tensors.insert(format!("bert.{name}"), (shape, values(n, k)));
         }
         edit(&mut tensors);
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-            .iter()
-            .map(|(k, shape, b)| {
-                let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b);
-                (k.clone(), view.unwrap())
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        crate::test_util::write_f32_safetensors(&dir.join("model.safetensors"), tensors);
     }
 
     fn opts(ty: TensorType) -> Options {

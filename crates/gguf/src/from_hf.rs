@@ -390,7 +390,7 @@ mod tests {
     use crate::Gguf;
     use serde_json::json;
 
-    type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+    use crate::test_util::Tensors;
     /// An edit of the tiny model's config, tokenizer and tensors.
     type Edit = Box<dyn FnOnce(&mut Json, &mut Json, &mut Tensors)>;
 
@@ -451,18 +451,7 @@ mod tests {
         let cfg = json!({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": true,
                          "chat_template": "{{ messages[0].content }}"});
         std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-            .iter()
-            .map(|(k, shape, b)| {
-                let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b);
-                (k.clone(), view.unwrap())
-            })
-            .collect();
-        safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+        crate::test_util::write_f32_safetensors(&dir.join("model.safetensors"), tensors);
     }
 
     #[test]

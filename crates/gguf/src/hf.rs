@@ -95,18 +95,19 @@ pub fn model_type(g: &Gguf) -> Result<&'static str, GgufError> {
     Ok(arch(g)?.model_type)
 }
 
-/// Undo llama.cpp's Q/K row permutation: rows of each head are stored with the rotary
-/// pairs interleaved; HF keeps the two halves apart.
-fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+/// llama.cpp's Q/K row order: within each head, HF keeps the two rotary halves apart
+/// (rows `j·half + i`), llama.cpp's converter interleaves them (rows `2i + j`).
+/// `to_gguf` permutes HF rows into llama.cpp's order, else back.
+fn reorder(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let per_head = rows / heads;
     let half = per_head / 2;
     let mut out = vec![0f32; data.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                // GGUF row (h, i, j) ← HF row (h, j, i)
-                let src = (h * per_head + i * 2 + j) * cols;
-                let dst = (h * per_head + j * half + i) * cols;
+                let gguf = (h * per_head + i * 2 + j) * cols;
+                let hf = (h * per_head + j * half + i) * cols;
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
             }
         }
@@ -114,21 +115,14 @@ fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-/// The inverse of [`unpermute`]: HF rows (head, half, i) → llama.cpp's (head, i, half).
+/// Undo llama.cpp's Q/K row permutation.
+fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    reorder(data, rows, cols, heads, false)
+}
+
+/// llama.cpp's Q/K row permutation of HF rows (its Llama converter's `permute`).
 pub(crate) fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let per_head = rows / heads;
-    let half = per_head / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * per_head + j * half + i) * cols;
-                let dst = (h * per_head + i * 2 + j) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    out
+    reorder(data, rows, cols, heads, true)
 }
 
 /// Whole-model tensors (GGUF name, HF name).

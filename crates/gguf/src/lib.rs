@@ -59,3 +59,29 @@ pub fn model_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
     ggufs.sort();
     (ggufs.len() == 1).then(|| ggufs.remove(0))
 }
+
+/// Test helpers shared by the converters' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::{collections::BTreeMap, path::Path};
+
+    /// Named float32 tensors (shape, values).
+    pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+    /// `tensors` as one float32 safetensors file.
+    pub fn write_f32_safetensors(path: &Path, tensors: Tensors) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(k, shape, b)| {
+                let view =
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b);
+                (k.clone(), view.unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+}

@@ -254,6 +254,21 @@ fn dequantized(
     Ok((f(keys)?, f(values)?))
 }
 
+impl CachedKv {
+    /// Keys and values as `dtype` floats (a quantized layer dequantized).
+    fn float(&self, dtype: Dtype) -> mlx_rs::error::Result<(Array, Array)> {
+        match self {
+            CachedKv::Float { keys, values } => Ok((keys.clone(), values.clone())),
+            CachedKv::Quantized {
+                keys,
+                values,
+                bits,
+                group_size,
+            } => dequantized(keys, values, (*bits, *group_size), dtype),
+        }
+    }
+}
+
 /// Scaled dot-product attention over `q` (B, H, L, D) and the cached keys and values,
 /// with the causal mask (and the padding mask of left-padded batches).
 pub fn attention(
@@ -263,18 +278,8 @@ pub fn attention(
     pos: &Positions,
 ) -> mlx_rs::error::Result<Array> {
     let l = q.shape()[2];
-    let (k, v) = match kv {
-        CachedKv::Float { keys, values } => (keys, values),
-        CachedKv::Quantized {
-            keys,
-            values,
-            bits,
-            group_size,
-        } => {
-            let (k, v) = dequantized(keys, values, (*bits, *group_size), q.dtype())?;
-            return attention(q, &CachedKv::Float { keys: k, values: v }, scale, pos);
-        }
-    };
+    let (k, v) = kv.float(q.dtype())?;
+    let (k, v) = (&k, &v);
     match pos {
         Positions::PerRow { mask, .. } => {
             fast::scaled_dot_product_attention(q, k, v, scale, mask, None)
@@ -302,12 +307,10 @@ pub fn attention_windowed(
     window: Option<i32>,
 ) -> mlx_rs::error::Result<Array> {
     let l = q.shape()[2];
-    let s = match kv {
-        CachedKv::Float { keys, .. } => keys.shape()[2],
-        CachedKv::Quantized { keys, .. } => keys[0].shape()[2],
-    };
+    let (k, v) = kv.float(q.dtype())?;
+    let s = k.shape()[2];
     let Some(window) = window.filter(|w| *w < s) else {
-        return attention(q, kv, scale, pos);
+        return attention(q, &CachedKv::Float { keys: k, values: v }, scale, pos);
     };
     // Query i sits at key index s - l + i; it sees keys j with q - window < j <= q.
     let mut m = vec![-1e9f32; (l * s) as usize];
@@ -323,20 +326,7 @@ pub fn attention_windowed(
         // so no row is fully masked.
         mask = rows.add(&mask)?;
     }
-    match kv {
-        CachedKv::Float { keys, values } => {
-            fast::scaled_dot_product_attention(q, keys, values, scale, &mask, None)
-        }
-        CachedKv::Quantized {
-            keys,
-            values,
-            bits,
-            group_size,
-        } => {
-            let (k, v) = dequantized(keys, values, (*bits, *group_size), q.dtype())?;
-            fast::scaled_dot_product_attention(q, &k, &v, scale, &mask, None)
-        }
-    }
+    fast::scaled_dot_product_attention(q, &k, &v, scale, &mask, None)
 }
 
 #[cfg(test)]
