@@ -457,6 +457,41 @@ impl engine::GenerateSink for Seen {
 }
 
 #[test]
+fn a_call_can_bypass_the_prompt_cache_as_bench_does() {
+    // `mlxengine bench` repeats one greedy request: from the second run on the cache
+    // would replay the recorded answer (millions of "tokens/s"). With the request option
+    // off, a repeat is served cold: no cached tokens reported, the same answer computed.
+    let e = engine();
+    let req = || {
+        util::gen(GenerateRequest {
+            inputs: vec![raw("The river carried old stories past quiet towns")].into(),
+            max_tokens: 12,
+            stream: true,
+            ..Default::default()
+        })
+    };
+    let serve = |r: &engine::request::Generate| {
+        let m = e.load_for_generate("smol-f32", Some("ggml"), r).unwrap();
+        let mut seen = Seen::default();
+        let out = e.generate_with(&m, r, &mut seen).unwrap();
+        (out.outputs[0].tokens.to_vec(), seen.cached)
+    };
+    let (first, _) = serve(&req());
+    let (again, cached) = serve(&req());
+    assert_eq!(again, first);
+    assert!(
+        cached.iter().any(|c| c.1 > 0),
+        "a repeat hits the cache: {cached:?}"
+    );
+    let (cold, cached) = serve(&req().without_prompt_cache());
+    assert_eq!(cold, first, "computed again, the same answer");
+    assert!(
+        cached.is_empty(),
+        "nothing reported from the cache: {cached:?}"
+    );
+}
+
+#[test]
 fn the_prompt_cache_reuses_prefixes_replays_greedy_repeats_and_answers_as_a_cold_run() {
     let e = engine();
     // The float twin twice: cached (the default) and with the cache off, so that every

@@ -184,6 +184,11 @@ pub struct GenerateRequest {
 /// both figures, and gives memory above its working size back when the batch ends.
 pub const KV_BUDGET_OPTION: &str = "kv_budget_bytes";
 
+/// Key of [`GenerateRequest::options`]: `false` asks a provider with a prompt cache not to
+/// reuse, replay or keep cached prompts for this call (benchmarks measure cold work). A
+/// boolean; absent = the model's setting.
+pub const PROMPT_CACHE_OPTION: &str = "prompt_cache";
+
 /// Why a sequence ended. An open set of codes.
 #[repr(transparent)]
 #[derive(

@@ -11,7 +11,7 @@
 use plugin_api::{
     embed::EmbedRequest,
     quant::QuantizeRequest,
-    text::{GenerateRequest, SamplingParams, KV_BUDGET_OPTION},
+    text::{GenerateRequest, SamplingParams, KV_BUDGET_OPTION, PROMPT_CACHE_OPTION},
     Features,
 };
 use std::ops::Deref;
@@ -109,6 +109,18 @@ impl Generate {
         opts.insert(KV_BUDGET_OPTION.to_owned(), bytes.into());
         req.options = serde_json::Value::Object(opts).to_string().into();
         req
+    }
+
+    /// This request with any prompt cache bypassed ([`plugin_api::text::PROMPT_CACHE_OPTION`]
+    /// = false): what `bench` runs, so repeated runs measure the work, not a replay.
+    pub fn without_prompt_cache(mut self) -> Self {
+        let mut opts = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+            self.0.options.as_str(),
+        )
+        .unwrap_or_default(); // checked at `new`: empty or an object
+        opts.insert(PROMPT_CACHE_OPTION.to_owned(), false.into());
+        self.0.options = serde_json::Value::Object(opts).to_string().into();
+        self
     }
 
     /// The plugin features serving it takes: streaming when it streams, batching when it

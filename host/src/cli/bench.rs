@@ -305,7 +305,9 @@ pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
         seed: None,
         stop: vec![],
     };
-    let req = sampling.request(vec![input], false)?;
+    // Every run does the work: a provider's prompt cache would replay a repeated greedy
+    // answer (or reuse the prompt) from the second run on.
+    let req = sampling.request(vec![input], false)?.without_prompt_cache();
     let mut noop = |_: &plugin_api::text::StreamEvent| StreamControl::Continue;
     let load_start = std::time::Instant::now();
     let backend = a.backend.as_deref();

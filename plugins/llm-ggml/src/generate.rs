@@ -471,10 +471,16 @@ impl GgmlModel {
             cache,
         } = self.context(slot, need, decoded, budget.max_tokens())?;
         let total_cells = *cells;
-        let mut slots = Slots::new(*seqs, cache, self.prompt_cache);
+        // A call may opt out of the cache (`bench`): nothing looked up, replayed or kept.
+        let reuse = self.prompt_cache
+            && serde_json::from_str::<serde_json::Value>(req.options.as_str())
+                .ok()
+                .and_then(|o| o.get(plugin_api::text::PROMPT_CACHE_OPTION)?.as_bool())
+                != Some(false);
+        let mut slots = Slots::new(*seqs, cache, reuse);
         slots.cells_free(ctx, total_cells, 0, need);
         let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed);
-        report_cached(self.prompt_cache, sink, &live);
+        report_cached(reuse, sink, &live);
         let stops_of = |r: &GenerateRequest| -> Vec<String> {
             r.stop
                 .iter()
@@ -542,7 +548,7 @@ impl GgmlModel {
                             };
                             // All of its prompt is the leader's; then what the leader
                             // has streamed so far, in one event.
-                            if self.prompt_cache {
+                            if reuse {
                                 sink.prompt_cached(f.index, leader.prompt.len() as u32);
                             }
                             if joined.stream && !leader.out.tokens.is_empty() {
@@ -562,7 +568,7 @@ impl GgmlModel {
                 });
                 match admitted {
                     Ok((inputs, seqs)) => {
-                        report_cached(self.prompt_cache, sink, &seqs);
+                        report_cached(reuse, sink, &seqs);
                         next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {
