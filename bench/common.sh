@@ -33,7 +33,11 @@ llama_cpp_tool() {
     python3 -m pip download -q --no-deps --no-binary :all: -d "$src" "llama-cpp-python==0.3.36"
     tar -xzf "$src"/llama_cpp_python-0.3.36.tar.gz -C "$src"
   fi
+  # AMX off: on a KVM Sapphire Rapids its kernels crash on quantized tensors (Q8_0 here;
+  # docs/ggml-backend.md: the ggml plugin's AMX variant is opt-in for the same reason).
   cmake -S "$src"/llama_cpp_python-0.3.36/vendor/llama.cpp -B "$src/build" \
+    -DCMAKE_C_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+    -DCMAKE_CXX_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
   cmake --build "$src/build" --target "$1" -j "$(nproc)" >"$src/build-$1.log" 2>&1 ||

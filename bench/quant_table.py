@@ -8,7 +8,7 @@ perplexity`, llama-perplexity's method) and its change against float32, decode t
 (`mlxengine quantize --type`, llama.cpp's quantizer) on the ggml provider, with
 `llama-perplexity` (llama.cpp's own tool) on the same file beside ours.
 
-  python3 bench/quant_table.py MLXENGINE LLAMA_PERPLEXITY WORK TEXT CTX MAX_TOKENS THREADS
+  python3 bench/quant_table.py MLXENGINE LLAMA_PERPLEXITY WORK TEXT CTX MAX_TOKENS THREADS [CHUNKS]
 """
 
 import json
@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 ENGINE, LLAMA_PPL, WORK, TEXT, CTX, N, THREADS = sys.argv[1:8]
+CHUNKS = sys.argv[8] if len(sys.argv) > 8 else "0"  # 0: the whole text
 CACHE = os.environ.get("MLXENGINE_CACHE", os.path.expanduser("~/.cache/mlxengine"))
 MODELS = [
     ("SmolLM2-135M", "smollm2-135m-instruct", "llama", True),
@@ -60,10 +61,15 @@ def make(model_id, arch, ragged):
     rows = [("float32", "mlx", src, {"dtype": "float32"}), ("bfloat16", "mlx", src, {"dtype": "bfloat16"})]
     for b, g in MLX:
         dst = os.path.join(WORK, f"{model_id}-mlx-{b}bit-g{g}")
+        extra = ["--allow-float"] if ragged and g == 128 else []
         if not os.path.isdir(dst):
-            extra = ["--allow-float"] if ragged and g == 128 else []
             run([ENGINE, "quantize", src, "-o", dst, "--bits", str(b), "--group-size", str(g), "-q", *extra])
-        rows.append((f"MLX {b}-bit g{g}", "mlx", dst, {}))
+        note = " (layers of 576 inputs kept in float)" if extra else ""
+        rows.append((f"MLX {b}-bit g{g}{note}", "mlx", dst, {}))
+    dst = os.path.join(WORK, f"{model_id}-mlx-mxfp4")
+    if not os.path.isdir(dst):
+        run([ENGINE, "quantize", src, "-o", dst, "--mode", "mxfp4", "-q"])
+    rows.append(("MLX mxfp4", "mlx", dst, {}))
     twin = os.path.join(WORK, f"{model_id}-F32.gguf")
     if not os.path.isfile(twin):
         run([ENGINE, "quantize", src, "-o", twin, "--type", "F32", "-q"])
@@ -77,8 +83,13 @@ def make(model_id, arch, ragged):
 
 
 def llama_ppl(path):
-    out = run([LLAMA_PPL, "-m", path, "-f", TEXT, "-c", CTX, "-t", THREADS, "-b", CTX])
-    return float(re.search(r"Final estimate: PPL = ([0-9.]+)", out + "").group(1))
+    chunks = ["--chunks", CHUNKS] if CHUNKS != "0" else []
+    r = subprocess.run([LLAMA_PPL, "-m", path, "-f", TEXT, "-c", CTX, "-t", THREADS, "-b", CTX, *chunks],
+                       capture_output=True, text=True)
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", r.stdout + r.stderr)
+    if not m:
+        raise RuntimeError(f"llama-perplexity on {path}: {(r.stdout + r.stderr)[-400:]}")
+    return float(m.group(1))
 
 
 def main():
@@ -94,15 +105,20 @@ def main():
                 for k, v in extra.items():
                     f.write(f'{k} = "{v}"\n')
                 f.write(f'source = {{ path = "{path}" }}\n\n')
-    print(f"text: {os.path.basename(TEXT)}, ctx {CTX} (whole text), decode: {N} tokens, {THREADS} threads\n")
+    what = "the whole text" if CHUNKS == "0" else f"first {CHUNKS} chunks"
+    print(f"text: {os.path.basename(TEXT)}, ctx {CTX} ({what}), decode: {N} tokens, {THREADS} threads\n")
     for title, rows in tables:
         print(f"### {title}\n")
         print("| weights | provider | size | perplexity | Δ vs float32 | llama-perplexity | decode tok/s |")
         print("|---|---|---:|---:|---:|---:|---:|")
         base = None
         f32_decode = None
+        # Float rows are the source's values held at that dtype: their size is the F32
+        # twin's (float32) or half of it (bfloat16).
+        f32_bytes = size(next(r[2] for r in rows if r[0] == "GGUF F32"))
         for name, backend, path, _, rid, _ in rows:
-            p = json.loads(me("perplexity", "-m", rid, "-f", TEXT, "--ctx", CTX, "--json"))["ppl"]
+            chunks = ["--chunks", CHUNKS] if CHUNKS != "0" else []
+            p = json.loads(me("perplexity", "-m", rid, "-f", TEXT, "--ctx", CTX, "--json", *chunks))["ppl"]
             base = base or p
             theirs = f"{llama_ppl(path):.3f}" if backend == "ggml" else ""
             # On a CPU the MLX provider dequantizes affine checkpoints at load: they decode
@@ -115,8 +131,9 @@ def main():
                 decode = f"{tps:.1f}"
             else:
                 decode = "as float32"
+            nbytes = {"float32": f32_bytes, "bfloat16": f32_bytes / 2}.get(name) or size(path)
             print(
-                f"| {name} | {backend} | {size(path) / 1e6:.0f} MB | {p:.3f} | {100 * (p / base - 1):+.1f} % | {theirs} | {decode} |",
+                f"| {name} | {backend} | {nbytes / 1e6:.0f} MB | {p:.3f} | {100 * (p / base - 1):+.1f} % | {theirs} | {decode} |",
                 flush=True,
             )
         print()
