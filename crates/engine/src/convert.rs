@@ -40,14 +40,18 @@ fn architecture(src: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// `dir/.name.<what>-<pid>`: a sibling of `dst` on the same file system.
-fn sibling(dst: &Path, what: &str) -> PathBuf {
+/// `dir/.name.<what>-<pid>-<n>`: a sibling of `dst` on the same file system, new for each
+/// conversion of this process (two conversions to one `dst` do not share it).
+fn sibling(dst: &Path, what: &str, n: u64) -> PathBuf {
     let name = dst
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dst.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+    dst.with_file_name(format!(".{name}.{what}-{}-{n}", std::process::id()))
 }
+
+/// Numbers the conversions of this process.
+static CONVERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Engine {
     /// The plugin that would run `req` (the highest probe score for its source and
@@ -90,7 +94,8 @@ impl Engine {
             )));
         };
         let dst = PathBuf::from(req.dst.as_str());
-        let tmp = sibling(&dst, "partial");
+        let n = CONVERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = sibling(&dst, "partial", n);
         let io = |p: &Path, e: std::io::Error| {
             fail(PluginError::new(
                 ErrorKind::INTERNAL,
@@ -137,7 +142,7 @@ impl Engine {
         let remove = |p: &Path| {
             let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
         };
-        let old = sibling(&dst, "old");
+        let old = sibling(&dst, "old", n);
         let replacing = dst.exists();
         if replacing {
             std::fs::rename(&dst, &old).map_err(|e| {

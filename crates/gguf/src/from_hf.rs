@@ -211,7 +211,12 @@ pub fn convert(dir: &Path, dst: &Path, ty: TensorType) -> Result<(), GgufError> 
                     format!("tensor `{name}` is not part of a `{model_type}` model this converter knows"),
                 )
             })?;
-            found.insert(g, (i, name.to_owned()));
+            if let Some((j, _)) = found.insert(g, (i, name.to_owned())) {
+                return Err(invalid(
+                    &files[i],
+                    format!("tensor `{name}` is also in {}", files[j].display()),
+                ));
+            }
         }
     }
     let mut wanted = vec![

@@ -143,7 +143,6 @@ impl KvCache {
         let l = k.shape()[2];
         let prev = self.offset;
         let need = prev + l;
-        self.offset = need;
         if let (Some(qk), Some(qv), KvStore::Quantized { bits, group_size }) =
             (&self.qkeys, &self.qvalues, self.store)
         {
@@ -155,7 +154,8 @@ impl KvCache {
                 let cap = old[0].shape()[2];
                 let mut out = old.each_ref().map(Clone::clone);
                 if need > cap {
-                    let grow = steps(need - cap);
+                    // What is kept is `..prev`: grow by whole steps past it (as mlx-lm).
+                    let grow = steps(need - prev);
                     for (o, n) in out.iter_mut().zip(&new) {
                         *o = grown(Some(o.clone()), prev, n, grow)?;
                     }
@@ -174,6 +174,7 @@ impl KvCache {
                 group_size,
             };
             (self.qkeys, self.qvalues) = (Some(qk), Some(qv));
+            self.offset = need;
             return Ok(out);
         }
         let compute = k.dtype();
@@ -182,7 +183,7 @@ impl KvCache {
             _ => (k, v),
         };
         if need > capacity(&self.keys) {
-            let grow = steps(need - capacity(&self.keys));
+            let grow = steps(need - prev);
             self.keys = Some(grown(self.keys.take(), prev, &k, grow)?);
             self.values = Some(grown(self.values.take(), prev, &v, grow)?);
         }
@@ -190,6 +191,7 @@ impl KvCache {
         let values = self.values.as_mut().expect("allocated above");
         keys.index_mut((.., .., prev..need, ..), &k);
         values.index_mut((.., .., prev..need, ..), &v);
+        self.offset = need;
         let (keys, values) = (
             keys.index((.., .., ..need, ..)),
             values.index((.., .., ..need, ..)),
@@ -332,6 +334,29 @@ pub fn attention_windowed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_longer_than_the_spare_room_grows_the_cache_past_it() {
+        // 100 tokens leave a capacity of 256; 300 more need 400 (the old growth gave 356).
+        for store in [
+            KvStore::Model,
+            KvStore::Quantized {
+                bits: 8,
+                group_size: 32,
+            },
+        ] {
+            let mut c = KvCache::new(store);
+            let kv = |t: i32| mlx_rs::ops::ones::<f32>(&[1, 2, t, 64]).unwrap();
+            c.update(kv(100), kv(100)).unwrap();
+            c.settle().unwrap();
+            let out = c.update(kv(300), kv(300)).unwrap();
+            let (k, _) = out.float(Dtype::Float32).unwrap();
+            assert_eq!(k.shape(), &[1, 2, 400, 64], "{store:?}");
+            assert_eq!(c.offset, 400);
+            let total = k.sum(None).unwrap().item_cast::<f32>();
+            assert_eq!(total, 400.0 * 2.0 * 64.0, "{store:?}: every row written");
+        }
+    }
 
     #[test]
     fn kv_cache_options_name_the_key_and_the_types() {
