@@ -99,27 +99,16 @@ impl Generate {
     /// ([`plugin_api::text::KV_BUDGET_OPTION`]; a client's value for that key is replaced).
     pub(crate) fn with_kv_budget(&self, bytes: Option<u64>) -> GenerateRequest {
         let mut req = self.0.clone();
-        let Some(bytes) = bytes else {
-            return req;
-        };
-        let mut opts = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-            req.options.as_str(),
-        )
-        .unwrap_or_default(); // checked at `new`: empty or an object
-        opts.insert(KV_BUDGET_OPTION.to_owned(), bytes.into());
-        req.options = serde_json::Value::Object(opts).to_string().into();
+        if let Some(bytes) = bytes {
+            set_option(&mut req, KV_BUDGET_OPTION, bytes.into());
+        }
         req
     }
 
     /// This request with any prompt cache bypassed ([`plugin_api::text::PROMPT_CACHE_OPTION`]
     /// = false): what `bench` runs, so repeated runs measure the work, not a replay.
     pub fn without_prompt_cache(mut self) -> Self {
-        let mut opts = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-            self.0.options.as_str(),
-        )
-        .unwrap_or_default(); // checked at `new`: empty or an object
-        opts.insert(PROMPT_CACHE_OPTION.to_owned(), false.into());
-        self.0.options = serde_json::Value::Object(opts).to_string().into();
+        set_option(&mut self.0, PROMPT_CACHE_OPTION, false.into());
         self
     }
 
@@ -252,6 +241,15 @@ impl Deref for Embed {
 pub const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
 /// Group sizes an MLX affine quantization takes.
 pub const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
+/// `req.options` with `key` set to `value` (a previous value replaced).
+fn set_option(req: &mut GenerateRequest, key: &str, value: serde_json::Value) {
+    let mut opts =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(req.options.as_str())
+            .unwrap_or_default(); // checked at `Generate::new`: empty or an object
+    opts.insert(key.to_owned(), value);
+    req.options = serde_json::Value::Object(opts).to_string().into();
+}
+
 /// MLX quantization modes `quantize` writes: affine (2–8 bits, groups of 32/64/128) and
 /// mxfp4 (4-bit floats in groups of 32 with a power-of-two scale).
 pub const QUANT_MODES: [&str; 2] = ["affine", "mxfp4"];

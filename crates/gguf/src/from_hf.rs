@@ -480,36 +480,23 @@ mod tests {
         ] {
             assert_eq!(g.int(key).unwrap(), want, "{key}");
         }
-        let tokens: Vec<&str> = g
-            .get("tokenizer.ggml.tokens")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
+        let array = |key: &str| g.get(key).unwrap().as_array().unwrap().to_vec();
+        let strs = |key: &str| -> Vec<String> {
+            array(key)
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect()
+        };
         assert_eq!(
-            tokens,
+            strs("tokenizer.ggml.tokens"),
             ["a", "b", "ab", "Ġ", "<s>", "</s>", "[PAD6]", "[PAD7]"]
         );
-        let types: Vec<i64> = g
-            .get("tokenizer.ggml.token_type")
-            .unwrap()
-            .as_array()
-            .unwrap()
+        let types: Vec<i64> = array("tokenizer.ggml.token_type")
             .iter()
             .map(|t| t.as_i64().unwrap())
             .collect();
         assert_eq!(types, [1, 1, 1, 1, 3, 3, 4, 4]);
-        let merges: Vec<&str> = g
-            .get("tokenizer.ggml.merges")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
-        assert_eq!(merges, ["a b", "Ġ a"]);
+        assert_eq!(strs("tokenizer.ggml.merges"), ["a b", "Ġ a"]);
         assert_eq!(
             g.str("tokenizer.chat_template"),
             Some("{{ messages[0].content }}")

@@ -154,6 +154,18 @@ impl Sink for TokenSinkMut<'_> {
 pub trait Progress {
     /// Work advanced; [`StreamControl::Stop`] asks the plugin to cancel.
     fn report(&mut self, ev: &ProgressEvent) -> StreamControl;
+
+    /// [`report`](Self::report) `done` of `total` steps of `stage`, now at `message`
+    /// (no preview).
+    fn step(&mut self, stage: &str, done: u64, total: u64, message: &str) -> StreamControl {
+        self.report(&ProgressEvent {
+            stage: stage.into(),
+            done,
+            total,
+            message: message.into(),
+            preview: Default::default(),
+        })
+    }
 }
 
 impl Progress for ProgressSinkMut<'_> {

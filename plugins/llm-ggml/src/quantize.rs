@@ -10,7 +10,6 @@
 
 use crate::{runtime, take_llama_errors};
 use plugin_api::{
-    progress::ProgressEvent,
     quant::{QuantizeReport, QuantizeRequest},
     text::StreamControl,
     ErrorKind, ModelSpec, PluginError,
@@ -209,21 +208,11 @@ pub fn convert(
     runtime()?;
     let dst = Path::new(req.dst.as_str());
     let out = dst.join(OUTPUT_FILE);
-    let report = |stage: &str, done: u64, total: u64, what: &str, p: &mut dyn Progress| {
-        let ev = ProgressEvent {
-            stage: stage.into(),
-            done,
-            total,
-            message: what.into(),
-            preview: Default::default(),
-        };
-        p.report(&ev)
-    };
     let cancelled = || PluginError::new(ErrorKind::CANCELLED, "quantization cancelled");
     let input = match &source {
         Source::Gguf(f) => f.clone(),
         Source::Hub(dir) => {
-            if report("convert", 0, 1, "HF → GGUF", progress) == StreamControl::Stop {
+            if progress.step("convert", 0, 1, "HF → GGUF") == StreamControl::Stop {
                 return Err(cancelled());
             }
             let float = if ftype == sys::LLAMA_FTYPE_MOSTLY_F16 {
@@ -315,14 +304,9 @@ fn quantize(
     let mut control = StreamControl::Continue;
     let mut on_line = |line: String, control: &mut StreamControl| {
         if let Some((done, total, name)) = parse_progress(&line) {
-            let ev = ProgressEvent {
-                stage: "quantize".into(),
-                done: done.saturating_sub(1),
-                total,
-                message: name.as_str().into(),
-                preview: Default::default(),
-            };
-            if progress.report(&ev) == StreamControl::Stop {
+            if progress.step("quantize", done.saturating_sub(1), total, &name)
+                == StreamControl::Stop
+            {
                 *control = StreamControl::Stop;
             }
         }

@@ -10,7 +10,6 @@ use crate::{
 use mlx_common::QuantMode;
 use mlx_rs::Dtype;
 use plugin_api::{
-    progress::ProgressEvent,
     quant::{QuantizeReport, QuantizeRequest},
     text::StreamControl,
     ErrorKind, PluginError,
@@ -127,14 +126,9 @@ pub fn convert(
             if planned.0 != name {
                 return Err(format!("the source changed while it was read (`{name}`)"));
             }
-            let ev = ProgressEvent {
-                stage: "quantize".into(),
-                done: done as u64,
-                total: tensors.len() as u64,
-                message: name.as_str().into(),
-                preview: Default::default(),
-            };
-            if progress.report(&ev) == StreamControl::Stop {
+            if progress.step("quantize", done as u64, tensors.len() as u64, &name)
+                == StreamControl::Stop
+            {
                 cancelled.set(true);
                 return Err("cancelled".into());
             }
