@@ -289,11 +289,15 @@ def scenario_identical():
     """Identical greedy requests at once get one answer, the one the prompt gets alone,
     even when the request they follow leaves half-way (another takes over its decode)."""
     msgs = [{"role": "user", "content": "Write a long story about a dragon."}]
-    solo = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48)
+    # Long enough that the first request is still decoding when it is closed 0.5 s after
+    # the others start, on any CPU: 48 tokens took less than that on a 2-core Sapphire
+    # Rapids, and the cancel it checks never happened.
+    n = 192
+    solo = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=n)
     solo = solo.choices[0].message.content
     cancelled0 = sample(metrics(), "mlxengine_cancelled_generations", "mlxengine_cancelled_generations_total",
                         reason="disconnect")
-    first = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48, stream=True)
+    first = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=n, stream=True)
     it = iter(first)
     for _ in range(3):
         next(it)  # the first request decodes; the others join it mid-way
@@ -303,9 +307,9 @@ def scenario_identical():
     def one(i):
         try:
             if i % 2:
-                text, _, _, _ = chat_stream(msgs, temperature=0, max_tokens=48)
+                text, _, _, _ = chat_stream(msgs, temperature=0, max_tokens=n)
             else:
-                r = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=48)
+                r = client.chat.completions.create(model=LLM, messages=msgs, temperature=0, max_tokens=n)
                 text = r.choices[0].message.content
             results[i] = text
         except Exception as e:  # noqa: BLE001 - reported below
