@@ -175,6 +175,13 @@ pub struct GenerateRequest {
     pub options: RString,
 }
 
+/// Key of [`GenerateRequest::options`] the host sets when a request applies LoRA
+/// adapters: `[{"name": "a", "scale": 1.0}, …]` — adapters loaded before (by name, see
+/// [`Model::adapter`](crate::Model)) and the scale of each (`scale` absent: the one it
+/// was loaded with); several = the sum of their updates. [`GenerateRequest::adapter`]
+/// holds the first name, for plugins that read only it.
+pub const ADAPTERS_OPTION: &str = "adapters";
+
 /// Key of [`GenerateRequest::options`] the host sets on every generation call (and on
 /// every request joining a running batch): the bytes this model's KV cache may take for
 /// the running batch — the memory budget less what the other loaded models are charged

@@ -38,6 +38,8 @@ pub enum HostError {
     Estimate { id: String, reason: String },
     #[error("{0}")]
     OverBudget(String),
+    #[error("adapter `{id}`: {reason}")]
+    Adapter { id: String, reason: String },
     #[error("model `{id}`: the request was cancelled")]
     Cancelled { id: String },
     #[error("model `{id}` (plugin `{plugin}`): {error}")]

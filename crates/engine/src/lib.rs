@@ -7,6 +7,7 @@
 //! they parse requests into the checked types of [`request`], and everything below
 //! trusts them. This crate knows no HTTP and no terminal.
 
+mod adapters;
 mod admit;
 mod convert;
 pub mod device;
@@ -24,6 +25,7 @@ mod run;
 mod select;
 pub mod store;
 
+pub use adapters::AdapterStatus;
 pub use admit::{working_context, WORKING_CONTEXT};
 pub use error::HostError;
 pub use load::{Engine, LoadedModel, DEFAULT_BUDGET_FRACTION};

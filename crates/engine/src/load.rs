@@ -32,8 +32,19 @@ pub struct LoadedModel {
     pub estimate_bytes: u64,
     /// The KV-cache part of `estimate_bytes` (for its working context).
     pub kv_bytes: u64,
+    /// LoRA adapters loaded on it (registry ids) and the bytes each takes.
+    pub(crate) adapters: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Held while an adapter loads on it: one at a time, so what it grew by is that one's.
+    pub(crate) adapter_load: Mutex<()>,
     /// Last: once the model is dropped, hands the allocator's free memory back.
     pub(crate) _trim: TrimOnDrop,
+}
+
+impl LoadedModel {
+    /// The adapters loaded on it, and their bytes.
+    pub fn adapters(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, u64>> {
+        self.adapters.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Returns the C allocator's free heap memory to the system when dropped (glibc keeps
@@ -119,7 +130,11 @@ impl Engine {
         let map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<String> = map.keys().cloned().collect();
         keys.sort();
-        (map.values().map(|m| m.estimate_bytes).sum(), keys)
+        let adapters = |m: &LoadedModel| m.adapters().values().sum::<u64>();
+        (
+            map.values().map(|m| m.estimate_bytes + adapters(m)).sum(),
+            keys,
+        )
     }
 
     /// The registry (read access).
@@ -274,6 +289,8 @@ impl Engine {
             info,
             estimate_bytes,
             kv_bytes,
+            adapters: Mutex::default(),
+            adapter_load: Mutex::default(),
             _trim: TrimOnDrop,
         });
         self.touch(&key);

@@ -11,7 +11,9 @@
 use plugin_api::{
     embed::EmbedRequest,
     quant::QuantizeRequest,
-    text::{GenerateRequest, SamplingParams, KV_BUDGET_OPTION, PROMPT_CACHE_OPTION},
+    text::{
+        GenerateRequest, SamplingParams, ADAPTERS_OPTION, KV_BUDGET_OPTION, PROMPT_CACHE_OPTION,
+    },
     Features,
 };
 use std::ops::Deref;
@@ -54,7 +56,55 @@ fn invalid_item(list: &str, i: usize, message: &str) -> InvalidRequest {
 /// non-empty prompt or non-empty messages (not both); `max_tokens` ≥ 1; finite sampling
 /// parameters in range; `options` a JSON object or empty.
 #[derive(Debug, Clone)]
-pub struct Generate(GenerateRequest);
+pub struct Generate(GenerateRequest, Vec<AdapterUse>);
+
+/// Most LoRA adapters one request applies together.
+pub const MAX_ADAPTERS: usize = 8;
+
+/// A LoRA adapter a request applies: the id of a `lora` registry entry and its scale
+/// (`None`: the entry's). Checked: a well-formed id, a finite scale within
+/// ±[`MAX_ADAPTER_SCALE`](crate::registry::MAX_ADAPTER_SCALE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterUse {
+    pub id: String,
+    pub scale: Option<f32>,
+}
+
+impl AdapterUse {
+    /// `id` at `scale`, checked.
+    pub fn new(id: &str, scale: Option<f32>) -> Result<Self, InvalidRequest> {
+        crate::registry::check_id(id).map_err(|why| invalid("adapter", why))?;
+        let max = crate::registry::MAX_ADAPTER_SCALE;
+        if let Some(s) = scale {
+            if !(s.is_finite() && f64::from(s.abs()) <= max) {
+                return Err(invalid(
+                    "adapter",
+                    format!("adapter `{id}`: scale {s} is not a number from -{max} to {max}"),
+                ));
+            }
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            scale,
+        })
+    }
+
+    /// `ID[:SCALE]`, as the CLI's `--adapter` takes it.
+    pub fn parse(s: &str) -> Result<Self, InvalidRequest> {
+        match s.rsplit_once(':') {
+            Some((id, scale)) => {
+                let v: f32 = scale.parse().map_err(|_| {
+                    invalid(
+                        "adapter",
+                        format!("`{s}`: the scale after `:` is not a number (ID[:SCALE])"),
+                    )
+                })?;
+                Self::new(id, Some(v))
+            }
+            None => Self::new(s, None),
+        }
+    }
+}
 
 impl Generate {
     /// Check `req`.
@@ -87,12 +137,56 @@ impl Generate {
         }
         check_sampling(&req.sampling)?;
         check_options(req.options.as_str())?;
-        Ok(Self(req))
+        let adapters = match req.adapter.as_ref().into_option() {
+            Some(name) => vec![AdapterUse::new(name, None)?],
+            None => Vec::new(),
+        };
+        Self(req, Vec::new()).with_adapters(adapters)
     }
 
     /// The request as the plugin ABI carries it.
     pub fn into_inner(self) -> GenerateRequest {
         self.0
+    }
+
+    /// This request applying `adapters` (in place of any it had), at most
+    /// [`MAX_ADAPTERS`], each once. The plugin sees them as `adapter` (the first) and
+    /// the [`ADAPTERS_OPTION`] list.
+    pub fn with_adapters(mut self, adapters: Vec<AdapterUse>) -> Result<Self, InvalidRequest> {
+        if adapters.len() > MAX_ADAPTERS {
+            return Err(invalid(
+                "adapter",
+                format!(
+                    "{} adapters; a request applies at most {MAX_ADAPTERS}",
+                    adapters.len()
+                ),
+            ));
+        }
+        for (i, a) in adapters.iter().enumerate() {
+            if adapters[..i].iter().any(|b| b.id == a.id) {
+                return Err(invalid(
+                    "adapter",
+                    format!("adapter `{}` is named twice", a.id),
+                ));
+            }
+        }
+        self.0.adapter = adapters.first().map(|a| a.id.as_str().into()).into();
+        let list: Vec<serde_json::Value> = adapters
+            .iter()
+            .map(|a| serde_json::json!({"name": a.id, "scale": a.scale}))
+            .collect();
+        if list.is_empty() {
+            remove_option(&mut self.0, ADAPTERS_OPTION);
+        } else {
+            set_option(&mut self.0, ADAPTERS_OPTION, list.into());
+        }
+        self.1 = adapters;
+        Ok(self)
+    }
+
+    /// The adapters it applies, in order.
+    pub fn adapters(&self) -> &[AdapterUse] {
+        &self.1
     }
 
     /// This request with the host's KV-cache budget in its options
@@ -121,6 +215,9 @@ impl Generate {
         }
         if self.0.inputs.len() > 1 {
             needs = needs.union(Features::BATCHING);
+        }
+        if !self.1.is_empty() {
+            needs = needs.union(Features::LORA_ADAPTERS);
         }
         needs
     }
@@ -242,6 +339,15 @@ pub const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
 /// Group sizes an MLX affine quantization takes.
 pub const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
 /// `req.options` with `key` set to `value` (a previous value replaced).
+fn remove_option(req: &mut GenerateRequest, key: &str) {
+    let mut opts =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(req.options.as_str())
+            .unwrap_or_default();
+    if opts.remove(key).is_some() {
+        req.options = serde_json::Value::Object(opts).to_string().into();
+    }
+}
+
 fn set_option(req: &mut GenerateRequest, key: &str, value: serde_json::Value) {
     let mut opts =
         serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(req.options.as_str())

@@ -37,12 +37,14 @@ impl Engine {
         req: &Generate,
         on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
     ) -> Result<GenerateResponse, HostError> {
-        let m = self.load_for_generate(id, backend, req)?;
-        self.generate_with(&m, req, &mut ClosureSink(on_event))
+        let (base, req) = self.route(id, req.clone())?;
+        let m = self.load_for_generate(&base, backend, &req)?;
+        self.generate_with(&m, &req, &mut ClosureSink(on_event))
     }
 
     /// Load (once) the model that will serve `req`, checking that its plugin has the
-    /// features the request needs.
+    /// features the request needs, and the adapters it applies. `id` is the model
+    /// [`route`](Self::route) gave for the request.
     pub fn load_for_generate(
         &self,
         id: &str,
@@ -62,6 +64,7 @@ impl Engine {
                 ),
             });
         }
+        self.ensure_adapters(&m, req)?;
         Ok(m)
     }
 

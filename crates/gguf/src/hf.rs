@@ -157,6 +157,38 @@ pub(crate) fn gguf_tensor_name(a: &Arch, hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
+/// Where the weight of the Hugging Face linear layer `layer` (`model.layers.0.self_attn.q_proj`)
+/// lies in the GGUF model `g`: its tensor name, and the head count its rows are permuted
+/// by (llama.cpp's Q/K order, see [`permute_rows`]) when they are. `None`: no such tensor
+/// in this architecture's table.
+pub fn linear_in_gguf(g: &Gguf, layer: &str) -> Result<Option<(String, Option<usize>)>, GgufError> {
+    let a = arch(g)?;
+    let Some(name) = gguf_tensor_name(a, &format!("{layer}.weight")) else {
+        return Ok(None);
+    };
+    let prefix = g.architecture()?.to_owned();
+    let heads = if !a.permuted_qk {
+        None
+    } else if name.ends_with("attn_q.weight") {
+        Some(g.int(&format!("{prefix}.attention.head_count"))? as usize)
+    } else if name.ends_with("attn_k.weight") {
+        let kv = format!("{prefix}.attention.head_count_kv");
+        Some(match g.get(&kv) {
+            Some(_) => g.int(&kv)?,
+            None => g.int(&format!("{prefix}.attention.head_count"))?,
+        } as usize)
+    } else {
+        None
+    };
+    Ok(Some((name, heads)))
+}
+
+/// llama.cpp's Q/K row permutation of a (rows, cols) row-major matrix in HF row order, for
+/// `heads` heads (what its converter applies to Q/K weights, and to a LoRA's `B`).
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    permute(data, rows, cols, heads)
+}
+
 /// `config.json` (HF field names) of a GGUF model.
 pub fn config(g: &Gguf) -> Result<Json, GgufError> {
     let a = arch(g)?;

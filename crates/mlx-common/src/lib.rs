@@ -19,7 +19,7 @@ pub use sentence::tokens;
 mod weights;
 
 pub use error::ModelError;
-pub use linear::{Embedding, Linear, Quantized};
+pub use linear::{Embedding, Linear, LoraDelta, Quantized};
 pub use qmode::{QuantMode, QUANT_MODES};
 pub use weights::{QuantConfig, Weights, WeightsError, AFFINE_BITS, AFFINE_GROUPS};
 

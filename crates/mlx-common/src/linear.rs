@@ -45,6 +45,14 @@ impl Quantized {
     }
 }
 
+/// A low-rank update a LoRA adapter puts on a layer for the requests that select it:
+/// `y += (x·a)·b`, with `a` (in, rank) and `b` (rank, out), the scale folded into `b`.
+#[derive(Clone)]
+pub struct LoraDelta {
+    pub a: Array,
+    pub b: Array,
+}
+
 /// A dense layer `y = x·Wᵀ + b`, named after its checkpoint path
 /// (`model.layers.0.self_attn.q_proj`).
 pub struct Linear {
@@ -56,23 +64,45 @@ pub struct Linear {
     pub bias: Option<Array>,
     /// Quantization parameters when the weight is packed.
     pub quantized: Option<Quantized>,
+    /// LoRA updates applied on top (set for one request, then cleared).
+    pub lora: Vec<LoraDelta>,
 }
 
 impl Linear {
     /// `x`: (…, in) → (…, out).
     pub fn forward(&self, x: &Array) -> mlx_rs::error::Result<Array> {
-        let y = match &self.quantized {
-            Some(q) => q.matmul(x, &self.weight)?,
-            None => {
-                if let (Some(b), 2) = (&self.bias, x.ndim()) {
-                    return ops::addmm(b, x, self.weight.t(), None, None);
-                }
-                x.matmul(self.weight.t())?
-            }
+        let y = match (&self.quantized, &self.bias) {
+            (Some(q), _) => q.matmul(x, &self.weight)?,
+            (None, Some(b)) if x.ndim() == 2 => ops::addmm(b, x, self.weight.t(), None, None)?,
+            (None, _) => x.matmul(self.weight.t())?,
         };
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        let biased = self.quantized.is_none() && x.ndim() == 2;
+        let mut y = match &self.bias {
+            Some(b) if !biased => y.add(b)?,
+            _ => y,
+        };
+        for d in &self.lora {
+            y = y.add(x.matmul(&d.a)?.matmul(&d.b)?)?;
+        }
+        Ok(y)
+    }
+
+    /// (in, out) features.
+    pub fn features(&self) -> (usize, usize) {
+        let s = self.weight.shape();
+        // Packed rows hold 32 / bits values per uint32.
+        let cols = match &self.quantized {
+            Some(q) => s[1] as usize * 32 / q.bits as usize,
+            None => s[1] as usize,
+        };
+        (cols, s[0] as usize)
+    }
+
+    /// The float weights (out, in), dequantized when packed.
+    pub fn dense_weight(&self) -> mlx_rs::error::Result<Array> {
+        match &self.quantized {
+            Some(q) => q.dequantize(&self.weight),
+            None => Ok(self.weight.clone()),
         }
     }
 

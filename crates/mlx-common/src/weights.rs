@@ -261,6 +261,7 @@ impl Weights {
             weight,
             bias,
             quantized,
+            lora: Vec::new(),
         })
     }
 

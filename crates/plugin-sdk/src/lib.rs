@@ -114,6 +114,62 @@ pub trait LoadedModel: Send + Sync + 'static {
     }
 }
 
+/// One LoRA adapter a generation request applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterChoice {
+    /// The name it was loaded under.
+    pub name: String,
+    /// Its scale for this request (`None`: the one it was loaded with).
+    pub scale: Option<f32>,
+}
+
+/// The adapters `req` applies, in order: its
+/// [`ADAPTERS_OPTION`](plugin_api::text::ADAPTERS_OPTION) list when set, else its
+/// `adapter` alone; none for a request on the base model.
+pub fn adapters_of(req: &GenerateRequest) -> Result<Vec<AdapterChoice>, PluginError> {
+    let bad = |msg: String| PluginError::new(ErrorKind::INVALID_REQUEST, msg);
+    let key = plugin_api::text::ADAPTERS_OPTION;
+    let opts: serde_json::Value = match req.options.as_str() {
+        "" => serde_json::Value::Null,
+        s => serde_json::from_str(s).map_err(|e| bad(format!("request options: {e}")))?,
+    };
+    let Some(list) = opts.get(key) else {
+        return Ok(req
+            .adapter
+            .as_ref()
+            .into_option()
+            .map(|n| AdapterChoice {
+                name: n.to_string(),
+                scale: None,
+            })
+            .into_iter()
+            .collect());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| bad(format!("request option `{key}`: a list expected")))?;
+    list.iter()
+        .map(|a| {
+            let name = a
+                .get("name")
+                .and_then(|n| n.as_str())
+                .ok_or_else(|| bad(format!("request option `{key}`: each entry needs a `name`")))?;
+            let scale = match a.get("scale") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(s) => Some(s.as_f64().filter(|s| s.is_finite()).ok_or_else(|| {
+                    bad(format!(
+                        "request option `{key}`: `scale` of `{name}` is not a number"
+                    ))
+                })? as f32),
+            };
+            Ok(AdapterChoice {
+                name: name.to_owned(),
+                scale,
+            })
+        })
+        .collect()
+}
+
 /// The plugin's side of the host's `TokenSink`, in plain Rust.
 pub trait Sink {
     /// A stream event; [`StreamControl::Stop`] cancels the event's request.

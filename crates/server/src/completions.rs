@@ -45,7 +45,13 @@ pub(crate) async fn answer(
     gen: Generate,
     common: &openai::Common,
 ) -> Result<Response, ApiError> {
-    let rx = submit(st, &frame.model, gen)?;
+    // A `lora` model is served by its base's worker: requests with different adapters
+    // share the base, its batches where the provider batches them.
+    let (base, gen) = st
+        .engine
+        .route(&frame.model, gen)
+        .map_err(|e| ApiError::from_host(&e))?;
+    let rx = submit(st, &base, gen)?;
     // The worker enforces the deadline once the request runs; this bounds the wait in
     // the queue too (a second of grace lets the worker's own answer win).
     let deadline = tokio::time::Instant::now() + st.opts.request_timeout + Duration::from_secs(1);
@@ -72,7 +78,7 @@ pub(crate) async fn chat(State(st): State<St>, body: Result<Bytes, BytesRejectio
         let entry = resolve(
             &st,
             req.common.model.as_deref(),
-            &[ModelKind::LLM, ModelKind::VLM],
+            &[ModelKind::LLM, ModelKind::VLM, ModelKind::LORA],
             "/v1/chat/completions",
         )?;
         model = entry.id.clone();
@@ -102,7 +108,7 @@ pub(crate) async fn completions(
         let entry = resolve(
             &st,
             req.common.model.as_deref(),
-            &[ModelKind::LLM],
+            &[ModelKind::LLM, ModelKind::LORA],
             "/v1/completions",
         )?;
         model = entry.id.clone();

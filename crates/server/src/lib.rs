@@ -8,6 +8,7 @@
 //! the only one that knows HTTP statuses and OpenAI JSON ([`openai`] parses requests,
 //! `response` writes completion objects).
 
+mod adapters;
 mod completions;
 mod embeddings;
 mod health;
@@ -180,6 +181,9 @@ fn router(st: St) -> Router {
         .route("/v1/models/{*id}", get(models::get_model))
         .route("/v1/models/load", post(models::load_model))
         .route("/v1/models/unload", post(models::unload_model))
+        .route("/v1/adapters", get(adapters::list))
+        .route("/v1/adapters/load", post(adapters::load))
+        .route("/v1/adapters/unload", post(adapters::unload))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))

@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use engine::{
-    request::{Generate, InvalidRequest, MAX_SEQUENCES},
+    request::{AdapterUse, Generate, InvalidRequest, MAX_SEQUENCES},
     HostError,
 };
 use plugin_api::{
@@ -160,6 +160,7 @@ impl ApiError {
             HostError::WrongKind { .. } | HostError::NoPlugin { .. } => {
                 Self::invalid("model", e.to_string())
             }
+            HostError::Adapter { .. } => Self::invalid("adapter", e.to_string()),
             HostError::NotLocal { .. } => Self::unavailable(e.to_string()),
             HostError::OverBudget(msg) => {
                 let mut err = Self::unavailable(msg.clone());
@@ -346,6 +347,9 @@ pub struct Common {
     pub top_k: Option<u32>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// Extension: LoRA adapters of the model to apply — an id, `{"id": ID, "scale": S}`,
+    /// or a list of these.
+    pub adapter: Option<Value>,
     /// Not supported: refused when set.
     pub tools: Option<Value>,
     pub logit_bias: Option<Value>,
@@ -418,6 +422,53 @@ pub struct EmbeddingRequest {
 #[derive(Deserialize, Debug)]
 pub struct ModelAction {
     pub model: String,
+}
+
+/// `POST /v1/adapters/load` and `/v1/adapters/unload`: an adapter by id; `load` may
+/// register a new one first (`base` and `path`, optionally `scale`).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterAction {
+    pub id: String,
+    pub base: Option<String>,
+    pub path: Option<String>,
+    pub scale: Option<f32>,
+}
+
+/// The `adapter` extension field as the adapters it names.
+fn adapter_uses(v: &Value) -> Result<Vec<AdapterUse>, ApiError> {
+    let bad = |msg: String| ApiError::invalid("adapter", msg);
+    let one = |v: &Value| -> Result<AdapterUse, ApiError> {
+        match v {
+            Value::String(id) => AdapterUse::new(id, None),
+            Value::Object(o) => {
+                let id = o.get("id").and_then(Value::as_str).ok_or_else(|| {
+                    bad("`adapter`: an object needs an `id` (and may give a `scale`)".into())
+                })?;
+                let scale = match o.get("scale") {
+                    None | Some(Value::Null) => None,
+                    Some(s) => Some(s.as_f64().ok_or_else(|| {
+                        bad(format!("`adapter`: the scale of `{id}` is not a number"))
+                    })? as f32),
+                };
+                if let Some(k) = o.keys().find(|k| !["id", "scale"].contains(&k.as_str())) {
+                    return Err(bad(format!("`adapter`: unknown field `{k}` (id, scale)")));
+                }
+                AdapterUse::new(id, scale)
+            }
+            _ => {
+                return Err(bad(
+                    "`adapter`: an id, {\"id\", \"scale\"}, or a list of these".into(),
+                ))
+            }
+        }
+        .map_err(|e| bad(e.message))
+    };
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(list) => list.iter().map(one).collect(),
+        v => Ok(vec![one(v)?]),
+    }
 }
 
 /// Most choices (`n`) per request.
@@ -517,6 +568,10 @@ impl Common {
                 ),
             ));
         }
+        let adapters = match &self.adapter {
+            Some(v) => adapter_uses(v)?,
+            None => Vec::new(),
+        };
         let mut all = Vec::with_capacity(sequences);
         for input in inputs {
             for _ in 0..n {
@@ -543,6 +598,7 @@ impl Common {
             adapter: None.into(),
             options: "".into(),
         })
+        .and_then(|g| g.with_adapters(adapters))
         .map_err(ApiError::from_invalid)
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct ChatArgs {
     pub(crate) backend: Option<String>,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
+    #[command(flatten)]
+    pub(crate) adapters: super::adapter::AdapterArgs,
 }
 
 pub(crate) fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
@@ -64,7 +66,9 @@ pub(crate) fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
             prompt: "".into(),
             messages: history.clone().into(),
         };
-        let req = a.sampling.request(vec![input], true)?;
+        let req = a
+            .adapters
+            .apply(engine, &model, a.sampling.request(vec![input], true)?)?;
         let mut out = std::io::stdout().lock();
         let res = engine.generate_on(&model, a.backend.as_deref(), &req, &mut |ev| {
             let _ = write!(out, "{}", ev.text).and_then(|_| out.flush());

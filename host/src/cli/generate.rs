@@ -112,6 +112,8 @@ pub(crate) struct GenerateArgs {
     pub(crate) system: Option<String>,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
+    #[command(flatten)]
+    pub(crate) adapters: super::adapter::AdapterArgs,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -144,6 +146,7 @@ pub(crate) fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
         }
     };
     let req = a.sampling.request(vec![input], !a.json)?;
+    let req = a.adapters.apply(engine, &model, req)?;
     let mut out = std::io::stdout().lock();
     let baseline_rss = engine::device::rss_now();
     let res = engine.generate_on(&model, a.backend.as_deref(), &req, &mut |ev| {

@@ -2,6 +2,7 @@
 //! library should hold lives here: each verb parses its flags, calls the engine (or the
 //! server, or the store) and prints.
 
+pub mod adapter;
 pub mod add;
 pub mod bench;
 pub mod chat;

@@ -5,6 +5,7 @@
 //! the metadata), renders chat templates with minijinja, and generates with a KV cache,
 //! chunked prefill, sampling, stop strings, streaming with cancellation and batching.
 
+pub mod adapters;
 mod error;
 mod estimate;
 pub mod generate;
@@ -20,6 +21,7 @@ pub use loader::{LoadOptions, Loaded};
 use mlx_common::{dtype_name, mlx_backend, parse_dtype};
 use mlx_rs::Dtype;
 use plugin_api::{
+    lora::{AdapterOp, AdapterRequest, AdapterResponse},
     score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
     text::{GenerateRequest, GenerateResponse},
     ErrorKind, EstimateRequest, Features, LoadRequest, MemoryEstimate, ModelInfo, ModelKind,
@@ -73,7 +75,8 @@ impl Plugin for LlmPlugin {
             features: Features::STREAMING
                 .union(Features::BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
-                .union(Features::QUANTIZATION),
+                .union(Features::QUANTIZATION)
+                .union(Features::LORA_ADAPTERS),
         }
     }
 
@@ -176,6 +179,7 @@ impl Plugin for LlmPlugin {
         let extra: Vec<String> = spec.extra_eos.iter().map(|s| s.to_string()).collect();
         loaded.tokenizer.add_eos_tokens(&extra).map_err(ctx)?;
         Ok(Box::new(LlmModel {
+            shapes: adapters::shapes(loaded.model.as_mut()),
             id: spec.id.to_string(),
             system_prompt: spec
                 .system_prompt
@@ -190,6 +194,8 @@ impl Plugin for LlmPlugin {
 
 struct LlmModel {
     id: String,
+    /// Its linear layers' shapes, for adapters to be checked against without the lock.
+    shapes: adapters::Shapes,
     system_prompt: Option<String>,
     model: Mutex<Loaded>,
     /// Last field: dropped after the arrays, then returns MLX's cached buffers.
@@ -203,6 +209,7 @@ impl LoadedModel for LlmModel {
     fn info(&self) -> ModelInfo {
         let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let (parameters, weight_bytes) = m.model.sizes();
+        let weight_bytes = weight_bytes + m.adapters.bytes();
         ModelInfo {
             id: self.id.as_str().into(),
             kind: ModelKind::LLM,
@@ -221,15 +228,92 @@ impl LoadedModel for LlmModel {
         req: &GenerateRequest,
         sink: &mut dyn plugin_sdk::Sink,
     ) -> Result<GenerateResponse, PluginError> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        let resp = generate::generate(&m, self.system_prompt.as_deref(), req, &mut |ev| {
+        let choices = plugin_sdk::adapters_of(req)?;
+        let mut guard = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let m = &mut *guard;
+        // The adapters are on the layers for this request only: the lock keeps every
+        // other request out until they are off again.
+        m.adapters
+            .attach(m.model.as_mut(), &choices)
+            .map_err(|e| self.error(e))?;
+        let resp = generate::generate(&*m, self.system_prompt.as_deref(), req, &mut |ev| {
             sink.event(ev)
-        })
-        .map_err(|e| self.error(e))?;
+        });
+        adapters::Adapters::detach(m.model.as_mut());
+        let resp = resp.map_err(|e| self.error(e))?;
         for (i, out) in resp.outputs.iter().enumerate() {
             sink.finished(i as u32, out);
         }
         Ok(resp)
+    }
+
+    fn adapter(&self, req: &AdapterRequest) -> Result<AdapterResponse, PluginError> {
+        let name = req.name.as_str();
+        let named = || {
+            if name.is_empty() {
+                Err(self.error(LlmError::Request("the adapter needs a name".into())))
+            } else {
+                Ok(())
+            }
+        };
+        match req.op {
+            AdapterOp::LOAD => {
+                named()?;
+                if !req.scale.is_finite() {
+                    return Err(self.error(LlmError::Request(format!(
+                        "adapter `{name}`: scale {} is not a number",
+                        req.scale
+                    ))));
+                }
+                let dtype = self.model.lock().unwrap_or_else(|p| p.into_inner()).dtype;
+                // Read and checked before the lock: requests go on meanwhile.
+                let ad = adapters::open(
+                    Path::new(req.path.as_str()),
+                    &self.id,
+                    &self.shapes,
+                    dtype,
+                    req.scale,
+                )
+                .map_err(|e| self.error(e))?;
+                let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+                ad.eval().map_err(|e| self.error(e.into()))?;
+                m.adapters.loaded.insert(name.to_owned(), ad);
+            }
+            AdapterOp::UNLOAD => {
+                named()?;
+                let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+                if m.adapters.loaded.remove(name).is_none() {
+                    return Err(self.error(LlmError::Request(format!(
+                        "adapter `{name}` is not loaded on this model"
+                    ))));
+                }
+            }
+            AdapterOp::FUSE => {
+                named()?;
+                let mut guard = self.model.lock().unwrap_or_else(|p| p.into_inner());
+                let m = &mut *guard;
+                m.adapters
+                    .fuse(m.model.as_mut(), name)
+                    .map_err(|e| self.error(e))?;
+            }
+            AdapterOp::LIST => {}
+            other => {
+                return Err(PluginError::new(
+                    ErrorKind::UNSUPPORTED,
+                    format!("adapter operation {} is not supported", other.0),
+                ))
+            }
+        }
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(AdapterResponse {
+            loaded: m
+                .adapters
+                .loaded
+                .keys()
+                .map(|k| k.as_str().into())
+                .collect(),
+            fused: m.adapters.fused.iter().map(|k| k.as_str().into()).collect(),
+        })
     }
 
     fn tokenize(&self, req: &TokenizeRequest) -> Result<TokenizeResponse, PluginError> {

@@ -28,6 +28,8 @@ pub struct Loaded {
     pub kv_token_bytes: u64,
     /// How the KV cache stores keys and values (the `kv_cache` option).
     pub kv_store: crate::models::KvStore,
+    /// LoRA adapters loaded on it.
+    pub adapters: crate::adapters::Adapters,
 }
 
 /// Options that decide how weights are materialised.
@@ -197,5 +199,6 @@ fn finish(
         dtype: opts.dtype,
         kv_token_bytes: 0,
         kv_store: Default::default(),
+        adapters: Default::default(),
     })
 }

@@ -73,6 +73,10 @@ pub struct ModelEntry {
     pub backend: Option<String>,
     /// Plugin-specific table, passed through as JSON.
     pub options: serde_json::Value,
+    /// `lora` entries: the registry id of the model the adapter applies to.
+    pub base: Option<String>,
+    /// `lora` entries: the adapter's scale when a request names none (1 by default).
+    pub scale: Option<f32>,
     /// The model commands use for its kind when none is named.
     pub default: bool,
     /// Where the entry was defined (`file:line`, or `runtime`).
@@ -137,6 +141,8 @@ struct RawModel {
     features: Vec<Spanned<String>>,
     backend: Option<String>,
     options: Option<toml::Table>,
+    base: Option<Spanned<String>>,
+    scale: Option<Spanned<f64>>,
     default: Option<Spanned<bool>>,
 }
 
@@ -151,6 +157,9 @@ struct RawSource {
 }
 
 const DTYPES: &[&str] = &["float32", "float16", "bfloat16"];
+
+/// Largest adapter scale (either sign) a registry entry or a request may give.
+pub const MAX_ADAPTER_SCALE: f64 = 100.0;
 
 /// KV-cache types a registry entry may ask for (`kv_cache`), in llama.cpp's names; each
 /// `llm` provider maps them onto its own cache (ggml's typed cache; MLX's float or
@@ -325,6 +334,45 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
                 "key `options.kv_cache`: set `kv_cache` on the model, not in its options".into(),
             ));
         }
+        let base = match (kind, m.base) {
+            (ModelKind::LORA, Some(b)) => {
+                if let Err(why) = check_id(b.get_ref()) {
+                    return Err(err(b.span(), format!("key `base`: {why}")));
+                }
+                Some(b.into_inner())
+            }
+            (ModelKind::LORA, None) => {
+                return Err(err(
+                    m.kind.span(),
+                    "key `base`: a `lora` entry names the registry id of its base model".into(),
+                ))
+            }
+            (_, Some(b)) => {
+                return Err(err(
+                    b.span(),
+                    format!("key `base`: only `lora` entries have a base, not `{kind}`"),
+                ))
+            }
+            (_, None) => None,
+        };
+        let scale = match m.scale {
+            Some(s) if kind != ModelKind::LORA => {
+                return Err(err(
+                    s.span(),
+                    format!("key `scale`: only `lora` entries have a scale, not `{kind}`"),
+                ))
+            }
+            Some(s) if !(s.get_ref().is_finite() && s.get_ref().abs() <= MAX_ADAPTER_SCALE) => {
+                return Err(err(
+                    s.span(),
+                    format!(
+                        "key `scale`: {} is not a scale (a number from -{MAX_ADAPTER_SCALE} to {MAX_ADAPTER_SCALE})",
+                        s.get_ref()
+                    ),
+                ))
+            }
+            s => s.map(|s| *s.get_ref() as f32),
+        };
         let is_default = m.default.as_ref().is_some_and(|d| *d.get_ref());
         if let (true, Some(d)) = (is_default, &m.default) {
             if let Some(prev) = out.iter().find(|e| e.default && e.kind == kind) {
@@ -355,6 +403,8 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Vec<ModelEntry>,
             features,
             backend: m.backend,
             options,
+            base,
+            scale,
             origin: format!("{file}:{}", line_of(text, m.id.span().start)),
             id,
         });
@@ -532,6 +582,8 @@ impl ModelEntry {
             features: Features::NONE,
             backend: None,
             options: serde_json::Value::Object(Default::default()),
+            base: None,
+            scale: None,
             default: false,
             origin: String::new(),
         }
@@ -576,6 +628,10 @@ impl ModelEntry {
         opt(&mut t, "kv_cache", &self.kv_cache);
         opt(&mut t, "system_prompt", &self.system_prompt);
         opt(&mut t, "backend", &self.backend);
+        opt(&mut t, "base", &self.base);
+        if let Some(s) = self.scale {
+            t.insert("scale".into(), f64::from(s).into());
+        }
         if let Some(c) = self.context_length {
             t.insert("context_length".into(), i64::from(c).into());
         }

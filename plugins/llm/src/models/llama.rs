@@ -332,4 +332,25 @@ impl CausalLm for Llama {
     fn eos_ids(&self) -> Vec<u32> {
         self.config.eos_ids.clone()
     }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| {
+                let (a, m) = (&mut b.attn, &mut b.mlp);
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
+            })
+            .collect();
+        all.extend(self.lm_head.as_mut());
+        all
+    }
 }

@@ -12,7 +12,7 @@ pub mod qwen3;
 
 use crate::error::LlmError;
 pub use kv::{attention, attention_windowed, CachedKv, KvCache, KvStore, Positions};
-use mlx_common::Weights;
+use mlx_common::{Linear, Weights};
 use mlx_rs::{fast, Array};
 use serde_json::Value as Json;
 use std::path::Path;
@@ -38,6 +38,8 @@ pub trait CausalLm: Send {
     fn sizes(&self) -> (u64, u64);
     /// EOS ids from the config.
     fn eos_ids(&self) -> Vec<u32>;
+    /// Every linear layer, for LoRA adapters to find by checkpoint name.
+    fn linears_mut(&mut self) -> Vec<&mut Linear>;
 }
 
 /// Builds a model from config.json (as JSON, with its path for messages) and weights.

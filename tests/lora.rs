@@ -1,0 +1,384 @@
+//! LoRA adapters on the real SmolLM2-135M-Instruct, with a real adapter: the rank-8 PEFT
+//! adapter `tests/fixtures/lora/smollm2-pirate` (trained by `make_adapter.py` on the
+//! shipped GGUF dequantized to float32; every answer starts with "Arr, matey!"), against
+//! peft's own greedy outputs with and without it.
+
+mod util;
+
+use engine::{request::AdapterUse, Engine, HostError, ModelEntry, PluginSet, Registry, Source};
+use plugin_api::{
+    text::{ChatMessage, GenerateRequest, GenerateResponse, StreamControl, TextInput},
+    ModelKind,
+};
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lora/smollm2-pirate")
+}
+
+fn reference() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixture().join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["prompts"].as_array().unwrap().clone()
+}
+
+/// An engine with `libs`, the shipped SmolLM2 as `smol` and the adapter as `pirate`.
+fn engine(libs: &[&str]) -> Engine {
+    let mut set = PluginSet::default();
+    for lib in libs {
+        set.load(&util::dylib(lib)).expect("plugin loads");
+    }
+    let e = Engine::new(Registry::new(), set);
+    let dir = util::smollm2_q4_1().parent().unwrap().to_owned();
+    e.add_model(ModelEntry::new(
+        "smol",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(dir),
+    ))
+    .unwrap();
+    e.register_adapter("pirate", "smol", &fixture(), None)
+        .unwrap();
+    e
+}
+
+fn chat(prompt: &str) -> TextInput {
+    TextInput {
+        prompt: "".into(),
+        messages: vec![ChatMessage::text("user", prompt)].into(),
+    }
+}
+
+fn greedy(
+    e: &Engine,
+    model: &str,
+    backend: Option<&str>,
+    prompt: &str,
+    adapters: Vec<AdapterUse>,
+    max_tokens: u32,
+) -> Result<GenerateResponse, HostError> {
+    let req = util::gen(GenerateRequest {
+        inputs: vec![chat(prompt)].into(),
+        max_tokens,
+        ..Default::default()
+    })
+    .with_adapters(adapters)
+    .unwrap();
+    e.generate_on(model, backend, &req, &mut |_| StreamControl::Continue)
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// Steps that must agree with the float32 reference: up to its first near-tie (top-2
+/// gap < 0.02). Two float32 implementations of one network differ by summation order
+/// (~1e-6 relative per dot product, ~1e-4 of logits of size ~20 after 30 layers); a wrong
+/// factor, scale or orientation moves logits by whole units.
+fn horizon(gaps: &serde_json::Value) -> usize {
+    let g: Vec<f64> = serde_json::from_value(gaps.clone()).unwrap();
+    g.iter().position(|g| *g < 0.02).unwrap_or(g.len())
+}
+
+fn check(what: &str, got: &[u32], want: &[u32], horizon: usize) {
+    let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+    println!(
+        "{what}: {same}/{} reference ids (horizon {horizon})",
+        want.len()
+    );
+    assert!(
+        same >= horizon.min(want.len()),
+        "{what}: departs at step {same}: {got:?} vs {want:?}"
+    );
+}
+
+#[test]
+fn mlx_follows_peft_with_the_adapter_and_the_base_without_it() {
+    let e = engine(&["mlxengine_llm"]);
+    for case in reference() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want = ids(&case["adapter_ids"]);
+        let out = greedy(&e, "pirate", None, prompt, vec![], want.len() as u32).unwrap();
+        assert_eq!(
+            out.outputs[0].prompt_tokens as usize,
+            case["input_ids"].as_array().unwrap().len()
+        );
+        check(
+            &format!("adapter {prompt:?}"),
+            &out.outputs[0].tokens,
+            &want,
+            horizon(&case["adapter_gaps"]),
+        );
+        assert!(
+            out.outputs[0].text.starts_with("Arr, matey!"),
+            "{}",
+            out.outputs[0].text
+        );
+        let base = ids(&case["base_ids"]);
+        let plain = greedy(&e, "smol", None, prompt, vec![], base.len() as u32).unwrap();
+        check(
+            &format!("base {prompt:?}"),
+            &plain.outputs[0].tokens,
+            &base,
+            horizon(&case["base_gaps"]),
+        );
+    }
+    // One copy of the base served both: the adapter is on it, not in a second model.
+    assert_eq!(e.loaded_ids(), vec!["smol".to_owned()]);
+    let st = &e.adapters()[0];
+    assert_eq!(
+        (st.id.as_str(), st.loaded_on.clone()),
+        ("pirate", vec!["smol".to_owned()])
+    );
+    // Rank 8 on q/k/v/o of 30 layers: 921,600 parameters, float32 on CPU.
+    assert_eq!(st.bytes, 921_600 * 4);
+}
+
+#[test]
+fn scale_zero_is_the_base_and_the_adapter_can_be_named_per_request() {
+    let e = engine(&["mlxengine_llm"]);
+    let case = &reference()[1];
+    let prompt = case["prompt"].as_str().unwrap();
+    let base = greedy(&e, "smol", None, prompt, vec![], 24).unwrap();
+    let zero = greedy(
+        &e,
+        "pirate",
+        None,
+        prompt,
+        vec![AdapterUse::new("pirate", Some(0.0)).unwrap()],
+        24,
+    )
+    .unwrap();
+    assert_eq!(zero.outputs[0].tokens, base.outputs[0].tokens);
+    // The base with the adapter named in the request is the `lora` entry.
+    let named = greedy(
+        &e,
+        "smol",
+        None,
+        prompt,
+        vec![AdapterUse::new("pirate", None).unwrap()],
+        24,
+    )
+    .unwrap();
+    let entry = greedy(&e, "pirate", None, prompt, vec![], 24).unwrap();
+    assert_eq!(named.outputs[0].tokens, entry.outputs[0].tokens);
+    assert_ne!(named.outputs[0].tokens, base.outputs[0].tokens);
+    // Half the scale is neither.
+    let half = greedy(
+        &e,
+        "smol",
+        None,
+        prompt,
+        vec![AdapterUse::new("pirate", Some(0.5)).unwrap()],
+        24,
+    )
+    .unwrap();
+    assert_ne!(half.outputs[0].tokens, base.outputs[0].tokens);
+    assert_ne!(half.outputs[0].tokens, entry.outputs[0].tokens);
+}
+
+/// The same adapter in mlx-lm's layout (`adapters.safetensors`: `lora_a` (in, rank),
+/// `lora_b` (rank, out), `scale` = alpha / r), written by MLX itself from the PEFT file.
+fn mlx_lm_copy(dst: &Path) {
+    let script = r#"
+import json, sys
+import mlx.core as mx
+src, dst = sys.argv[1], sys.argv[2]
+w = mx.load(src + "/adapter_model.safetensors")
+out = {}
+for k, v in w.items():
+    layer = k.removeprefix("base_model.model.")
+    if ".lora_A." in layer:
+        out[layer.split(".lora_A.")[0] + ".lora_a"] = v.T
+    else:
+        out[layer.split(".lora_B.")[0] + ".lora_b"] = v.T
+mx.save_safetensors(dst + "/adapters.safetensors", out)
+cfg = json.load(open(src + "/adapter_config.json"))
+json.dump({"fine_tune_type": "lora", "num_layers": 30,
+           "lora_parameters": {"rank": cfg["r"], "scale": cfg["lora_alpha"] / cfg["r"],
+                               "dropout": 0.0, "keys": ["self_attn.q_proj", "self_attn.k_proj",
+                                                        "self_attn.v_proj", "self_attn.o_proj"]}},
+          open(dst + "/adapter_config.json", "w"))
+"#;
+    std::fs::create_dir_all(dst).unwrap();
+    let out = std::process::Command::new(util::mlx_lm_python())
+        .args(["-c", script])
+        .arg(fixture())
+        .arg(dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_mlx_lm_layout_of_the_same_adapter_gives_the_same_answers() {
+    let e = engine(&["mlxengine_llm"]);
+    let t = tempfile::tempdir().unwrap();
+    mlx_lm_copy(t.path());
+    e.register_adapter("pirate-mlx", "smol", t.path(), None)
+        .unwrap();
+    for case in reference().iter().take(2) {
+        let prompt = case["prompt"].as_str().unwrap();
+        let peft = greedy(&e, "pirate", None, prompt, vec![], 24).unwrap();
+        let mlx = greedy(&e, "pirate-mlx", None, prompt, vec![], 24).unwrap();
+        // The same float16 factors and scale: the same update, bit for bit.
+        assert_eq!(mlx.outputs[0].tokens, peft.outputs[0].tokens, "{prompt:?}");
+    }
+}
+
+fn write_peft(dir: &Path, cfg: &str, tensors: &[(&str, Vec<usize>)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.to_string(),
+                s.clone(),
+                vec![0u8; 4 * s.iter().product::<usize>()],
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+}
+
+#[test]
+fn bad_adapters_are_clear_errors_and_the_base_keeps_serving() {
+    let e = engine(&["mlxengine_llm"]);
+    let t = tempfile::tempdir().unwrap();
+    let cfg = r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16}"#;
+    // Made for a model with hidden size 896 (Qwen2-0.5B's): the shapes disagree.
+    let p = "base_model.model.model.layers.0.self_attn.q_proj";
+    write_peft(
+        &t.path().join("other"),
+        cfg,
+        &[
+            (&format!("{p}.lora_A.weight"), vec![8, 896]),
+            (&format!("{p}.lora_B.weight"), vec![896, 8]),
+        ],
+    );
+    // A layer SmolLM2 does not have.
+    let q = "base_model.model.model.layers.40.self_attn.q_proj";
+    write_peft(
+        &t.path().join("deep"),
+        cfg,
+        &[
+            (&format!("{q}.lora_A.weight"), vec![8, 576]),
+            (&format!("{q}.lora_B.weight"), vec![576, 8]),
+        ],
+    );
+    // The fixture's weights cut short.
+    let cut = t.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::copy(
+        fixture().join("adapter_config.json"),
+        cut.join("adapter_config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(fixture().join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        cut.join("adapter_model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let cases = [
+        ("other", "layer `model.layers.0.self_attn.q_proj` is 896 → 896 in the adapter, 576 → 576 in base model `smol`"),
+        ("deep", "layer `model.layers.40.self_attn.q_proj` is not a linear layer of base model `smol`"),
+        ("cut", "adapter_model.safetensors"),
+    ];
+    for (name, want) in cases {
+        e.register_adapter(name, "smol", &t.path().join(name), None)
+            .unwrap();
+        let err = greedy(&e, name, None, "Hi", vec![], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{name}: {err}");
+        // The base serves on, the adapter is not left half-loaded.
+        assert!(greedy(&e, "smol", None, "Hi", vec![], 4).is_ok());
+        assert!(e
+            .adapters()
+            .iter()
+            .all(|a| a.id != name || a.loaded_on.is_empty()));
+    }
+    // Unknown adapter, an adapter of another base, a model that is no adapter.
+    let err = greedy(
+        &e,
+        "smol",
+        None,
+        "Hi",
+        vec![AdapterUse::new("nope", None).unwrap()],
+        4,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown model `nope`"), "{err}");
+    let dir = util::smollm2_q4_1().parent().unwrap().to_owned();
+    e.add_model(ModelEntry::new(
+        "smol2",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(dir),
+    ))
+    .unwrap();
+    let err = greedy(
+        &e,
+        "smol2",
+        None,
+        "Hi",
+        vec![AdapterUse::new("pirate", None).unwrap()],
+        4,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("adapter `pirate`: its base is `smol`"),
+        "{err}"
+    );
+    let err = greedy(
+        &e,
+        "smol",
+        None,
+        "Hi",
+        vec![AdapterUse::new("smol2", None).unwrap()],
+        4,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("adapter `smol2`: a `llm` model, not a `lora` adapter"),
+        "{err}"
+    );
+    // An adapter that does not fit the memory budget is refused before it loads.
+    greedy(&e, "smol", None, "Hi", vec![], 2).unwrap();
+    let (in_use, _) = e.memory_in_use();
+    e.set_memory_budget(in_use + 1_000_000);
+    let err = greedy(&e, "pirate", None, "Hi", vec![], 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("adapter `pirate` needs up to 3 MB on model `smol`"),
+        "{err}"
+    );
+    e.set_memory_budget(in_use + 8_000_000);
+    assert!(greedy(&e, "pirate", None, "Hi", vec![], 2).is_ok());
+    let (with, _) = e.memory_in_use();
+    assert_eq!(
+        with - in_use,
+        921_600 * 4,
+        "the adapter counts in the memory in use"
+    );
+}
