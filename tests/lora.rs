@@ -382,3 +382,195 @@ fn bad_adapters_are_clear_errors_and_the_base_keeps_serving() {
         "the adapter counts in the memory in use"
     );
 }
+
+#[test]
+fn ggml_follows_peft_with_the_converted_adapter() {
+    let e = engine(&["mlxengine_llm_ggml"]);
+    // The float twin (the shipped weights as F32, float settings): only summation order
+    // differs from peft, so the same near-tie horizon holds as for MLX.
+    let mut twin = ModelEntry::new(
+        "smol-f32",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(util::smollm2_f32_twin()),
+    );
+    twin.options = serde_json::from_str(util::GGML_FLOAT_OPTIONS).unwrap();
+    e.add_model(twin).unwrap();
+    e.register_adapter("pirate-f32", "smol-f32", &fixture(), None)
+        .unwrap();
+    for case in reference() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want = ids(&case["adapter_ids"]);
+        let out = greedy(&e, "pirate-f32", None, prompt, vec![], want.len() as u32).unwrap();
+        check(
+            &format!("ggml twin + adapter {prompt:?}"),
+            &out.outputs[0].tokens,
+            &want,
+            horizon(&case["adapter_gaps"]),
+        );
+        // The shipped Q4_1 file quantizes activations to 8 bits: its logits stay within
+        // 0.142 of their RMS (~3 here) of the float ones, ±0.4 (tests/ggml_numerics.rs
+        // derives the bound). The adapter's opening tokens lead by 9.6 logits or more in
+        // the reference: they cannot flip.
+        let q = greedy(&e, "pirate", None, prompt, vec![], 8).unwrap();
+        assert!(
+            q.outputs[0].text.starts_with("Arr, matey!"),
+            "{prompt:?}: {}",
+            q.outputs[0].text
+        );
+    }
+    assert_eq!(e.served_by("smol", None).as_deref(), Some("ggml-llm"));
+    // The base on the same (kept) context right after: the adapter is off again.
+    let plain = greedy(
+        &e,
+        "smol",
+        None,
+        "What is the largest ocean on Earth?",
+        vec![],
+        8,
+    )
+    .unwrap();
+    assert!(
+        !plain.outputs[0].text.starts_with("Arr"),
+        "{}",
+        plain.outputs[0].text
+    );
+    // A mix of two adapters is refused by name on ggml (one adapter per context call).
+    e.register_adapter("pirate-too", "smol", &fixture(), None)
+        .unwrap();
+    let mix = vec![
+        AdapterUse::new("pirate", None).unwrap(),
+        AdapterUse::new("pirate-too", None).unwrap(),
+    ];
+    let err = greedy(&e, "smol", None, "Hi", mix, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one adapter per request"), "{err}");
+    // Unloading takes it off: the next request loads it again.
+    assert!(e.unload_adapter("pirate").unwrap());
+    assert!(e
+        .adapters()
+        .iter()
+        .find(|a| a.id == "pirate")
+        .unwrap()
+        .loaded_on
+        .is_empty());
+    let again = greedy(&e, "pirate", None, "What is two plus two?", vec![], 8).unwrap();
+    assert!(
+        again.outputs[0].text.starts_with("Arr, matey!"),
+        "{}",
+        again.outputs[0].text
+    );
+}
+
+#[test]
+fn a_weighted_mix_on_mlx_is_the_sum_of_the_updates() {
+    // Two copies of the adapter at 0.5 each are the adapter at 1.
+    let e = engine(&["mlxengine_llm"]);
+    e.register_adapter("pirate-too", "smol", &fixture(), None)
+        .unwrap();
+    let prompt = reference()[1]["prompt"].as_str().unwrap().to_owned();
+    let one = greedy(&e, "pirate", None, &prompt, vec![], 16).unwrap();
+    let mix = vec![
+        AdapterUse::new("pirate", Some(0.5)).unwrap(),
+        AdapterUse::new("pirate-too", Some(0.5)).unwrap(),
+    ];
+    let two = greedy(&e, "smol", None, &prompt, mix, 16).unwrap();
+    assert_eq!(one.outputs[0].tokens, two.outputs[0].tokens);
+}
+
+#[test]
+fn fused_equals_unfused_and_loads_as_a_model() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("smol-pirate");
+    let reg = home.path().join("lora.toml");
+    let base = util::smollm2_q4_1().parent().unwrap().to_owned();
+    std::fs::write(
+        &reg,
+        format!(
+            "[[models]]\nid = \"smol\"\nkind = \"llm\"\narchitecture = \"llama\"\nsource = {{ path = {:?} }}\n\n\
+             [[models]]\nid = \"pirate\"\nkind = \"lora\"\narchitecture = \"llama\"\nbase = \"smol\"\nsource = {{ path = {:?} }}\n",
+            base.display().to_string(),
+            fixture().display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = util::mlxengine(
+        home.path(),
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "fuse",
+            "--adapter",
+            "pirate",
+            "-o",
+        ],
+    )
+    .arg(&out)
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fused 120 layers"), "{err}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // Nothing is left beside it.
+    let names: Vec<String> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("partial") && !n.contains("import")),
+        "{names:?}"
+    );
+    // The fused folder, as an ordinary model, answers as base + adapter does: W + B·A
+    // and W·x + B·(A·x) differ by summation order only (the reference's near-tie horizon).
+    let e = engine(&["mlxengine_llm"]);
+    e.add_model(ModelEntry::new(
+        "fused",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(out.clone()),
+    ))
+    .unwrap();
+    for case in reference() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want = ids(&case["adapter_ids"]);
+        let fused = greedy(&e, "fused", None, prompt, vec![], want.len() as u32).unwrap();
+        check(
+            &format!("fused {prompt:?}"),
+            &fused.outputs[0].tokens,
+            &want,
+            horizon(&case["adapter_gaps"]),
+        );
+    }
+    // A second fuse into the same folder is refused; nothing changes.
+    let o = util::mlxengine(
+        home.path(),
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "fuse",
+            "--adapter",
+            "pirate",
+            "-o",
+        ],
+    )
+    .arg(&out)
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -259,3 +259,46 @@ fn entry_round_trips_through_toml() {
     assert_eq!(back.dtype, e.dtype);
     assert_eq!(back.context_length, Some(2048));
 }
+
+#[test]
+fn lora_entries_name_their_base_and_only_they_have_one() {
+    let lora = |extra: &str| {
+        format!(
+            "[[models]]\nid = \"pirate\"\nkind = \"lora\"\narchitecture = \"llama\"\n{extra}\nsource = {{ path = \"a\" }}\n"
+        )
+    };
+    let r = parse(&lora("base = \"local-llm\"\nscale = 0.5")).unwrap();
+    let e = r.get("pirate").unwrap();
+    assert_eq!((e.base.as_deref(), e.scale), (Some("local-llm"), Some(0.5)));
+    // The runtime registry's TOML keeps them.
+    let again = parse(&e.to_toml()).unwrap();
+    assert_eq!(
+        again.get("pirate").unwrap().base.as_deref(),
+        Some("local-llm")
+    );
+    let e = err(&lora(""));
+    assert!(
+        e.contains("test.toml:3: model `pirate`: key `base`: a `lora` entry names"),
+        "{e}"
+    );
+    let e = err(&lora("base = \"Not An Id\""));
+    assert!(
+        e.contains("key `base`") && e.contains("is not a model id"),
+        "{e}"
+    );
+    let e = err(&lora("base = \"x\"\nscale = 1e9"));
+    assert!(
+        e.contains("test.toml:6: model `pirate`: key `scale`: 1000000000 is not a scale"),
+        "{e}"
+    );
+    let e = err("[[models]]\nid = \"m\"\nkind = \"llm\"\narchitecture = \"llama\"\nbase = \"x\"\nsource = { path = \"a\" }\n");
+    assert!(
+        e.contains("key `base`: only `lora` entries have a base, not `llm`"),
+        "{e}"
+    );
+    let e = err("[[models]]\nid = \"m\"\nkind = \"llm\"\narchitecture = \"llama\"\nscale = 2.0\nsource = { path = \"a\" }\n");
+    assert!(
+        e.contains("key `scale`: only `lora` entries have a scale"),
+        "{e}"
+    );
+}

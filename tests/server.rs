@@ -345,6 +345,46 @@ fn identical_greedy_requests_at_once_get_one_answer() {
 }
 
 #[test]
+fn requests_with_different_adapters_share_one_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/lora/smollm2-pirate");
+    let fixture = fixture.canonicalize().unwrap();
+    // A corrupt adapter: the config without its weights.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(
+        fixture.join("adapter_config.json"),
+        broken.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::fs::write(broken.join("adapter_model.safetensors"), b"not safetensors").unwrap();
+    let registry = dir.path().join("lora.toml");
+    let entry = |id: &str, scale: f32| {
+        format!(
+            "[[models]]\nid = \"{id}\"\nkind = \"lora\"\narchitecture = \"llama\"\n\
+             base = \"smollm2-135m-instruct\"\nscale = {scale:?}\nsource = {{ path = {:?} }}\n\n",
+            fixture.display().to_string()
+        )
+    };
+    std::fs::write(&registry, entry("pirate", 1.0) + &entry("pirate-half", 0.5)).unwrap();
+    let server = Server::start(&[
+        "--registry",
+        registry.to_str().unwrap(),
+        "--preload",
+        "default",
+    ]);
+    let r = scenario(
+        &server,
+        "lora",
+        &[fixture.to_str().unwrap(), broken.to_str().unwrap()],
+        &[],
+    );
+    eprintln!("lora: {r}");
+    assert_eq!(r["jobs"], 9);
+}
+
+#[test]
 fn disconnect_frees_the_slot() {
     let server = Server::start(&["--preload", "default"]);
     scenario(&server, "disconnect", &[], &[]);

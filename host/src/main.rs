@@ -125,6 +125,9 @@ enum Command {
     /// this engine load) or GGUF (llama.cpp's quantizer). Written beside DST and renamed
     /// into place when complete.
     Quantize(QuantizeArgs),
+    /// Merge a LoRA adapter into its base model: a new Hub-layout folder (safetensors,
+    /// config, tokenizer) that transformers, mlx-lm and this engine load.
+    Fuse(cli::fuse::FuseArgs),
     /// Add a model to your runtime registry (the shipped registry.toml is not touched).
     Add(AddArgs),
     /// Remove a model from your runtime registry.
@@ -273,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),
         Command::Perplexity(a) => cli::perplexity::cmd_perplexity(&engine(&cli)?, a),
         Command::Quantize(a) => cli::quantize::cmd_quantize(&engine(&cli)?, a),
+        Command::Fuse(a) => cli::fuse::cmd_fuse(&engine(&cli)?, a),
         Command::Add(args) => cli::add::cmd_add(&cli.registries, args),
         Command::Remove { model } => cli::remove::cmd_remove(&cli.registries, model),
         Command::Device { json } => cli::device::cmd_device(&engine(&cli)?, *json),

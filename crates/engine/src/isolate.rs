@@ -7,7 +7,7 @@
 //!
 //! Frames are a 4-byte little-endian length and a JSON object, at most [`MAX_FRAME`]
 //! bytes. The host asks `{"descriptor":null}`, `{"probe":..}`, `{"estimate":..}`,
-//! `{"load":..}`, `{"info":H}`, `{"embed":[H,..]}`, `{"tokenize":[H,..]}`, `{"score":[H,..]}`,
+//! `{"load":..}`, `{"info":H}`, `{"embed":[H,..]}`, `{"tokenize":[H,..]}`, `{"score":[H,..]}`, `{"adapter":[H,..]}`,
 //! `{"generate":[H,..]}`, `{"drop":H}`
 //! and gets `{"ok":..}`, `{"err":PluginError}` or `{"none":null}`. During `generate`
 //! the child sends `{"event":..}` (answered `{"control":..}`), `{"poll_join":null}`
@@ -23,6 +23,7 @@ use abi_stable::{
 };
 use plugin_api::{
     embed::{EmbedRequest, EmbedResponse},
+    lora::{AdapterRequest, AdapterResponse},
     score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
     text::{
         GenerateOutput, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TokenSink,
@@ -375,6 +376,17 @@ impl Model for Proxy {
             .into()
     }
 
+    fn adapter(&self, req: &AdapterRequest) -> RResult<AdapterResponse, PluginError> {
+        self.worker
+            .simple(
+                Some(&self.slot),
+                "adapter",
+                |h| json!({"adapter": [h, to_value(req)]}),
+            )
+            .and_then(|r| r.ok_or_else(|| PluginError::unsupported("LoRA adapters")))
+            .into()
+    }
+
     fn score(&self, req: &ScoreRequest) -> RResult<ScoreResponse, PluginError> {
         self.worker
             .simple(
@@ -568,6 +580,10 @@ fn serve_one(
         let (h, req): (u64, TokenizeRequest) = field(msg, "tokenize")?;
         model(models, h)?;
         result(models[&h].tokenize(&req))
+    } else if msg.get("adapter").is_some() {
+        let (h, req): (u64, AdapterRequest) = field(msg, "adapter")?;
+        model(models, h)?;
+        result(models[&h].adapter(&req))
     } else if msg.get("score").is_some() {
         let (h, req): (u64, ScoreRequest) = field(msg, "score")?;
         model(models, h)?;

@@ -2,7 +2,8 @@
 //! (`adapter_config.json` + `adapter_model.safetensors`) and mlx-lm
 //! (`adapter_config.json` + `adapters.safetensors`) read into one form — per adapted
 //! linear layer its rank, shapes, scale and low-rank factors — checked against a base
-//! model's layers, or written as llama.cpp's GGUF LoRA ([`to_gguf`]).
+//! model's layers, written as llama.cpp's GGUF LoRA ([`to_gguf`]), or merged into a
+//! Hub-layout model ([`fuse`]).
 //!
 //! The update of a layer `y = x·Wᵀ` is `y + scale · (x·Aᵀ)·Bᵀ`, with `A` (rank, in) and
 //! `B` (out, rank) in PEFT's orientation whatever the file's; `scale` is PEFT's
@@ -13,6 +14,7 @@
 //! biases, embedding adapters, other PEFT methods) is refused by name.
 
 mod config;
+pub mod fuse;
 pub mod to_gguf;
 
 pub use config::Format;

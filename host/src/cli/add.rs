@@ -33,6 +33,12 @@ pub(crate) struct AddArgs {
     /// Load-time dtype (float32, float16, bfloat16).
     #[arg(long)]
     pub(crate) dtype: Option<String>,
+    /// `lora` entries: registry id of the base model the adapter applies to.
+    #[arg(long)]
+    pub(crate) base: Option<String>,
+    /// `lora` entries: the adapter's scale when a request gives none (default 1).
+    #[arg(long)]
+    pub(crate) scale: Option<f32>,
 }
 
 pub(crate) fn cmd_add(registries: &[PathBuf], a: &AddArgs) -> Result<()> {
@@ -55,6 +61,8 @@ pub(crate) fn cmd_add(registries: &[PathBuf], a: &AddArgs) -> Result<()> {
     let mut entry = ModelEntry::new(&a.id, kind, &a.architecture, source);
     entry.name = a.name.clone().unwrap_or_else(|| a.id.clone());
     entry.dtype = a.dtype.clone();
+    entry.base = a.base.clone();
+    entry.scale = a.scale;
     let user = UserRegistry::lock(registries)?;
     user.add(&entry, "mlxengine add")?;
     println!("added `{}` to {}", a.id, user.path().display());

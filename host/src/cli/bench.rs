@@ -260,6 +260,8 @@ pub(crate) struct BenchArgs {
     /// Force a provider: `mlx`, `ggml`, or a plugin name (default: best probe score).
     #[arg(long)]
     pub(crate) backend: Option<String>,
+    #[command(flatten)]
+    pub(crate) adapters: super::adapter::AdapterArgs,
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -308,6 +310,7 @@ pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
     // Every run does the work: a provider's prompt cache would replay a repeated greedy
     // answer (or reuse the prompt) from the second run on.
     let req = sampling.request(vec![input], false)?.without_prompt_cache();
+    let req = a.adapters.apply(engine, &model, req)?;
     let mut noop = |_: &plugin_api::text::StreamEvent| StreamControl::Continue;
     let load_start = std::time::Instant::now();
     let backend = a.backend.as_deref();
@@ -360,5 +363,5 @@ pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
 pub(crate) fn sampling_short(req: &Generate) -> Result<Generate> {
     let mut r = req.clone().into_inner();
     r.max_tokens = r.max_tokens.min(8);
-    checked(r)
+    Ok(checked(r)?.with_adapters(req.adapters().to_vec())?)
 }

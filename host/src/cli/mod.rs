@@ -8,6 +8,7 @@ pub mod bench;
 pub mod chat;
 pub mod device;
 pub mod embed;
+pub mod fuse;
 pub mod generate;
 pub mod hub;
 pub mod import;

@@ -3,6 +3,7 @@
 //! sampling every live sequence, with requests joining between steps (continuous
 //! batching) and each sequence answered through the sink as it ends.
 
+use crate::adapters::Choice;
 use crate::{
     backend, err,
     prefix::{Answer, PromptCache, Sampling, Slots},
@@ -145,6 +146,7 @@ fn same_answer(a: &GenerateRequest, b: &GenerateRequest) -> bool {
         && a.max_tokens == b.max_tokens
         && a.stop == b.stop
         && a.logprobs == b.logprobs
+        && plugin_sdk::adapters_of(a).ok() == plugin_sdk::adapters_of(b).ok()
 }
 
 /// A request's prompts, identical ones merged when its sampling is deterministic: each
@@ -190,6 +192,8 @@ impl Plan {
 pub(crate) struct Group {
     req: GenerateRequest,
     stops: Vec<String>,
+    /// The LoRA adapter it applies.
+    lora: Choice,
 }
 
 /// The sampler chain of input `row` of `req`, for a sequence of at most `len` tokens.
@@ -321,6 +325,7 @@ impl GgmlModel {
         slots: &mut Slots,
         ctx: &mut LlamaContext,
         seed: u64,
+        lora: &Choice,
     ) -> Vec<Seq> {
         let ctx_train = self.model.n_ctx_train() as usize;
         let n_vocab = self.model.n_vocab();
@@ -332,7 +337,7 @@ impl GgmlModel {
                 let mut sampler = sampler(req, n_vocab, i as u64, seed, len);
                 sampler.accept_many(prompt.iter());
                 let sampling = sampling_of(req, i);
-                let start = slots.take(ctx, &prompt, sampling);
+                let start = slots.take(ctx, &prompt, sampling, lora.is_none());
                 let replay: VecDeque<(u32, f32)> = start.replay.map_or_else(VecDeque::new, |a| {
                     let lp = a.logprobs.iter().copied().chain(std::iter::repeat(0.0));
                     a.tokens.into_iter().zip(lp).collect()
@@ -458,6 +463,7 @@ impl GgmlModel {
         let seed = started.elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
         let ctx_train = self.model.n_ctx_train() as usize;
         let (plan, need) = self.prepare(req)?;
+        let lora = self.adapter_choice(req)?;
         let (own, decoded) = (plan.inputs, plan.decoded());
         // The host's budget for this model's KV cache bounds the context to allocate.
         let budget = textgen::KvBudget::of(req.options.as_str(), self.kv_cell_bytes);
@@ -479,7 +485,7 @@ impl GgmlModel {
                 != Some(false);
         let mut slots = Slots::new(*seqs, cache, reuse);
         slots.cells_free(ctx, total_cells, 0, need);
-        let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed);
+        let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed, &lora);
         report_cached(reuse, sink, &live);
         let stops_of = |r: &GenerateRequest| -> Vec<String> {
             r.stop
@@ -491,7 +497,11 @@ impl GgmlModel {
         let mut groups = vec![Group {
             req: req.clone(),
             stops: stops_of(req),
+            lora,
         }];
+        // The adapter the context applies now (not known yet: a kept context has the last
+        // call's).
+        let mut applied: Option<Choice> = None;
         let mut next_index = own as u32;
         // The call's own outputs, by input index (followers' copied from their leader).
         let mut outs: Vec<(u32, SeqOutput)> = Vec::with_capacity(own);
@@ -508,7 +518,10 @@ impl GgmlModel {
                     break;
                 };
                 let group = groups.len();
-                let admitted = self.prepare(&joined).and_then(|(mut plan, _)| {
+                let admitted = self
+                    .adapter_choice(&joined)
+                    .and_then(|lora| self.prepare(&joined).map(|(plan, _)| (plan, lora)));
+                let admitted = admitted.and_then(|(mut plan, lora)| {
                     // Prompts a running sequence answers already will follow it (once the
                     // rest is known to fit).
                     let mut follow: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -564,16 +577,18 @@ impl GgmlModel {
                         }
                     }
                     let inputs = plan.inputs as u32;
-                    Ok((inputs, self.sequences(&joined, plan, group, next_index, &mut slots, ctx, seed)))
+                    let seqs = self.sequences(&joined, plan, group, next_index, &mut slots, ctx, seed, &lora);
+                    Ok((inputs, seqs, lora))
                 });
                 match admitted {
-                    Ok((inputs, seqs)) => {
+                    Ok((inputs, seqs, lora)) => {
                         report_cached(reuse, sink, &seqs);
                         next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {
                             stops: stops_of(&joined),
                             req: joined,
+                            lora,
                         });
                     }
                     Err(e) => {
@@ -587,93 +602,110 @@ impl GgmlModel {
                 break;
             }
 
-            // One decode call: the next token of every generating sequence, then prompt
-            // chunks of the sequences still reading their prompt.
-            batch.clear();
-            for seq in live
-                .iter_mut()
-                .filter(|s| s.fed == s.prompt.len() && s.replay.is_empty())
-            {
-                let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
-                seq.logits_at = Some(batch.n_tokens());
-                batch
-                    .add(last, seq.pos, &[seq.slot], true)
-                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
-                seq.pos += 1;
-            }
-            let mut budget = PREFILL_CHUNK;
-            for seq in live.iter_mut().filter(|s| s.fed < s.prompt.len()) {
-                let take = budget.min(seq.prompt.len() - seq.fed);
-                if take == 0 {
-                    break;
-                }
-                for j in seq.fed..seq.fed + take {
-                    let end = j + 1 == seq.prompt.len();
-                    if end {
-                        seq.logits_at = Some(batch.n_tokens());
-                    }
-                    batch
-                        .add(seq.prompt[j], j as i32, &[seq.slot], end)
-                        .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
-                }
-                seq.fed += take;
-                seq.pos = seq.fed as i32;
-                budget -= take;
-            }
-            if batch.n_tokens() > 0 {
-                ctx.decode(&mut batch)
-                    .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
-            }
-
-            // Sample, account and stream each sequence that produced logits.
+            // One decode call per adapter among the live sequences (llama.cpp applies an
+            // adapter to a whole call), each: the next token of every generating sequence,
+            // then prompt chunks of the sequences still reading their prompt.
             let mut stop_groups: Vec<usize> = Vec::new();
-            for seq in live.iter_mut() {
-                let g = &groups[seq.group];
-                let (tok, logprob) = if let Some((t, lp)) = seq.replay.pop_front() {
-                    // (Penalties count it as a sampled token.)
-                    seq.sampler.accept(LlamaToken(t as i32));
-                    (LlamaToken(t as i32), g.req.logprobs.then_some(lp))
-                } else if let Some(at) = seq.logits_at.take() {
-                    let tok = seq.sampler.sample(ctx, at);
-                    let lp = g
-                        .req
-                        .logprobs
-                        .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
-                    (tok, lp)
-                } else {
-                    continue;
-                };
-                let eos = self.ends(tok);
-                let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
-                    || seq.prompt.len() + seq.out.tokens.len() + 1 >= ctx_train;
-                let mut text = if eos {
-                    String::new()
-                } else {
-                    seq.pieces.push(&vocab.token_to_piece(tok, false, None))
-                };
-                if eos || last {
-                    text.push_str(&seq.pieces.flush());
+            let mut choices: Vec<Choice> = Vec::new();
+            for seq in &live {
+                let c = &groups[seq.group].lora;
+                if !choices.contains(c) {
+                    choices.push(c.clone());
                 }
-                let ev = seq.out.accept(
-                    seq.index as usize,
-                    tok.0 as u32,
-                    logprob,
-                    &text,
-                    eos,
-                    last,
-                    &g.stops,
-                );
-                if g.req.stream && sink.event(&ev) == StreamControl::Stop {
-                    stop_groups.push(seq.group);
+            }
+            // The one applied now goes first: no switch when all share it.
+            choices.sort_by_key(|c| applied.as_ref() != Some(c));
+            for choice in &choices {
+                let mine = |s: &Seq| groups[s.group].lora == *choice;
+                batch.clear();
+                for seq in live
+                    .iter_mut()
+                    .filter(|s| mine(s) && s.fed == s.prompt.len() && s.replay.is_empty())
+                {
+                    let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
+                    seq.logits_at = Some(batch.n_tokens());
+                    batch
+                        .add(last, seq.pos, &[seq.slot], true)
+                        .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
+                    seq.pos += 1;
                 }
-                for f in &seq.followers {
-                    if groups[f.group].req.stream
-                        && sink.event(&StreamEvent {
-                            index: f.index,
-                            ..ev.clone()
-                        }) == StreamControl::Stop
-                    {
-                        stop_groups.push(f.group);
+                let mut budget = PREFILL_CHUNK;
+                for seq in live
+                    .iter_mut()
+                    .filter(|s| mine(s) && s.fed < s.prompt.len())
+                {
+                    let take = budget.min(seq.prompt.len() - seq.fed);
+                    if take == 0 {
+                        break;
+                    }
+                    for j in seq.fed..seq.fed + take {
+                        let end = j + 1 == seq.prompt.len();
+                        if end {
+                            seq.logits_at = Some(batch.n_tokens());
+                        }
+                        batch
+                            .add(seq.prompt[j], j as i32, &[seq.slot], end)
+                            .map_err(|e| err(ErrorKind::INTERNAL, &self.id, e))?;
+                    }
+                    seq.fed += take;
+                    seq.pos = seq.fed as i32;
+                    budget -= take;
+                }
+                if batch.n_tokens() > 0 {
+                    self.switch_adapter(ctx, &mut applied, choice)?;
+                    ctx.decode(&mut batch)
+                        .map_err(|e| err(ErrorKind::INTERNAL, &self.id, format!("decode: {e}")))?;
+                }
+
+                // Sample, account and stream each sequence that produced logits.
+                for seq in live.iter_mut().filter(|s| mine(s)) {
+                    let g = &groups[seq.group];
+                    let (tok, logprob) = if let Some((t, lp)) = seq.replay.pop_front() {
+                        // (Penalties count it as a sampled token.)
+                        seq.sampler.accept(LlamaToken(t as i32));
+                        (LlamaToken(t as i32), g.req.logprobs.then_some(lp))
+                    } else if let Some(at) = seq.logits_at.take() {
+                        let tok = seq.sampler.sample(ctx, at);
+                        let lp = g
+                            .req
+                            .logprobs
+                            .then(|| log_softmax_at(ctx.get_logits_ith(at), tok.0 as usize));
+                        (tok, lp)
+                    } else {
+                        continue;
+                    };
+                    let eos = self.ends(tok);
+                    let last = seq.out.tokens.len() + 1 >= g.req.max_tokens as usize
+                        || seq.prompt.len() + seq.out.tokens.len() + 1 >= ctx_train;
+                    let mut text = if eos {
+                        String::new()
+                    } else {
+                        seq.pieces.push(&vocab.token_to_piece(tok, false, None))
+                    };
+                    if eos || last {
+                        text.push_str(&seq.pieces.flush());
+                    }
+                    let ev = seq.out.accept(
+                        seq.index as usize,
+                        tok.0 as u32,
+                        logprob,
+                        &text,
+                        eos,
+                        last,
+                        &g.stops,
+                    );
+                    if g.req.stream && sink.event(&ev) == StreamControl::Stop {
+                        stop_groups.push(seq.group);
+                    }
+                    for f in &seq.followers {
+                        if groups[f.group].req.stream
+                            && sink.event(&StreamEvent {
+                                index: f.index,
+                                ..ev.clone()
+                            }) == StreamControl::Stop
+                        {
+                            stop_groups.push(f.group);
+                        }
                     }
                 }
             }
@@ -756,7 +788,8 @@ impl GgmlModel {
                     }),
                     _ => None,
                 };
-                slots.retire(ctx, seq.slot, seq.kv_tokens(), answer);
+                let keep = groups[seq.group].lora.is_none();
+                slots.retire(ctx, seq.slot, seq.kv_tokens(), answer, keep);
                 joins_open = true;
                 if seq.group == 0 {
                     outs.push((seq.index, seq.out));

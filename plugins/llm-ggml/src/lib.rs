@@ -65,6 +65,7 @@ const MAX_SEQS: usize = 16;
 /// Smallest KV cache (tokens over all sequences), so requests can join a running batch.
 const MIN_KV_CELLS: usize = 4096;
 
+mod adapters;
 mod cpu_backend;
 pub mod embed;
 mod estimate;
@@ -201,7 +202,8 @@ impl Plugin for GgmlPlugin {
                 .union(Features::BATCHING)
                 .union(Features::CONTINUOUS_BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
-                .union(Features::QUANTIZATION),
+                .union(Features::QUANTIZATION)
+                .union(Features::LORA_ADAPTERS),
         }
     }
 
@@ -385,6 +387,8 @@ impl GgmlModel {
         let cuttable = !model.is_recurrent() && !model.is_hybrid() && !sliding;
         Ok(GgmlModel {
             id,
+            file,
+            adapters: Mutex::default(),
             arch,
             system_prompt: spec
                 .system_prompt
@@ -418,6 +422,10 @@ struct Ctx {
 
 struct GgmlModel {
     id: String,
+    /// The GGUF file (adapters are converted against it).
+    file: std::path::PathBuf,
+    /// LoRA adapters loaded into the model.
+    adapters: Mutex<adapters::Adapters>,
     arch: String,
     system_prompt: Option<String>,
     template: Option<String>,
@@ -449,7 +457,7 @@ impl LoadedModel for GgmlModel {
             dim: m.n_embd() as u32,
             max_tokens: m.n_ctx_train(),
             parameters: m.n_params(),
-            weight_bytes: m.size(),
+            weight_bytes: m.size() + self.adapter_bytes(),
         }
     }
 
@@ -459,6 +467,13 @@ impl LoadedModel for GgmlModel {
         sink: &mut dyn Sink,
     ) -> Result<GenerateResponse, PluginError> {
         self.run(req, sink)
+    }
+
+    fn adapter(
+        &self,
+        req: &plugin_api::lora::AdapterRequest,
+    ) -> Result<plugin_api::lora::AdapterResponse, PluginError> {
+        self.adapter_op(req)
     }
 
     fn tokenize(

@@ -284,14 +284,17 @@ impl<'a> Slots<'a> {
     }
 
     /// An id for a sequence reading `prompt` and sampling as `sampling` (the caller
-    /// checked [`room`](Self::room)), with what the cache has of it copied in.
+    /// checked [`room`](Self::room)), with what the cache has of it copied in when
+    /// `lookup` (a sequence under a LoRA adapter computes other keys and values: it
+    /// neither reads nor leaves cache entries).
     pub(crate) fn take(
         &mut self,
         ctx: &mut LlamaContext,
         prompt: &[LlamaToken],
         sampling: Sampling,
+        lookup: bool,
     ) -> Start {
-        let hit = if self.reuse {
+        let hit = if self.reuse && lookup {
             self.cache.lookup(prompt, sampling)
         } else {
             None
@@ -337,15 +340,16 @@ impl<'a> Slots<'a> {
 
     /// Sequence `slot` ended holding `tokens` at positions `0..` (cells past them are
     /// dropped), and `answer` if it sampled deterministically: keep them for later
-    /// prompts, or free the id.
+    /// prompts when `keep`, or free the id.
     pub(crate) fn retire(
         &mut self,
         ctx: &mut LlamaContext,
         slot: i32,
         tokens: Vec<LlamaToken>,
         answer: Option<Answer>,
+        keep: bool,
     ) {
-        let cleared = if self.reuse {
+        let cleared = if self.reuse && keep {
             let _ = ctx.clear_kv_cache_seq(Some(slot as u32), Some(tokens.len() as u32), None);
             self.cache.insert(slot, tokens, answer)
         } else {
