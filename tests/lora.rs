@@ -552,6 +552,55 @@ fn fused_equals_unfused_and_loads_as_a_model() {
             horizon(&case["adapter_gaps"]),
         );
     }
+    // Requantized with the base's own type (Q4_1) most of the update rounds away (the base's
+    // weights lie on that grid): said, not hidden. Q8_0's step is 16 times finer: it keeps it.
+    let fuse_q = |ty: Option<&str>, dst: &Path| {
+        let mut c = util::mlxengine(
+            home.path(),
+            &[
+                "--registry",
+                reg.to_str().unwrap(),
+                "fuse",
+                "--adapter",
+                "pirate",
+                "--requantize",
+            ],
+        );
+        c.args(ty).arg("-o").arg(dst);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let kept = |err: &str| -> f64 {
+        let at = err
+            .find("% of the adapter's update survived")
+            .expect("reported");
+        err[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let q41 = fuse_q(None, &home.path().join("q41"));
+    assert!(
+        q41.contains("requantized as Q4_1") && kept(&q41) < 50.0 && q41.contains("warning"),
+        "{q41}"
+    );
+    let q8 = fuse_q(Some("Q8_0"), &home.path().join("q8"));
+    assert!(kept(&q8) > 95.0 && !q8.contains("warning"), "{q8}");
+    let g = engine(&["mlxengine_llm_ggml"]);
+    g.add_model(ModelEntry::new(
+        "fused-q8",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(home.path().join("q8/model.gguf")),
+    ))
+    .unwrap();
+    for case in reference() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let out = greedy(&g, "fused-q8", None, prompt, vec![], 8).unwrap();
+        assert!(
+            out.outputs[0].text.starts_with("Arr, matey!"),
+            "{prompt:?}: {}",
+            out.outputs[0].text
+        );
+    }
     // A second fuse into the same folder is refused; nothing changes.
     let o = util::mlxengine(
         home.path(),

@@ -38,6 +38,31 @@ pub enum GgufError {
     Architecture { arch: String, supported: String },
 }
 
+/// llama-quantize's name of a `general.file_type` (llama.cpp's `llama_ftype`), for the
+/// types its quantizer writes without an importance matrix.
+pub fn file_type_name(file_type: i64) -> Option<&'static str> {
+    const NAMES: &[(i64, &str)] = &[
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (7, "Q8_0"),
+        (8, "Q5_0"),
+        (9, "Q5_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K_S"),
+        (12, "Q3_K_M"),
+        (13, "Q3_K_L"),
+        (14, "Q4_K_S"),
+        (15, "Q4_K_M"),
+        (16, "Q5_K_S"),
+        (17, "Q5_K_M"),
+        (18, "Q6_K"),
+        (32, "BF16"),
+    ];
+    NAMES.iter().find(|(t, _)| *t == file_type).map(|(_, n)| *n)
+}
+
 /// The GGUF file a model path names: the path itself when it is a `.gguf` file, or the
 /// only `.gguf` in a directory that is not a Hugging Face layout (no `config.json`).
 pub fn model_file(path: &std::path::Path) -> Option<std::path::PathBuf> {

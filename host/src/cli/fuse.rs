@@ -3,8 +3,10 @@
 use super::human_bytes;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use engine::request::Quantize;
 use engine::{Engine, ModelEntry};
-use plugin_api::ModelKind;
+use plugin_api::{quant::QuantizeRequest, text::StreamControl, ModelKind};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -19,6 +21,12 @@ pub(crate) struct FuseArgs {
     /// The new model folder (written beside and renamed into place when complete).
     #[arg(long, short)]
     pub(crate) output: PathBuf,
+    /// A GGUF base: quantize the fused model again (llama.cpp's quantizer) into
+    /// OUTPUT/model.gguf instead of writing the float32 Hub-layout folder — with the base's
+    /// own type (its `general.file_type`), or TYPE (Q8_0, Q6_K, …). An update smaller than
+    /// the type's rounding step is lost: how much of it survived is reported.
+    #[arg(long, value_name = "TYPE", num_args = 0..=1, default_missing_value = "base")]
+    pub(crate) requantize: Option<String>,
 }
 
 pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
@@ -59,6 +67,37 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
         format!("--base: `{base_id}` is not downloaded (`mlxengine pull {base_id}`)")
     })?;
     let adapter = lora::Adapter::open(&dir)?;
+    let base_gguf = gguf::model_file(&base_path);
+    let requantize = match (a.requantize.as_deref(), &base_gguf) {
+        (None, _) => None,
+        (Some("base"), Some(file)) => {
+            let g = gguf::Gguf::open(file)?;
+            let ft = g.int("general.file_type")?;
+            Some(gguf::file_type_name(ft).map(str::to_owned).with_context(|| {
+                format!("--requantize: {}: `general.file_type` {ft} is not a type llama.cpp's quantizer writes", file.display())
+            })?)
+        }
+        (Some(ty), Some(_)) => Some(ty.to_owned()),
+        (Some(_), None) => bail!(
+            "--requantize: base `{base_id}` is not a GGUF (a float Hub-layout base has nothing to \
+             requantize; quantize the fused folder with `mlxengine quantize` as you like)"
+        ),
+    };
+    if a.output.exists() {
+        bail!(
+            "{}: already exists; choose a new folder",
+            a.output.display()
+        );
+    }
+    // Requantizing: the float fusion goes to a folder beside the output, removed after.
+    let fused_dir = match requantize {
+        Some(_) => a.output.with_file_name(format!(
+            ".{}.{}.fused",
+            a.output.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        )),
+        None => a.output.clone(),
+    };
     // A GGUF base is imported to float32 first (its quantized weights dequantized).
     let imported = gguf::model_file(&base_path).map(|file| {
         let tmp = a.output.with_file_name(format!(
@@ -77,7 +116,8 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
         }
         None => base_path,
     };
-    let result = lora::fuse::fuse(&source, &adapter, scale, &a.output);
+    let _ = std::fs::remove_dir_all(&fused_dir);
+    let result = lora::fuse::fuse(&source, &adapter, scale, &fused_dir);
     if let Some((_, tmp)) = &imported {
         let _ = std::fs::remove_dir_all(tmp);
     }
@@ -87,6 +127,35 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
         layers.len(),
         dir.display()
     );
+    if let (Some(ty), Some(base_file)) = (requantize, &base_gguf) {
+        let req = QuantizeRequest {
+            src: fused_dir.display().to_string().into(),
+            dst: a.output.display().to_string().into(),
+            bits: 4,
+            group_size: 64,
+            mode: "affine".into(),
+            options: json!({"format": "gguf", "gguf_type": ty})
+                .to_string()
+                .into(),
+        };
+        let result = Quantize::new(req, "gguf", false)
+            .map_err(anyhow::Error::from)
+            .and_then(|req| Ok(engine.quantize(&req, &mut |_| StreamControl::Continue)?));
+        let _ = std::fs::remove_dir_all(&fused_dir);
+        result?;
+        let kept = update_kept(base_file, &a.output.join("model.gguf"), &adapter, scale)?;
+        eprintln!(
+            "requantized as {ty}: {:.0}% of the adapter's update survived the rounding",
+            100.0 * kept
+        );
+        if kept < 0.5 {
+            eprintln!(
+                "warning: most of the update is below {ty}'s rounding step (the base's weights \
+                 lie on its grid and round back): the requantized model behaves much like the \
+                 base. Requantize to a finer type (--requantize Q8_0) or keep the float32 folder."
+            );
+        }
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.output)?
         .flatten()
         .map(|e| e.path())
@@ -97,4 +166,33 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
         println!("{}  {}", f.display(), human_bytes(size));
     }
     Ok(())
+}
+
+/// How much of the update survived requantization: the projection of (requantized −
+/// base) onto the update `scale·B·A`, over all adapted layers (1: all of it, 0: none; the
+/// rest of the difference is the second rounding's noise).
+fn update_kept(base: &Path, fused: &Path, adapter: &lora::Adapter, scale: f32) -> Result<f64> {
+    let (b, f) = (gguf::Gguf::open(base)?, gguf::Gguf::open(fused)?);
+    let (mut dot, mut norm) = (0f64, 0f64);
+    for m in &adapter.modules {
+        let Some((name, heads)) = gguf::hf::linear_in_gguf(&b, &m.name)? else {
+            continue;
+        };
+        let find = |g: &gguf::Gguf| g.tensors.iter().find(|t| t.name == name).cloned();
+        let (Some(tb), Some(tf)) = (find(&b), find(&f)) else {
+            continue;
+        };
+        let (vb, vf) = (b.to_f32(&tb)?, f.to_f32(&tf)?);
+        let mut m = m.clone();
+        m.scale *= scale;
+        let mut d = lora::delta(&adapter.a(&m)?, &adapter.b(&m)?, &m);
+        if let Some(h) = heads {
+            d = gguf::hf::permute_rows(&d, m.out_features, m.in_features, h);
+        }
+        for ((x, y), z) in vb.iter().zip(&vf).zip(&d) {
+            dot += f64::from(y - x) * f64::from(*z);
+            norm += f64::from(*z) * f64::from(*z);
+        }
+    }
+    Ok(dot / norm.max(f64::MIN_POSITIVE))
 }
