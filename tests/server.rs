@@ -367,7 +367,11 @@ fn requests_with_different_adapters_share_one_base() {
             fixture.display().to_string()
         )
     };
-    std::fs::write(&registry, entry("pirate", 1.0) + &entry("pirate-half", 0.5)).unwrap();
+    std::fs::write(
+        &registry,
+        entry("pirate", 1.0) + &entry("pirate-half", 0.5) + &entry("pirate-late", 1.0),
+    )
+    .unwrap();
     let server = Server::start(&[
         "--registry",
         registry.to_str().unwrap(),

@@ -620,10 +620,10 @@ def scenario_lora():
                "What is the capital of France?"]
     kinds = [("pirate", None), (LLM, "pirate-half"), (LLM, None)]
 
-    def ask(model, adapter, prompt):
+    def ask(model, adapter, prompt, max_tokens=16):
         extra = {"adapter": adapter} if adapter else {}
         r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                           temperature=0, max_tokens=16, extra_body=extra)
+                                           temperature=0, max_tokens=max_tokens, extra_body=extra)
         return r.model, r.choices[0].message.content
 
     jobs = [(m, a, p) for p in prompts for (m, a) in kinds]
@@ -669,6 +669,15 @@ def scenario_lora():
     ids = {a["id"]: a for a in body["data"]}
     assert ids["pirate"]["loaded"] and ids["pirate-half"]["loaded"] and not ids["pirate-2"]["loaded"], ids
     assert ids["pirate"]["loaded_on"] == [LLM], ids
+
+    # An adapter nobody used yet, asked for while a long base request runs: it waits for
+    # the running batch to end, loads, and answers (it is not refused as "not loaded").
+    long = threading.Thread(target=ask, args=(LLM, None, "Count from 1 to 200.", 200))
+    long.start()
+    time.sleep(0.5)
+    _, late = ask("pirate-late", None, prompts[1])
+    long.join()
+    assert pirate(late), late
 
     # Errors name the adapter; the base serves on after each.
     def status_of(body_):

@@ -186,7 +186,9 @@ impl Scheduler {
             let mut sink = BatchSink {
                 sched: self,
                 worker: w,
+                model: &m,
                 continuous,
+                draining: false,
                 next: 0,
                 active: Vec::new(),
             };
@@ -233,7 +235,12 @@ struct Active {
 struct BatchSink<'a> {
     sched: &'a Scheduler,
     worker: &'a Worker,
+    /// The model the call runs on.
+    model: &'a engine::LoadedModel,
     continuous: bool,
+    /// A queued request needs an adapter the model has not loaded: no more joins, so the
+    /// call ends and the worker loads it (a plugin loads adapters between calls).
+    draining: bool,
     next: u32,
     active: Vec<Active>,
 }
@@ -306,12 +313,20 @@ impl GenerateSink for BatchSink<'_> {
     }
 
     fn poll_join(&mut self) -> Option<Generate> {
-        if !self.continuous || self.sched.stop_all.load(Ordering::Relaxed) {
+        if !self.continuous || self.draining || self.sched.stop_all.load(Ordering::Relaxed) {
             return None;
         }
         let job = {
             let mut queue = lock(&self.worker.queue);
-            self.sched.next_job(self.worker, &mut queue)?
+            let job = self.sched.next_job(self.worker, &mut queue)?;
+            let held = self.model.adapters();
+            if job.req.adapters().iter().any(|a| !held.contains_key(&a.id)) {
+                queue.push_front(job);
+                self.sched.metrics.queue(&self.worker.model, 1.0);
+                self.draining = true;
+                return None;
+            }
+            job
         };
         let req = job.req.clone();
         self.start(job);
