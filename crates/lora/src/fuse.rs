@@ -3,7 +3,7 @@
 //! names, each tensor in its stored dtype; `config.json`, tokenizer and the other files
 //! copied) that transformers, mlx-lm and this engine load like the base.
 
-use crate::{invalid, io, Adapter, LoraError};
+use crate::{invalid, io, to_f32, Adapter, LoraError};
 use memmap2::Mmap;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::{
@@ -157,24 +157,6 @@ fn fuse_file(
         .collect();
     safetensors::serialize_to_file(views, meta.metadata().clone(), dst).map_err(|e| io(dst, e))?;
     Ok(fused)
-}
-
-fn to_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
 }
 
 fn from_f32(dtype: Dtype, v: &[f32]) -> Vec<u8> {

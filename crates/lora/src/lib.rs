@@ -151,27 +151,12 @@ impl Adapter {
 
     /// Values of `f` as a (rows, cols) row-major matrix.
     fn values(&self, f: &Factor, rows: usize, cols: usize) -> Result<Vec<f32>, LoraError> {
-        let raw = &self.map[f.range.clone()];
-        let v: Vec<f32> = match f.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(invalid(
-                    &self.file,
-                    format!("tensor `{}`: dtype {other:?}", f.tensor),
-                ))
-            }
-        };
+        let v = to_f32(f.dtype, &self.map[f.range.clone()]).ok_or_else(|| {
+            invalid(
+                &self.file,
+                format!("tensor `{}`: dtype {:?}", f.tensor, f.dtype),
+            )
+        })?;
         if !f.transposed {
             return Ok(v);
         }
@@ -347,6 +332,25 @@ fn read_modules(
         });
     }
     Ok(modules)
+}
+
+/// Little-endian float32/float16/bfloat16 bytes as float32 (`None` for other dtypes).
+pub(crate) fn to_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }
 
 /// `scale · B·A` (out, in) row-major: the update a layer's weight gets when fused.

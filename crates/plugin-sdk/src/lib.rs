@@ -170,6 +170,37 @@ pub fn adapters_of(req: &GenerateRequest) -> Result<Vec<AdapterChoice>, PluginEr
         .collect()
 }
 
+/// `choices` resolved against the adapters a model has loaded, in order: each adapter and
+/// its scale for this request (`load_scale` of it when the request names none), those at
+/// scale 0 left out. An adapter not loaded is an error (the message, for the plugin's own
+/// error type) naming what is.
+pub fn resolve_adapters<'a, T>(
+    choices: &[AdapterChoice],
+    loaded: &'a std::collections::BTreeMap<String, T>,
+    load_scale: impl Fn(&T) -> f32,
+) -> Result<Vec<(&'a str, &'a T, f32)>, String> {
+    let mut live = Vec::with_capacity(choices.len());
+    for c in choices {
+        let Some((name, a)) = loaded.get_key_value(&c.name) else {
+            let names: Vec<&str> = loaded.keys().map(String::as_str).collect();
+            return Err(format!(
+                "adapter `{}` is not loaded on this model (loaded: {})",
+                c.name,
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        };
+        let scale = c.scale.unwrap_or_else(|| load_scale(a));
+        if scale != 0.0 {
+            live.push((name.as_str(), a, scale));
+        }
+    }
+    Ok(live)
+}
+
 /// The plugin's side of the host's `TokenSink`, in plain Rust.
 pub trait Sink {
     /// A stream event; [`StreamControl::Stop`] cancels the event's request.

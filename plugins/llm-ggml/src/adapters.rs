@@ -57,29 +57,12 @@ impl GgmlModel {
     pub(crate) fn adapter_choice(&self, req: &GenerateRequest) -> Result<Choice, PluginError> {
         let choices = plugin_sdk::adapters_of(req)?;
         let loaded = self.adapters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut live = Vec::new();
-        for c in choices {
-            let a = loaded.0.get(&c.name).ok_or_else(|| {
-                let names: Vec<&str> = loaded.0.keys().map(String::as_str).collect();
-                err(
-                    ErrorKind::INVALID_REQUEST,
-                    &self.id,
-                    format!(
-                        "adapter `{}` is not loaded on this model (loaded: {})",
-                        c.name,
-                        if names.is_empty() {
-                            "none".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                )
-            })?;
-            let scale = c.scale.unwrap_or(a.scale);
-            if scale != 0.0 {
-                live.push((c.name, scale));
-            }
-        }
+        let mut live: Vec<(String, f32)> =
+            plugin_sdk::resolve_adapters(&choices, &loaded.0, |a| a.scale)
+                .map_err(|m| err(ErrorKind::INVALID_REQUEST, &self.id, m))?
+                .into_iter()
+                .map(|(name, _, scale)| (name.to_owned(), scale))
+                .collect();
         if live.len() > 1 {
             return Err(err(
                 ErrorKind::UNSUPPORTED,

@@ -120,28 +120,11 @@ impl Adapters {
         model: &mut dyn CausalLm,
         choices: &[AdapterChoice],
     ) -> Result<(), LlmError> {
-        let mut picked = Vec::with_capacity(choices.len());
-        for c in choices {
-            let ad = self.loaded.get(&c.name).ok_or_else(|| {
-                let names: Vec<&str> = self.loaded.keys().map(String::as_str).collect();
-                LlmError::Request(format!(
-                    "adapter `{}` is not loaded on this model (loaded: {})",
-                    c.name,
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ))
-            })?;
-            let scale = c.scale.unwrap_or(ad.scale);
-            if scale != 0.0 {
-                picked.push((ad, scale));
-            }
-        }
+        let picked = plugin_sdk::resolve_adapters(choices, &self.loaded, |a| a.scale)
+            .map_err(LlmError::Request)?;
         for l in model.linears_mut() {
             l.lora.clear();
-            for (ad, scale) in &picked {
+            for (_, ad, scale) in &picked {
                 if let Some(f) = ad.layers.get(&l.name) {
                     let b = if *scale == 1.0 {
                         f.b.clone()
