@@ -623,3 +623,206 @@ fn fused_equals_unfused_and_loads_as_a_model() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Every tensor of a safetensors folder: name → (dtype, shape, bytes).
+fn tensors_of(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let bytes = std::fs::read(&p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (n, v) in st.tensors() {
+                let t = (
+                    format!("{:?}", v.dtype()),
+                    v.shape().to_vec(),
+                    v.data().to_vec(),
+                );
+                out.insert(n, t);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fusing_into_an_mlx_quantized_base_keeps_its_settings() {
+    let home = tempfile::tempdir().unwrap();
+    let reg = home.path().join("q.toml");
+    let run = |args: &[&str]| {
+        let o = util::mlxengine(home.path(), args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.success(), err)
+    };
+    let kept = |err: &str| -> f64 {
+        let at = err
+            .find("% of the adapter's update survived")
+            .expect("reported");
+        err[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let gguf = util::smollm2_q4_1();
+    let mut toml = String::new();
+    // 8-bit affine (float32 scales), mlx-lm's mixed 3/6-bit recipe in bfloat16 (per-layer
+    // settings in the config), mxfp4 (byte scales, no biases).
+    let bases: [(&str, &[&str]); 3] = [
+        ("q8", &["--bits", "8"]),
+        ("q36", &["--recipe", "mixed_3_6", "--dtype", "bfloat16"]),
+        (
+            "fp4",
+            &["--mode", "mxfp4", "--bits", "4", "--group-size", "32"],
+        ),
+    ];
+    for (id, opts) in bases {
+        let dir = home.path().join(id);
+        let mut args = vec![
+            "quantize",
+            gguf.to_str().unwrap(),
+            "-q",
+            "-o",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(opts);
+        let (ok, err) = run(&args);
+        assert!(ok, "{err}");
+        toml += &format!(
+            "[[models]]\nid = \"{id}\"\nkind = \"llm\"\narchitecture = \"llama\"\nsource = {{ path = {:?} }}\n\n",
+            dir.display().to_string()
+        );
+    }
+    std::fs::write(&reg, &toml).unwrap();
+    let fixture = fixture();
+    let adapted: Vec<String> = lora::Adapter::open(&fixture)
+        .unwrap()
+        .modules
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    let mut report = std::collections::HashMap::new();
+    for (id, _) in bases {
+        let (base, out) = (
+            home.path().join(id),
+            home.path().join(format!("{id}-pirate")),
+        );
+        let (ok, err) = run(&[
+            "--registry",
+            reg.to_str().unwrap(),
+            "fuse",
+            "--adapter",
+            fixture.to_str().unwrap(),
+            "--base",
+            id,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{id}: {err}");
+        assert!(err.contains("fused 120 layers"), "{id}: {err}");
+        // The same settings: config.json as it was; every tensor of a layer the adapter
+        // does not touch byte for byte the base's; the adapted ones in the same dtype and
+        // shape, packed anew.
+        assert_eq!(
+            std::fs::read(base.join("config.json")).unwrap(),
+            std::fs::read(out.join("config.json")).unwrap(),
+            "{id}"
+        );
+        let (b, f) = (tensors_of(&base), tensors_of(&out));
+        assert_eq!(
+            b.keys().collect::<Vec<_>>(),
+            f.keys().collect::<Vec<_>>(),
+            "{id}"
+        );
+        let mut changed = 0;
+        for (name, (dt, shape, bytes)) in &b {
+            let (dt2, shape2, bytes2) = &f[name];
+            assert_eq!((dt, shape), (dt2, shape2), "{id}: `{name}`");
+            let layer = name.rsplit_once('.').unwrap().0;
+            if adapted.iter().any(|a| a == layer) {
+                changed += usize::from(bytes != bytes2);
+            } else {
+                assert!(bytes == bytes2, "{id}: `{name}` changed");
+            }
+        }
+        assert!(changed >= 120, "{id}: {changed} adapted tensors changed");
+        report.insert(id, (kept(&err), err));
+        toml += &format!(
+            "[[models]]\nid = \"{id}-pirate\"\nkind = \"llm\"\narchitecture = \"llama\"\nsource = {{ path = {:?} }}\n\n",
+            out.display().to_string()
+        );
+    }
+    // At 8 bits the rounding step is 16 times finer than at 4, and the whole update
+    // survives: the fused model answers as the adapter does (the opening's gaps are ≥ 9.6
+    // logits in the reference, far beyond 8-bit rounding of the weights).
+    let (q8, err) = &report["q8"];
+    assert!(*q8 > 90.0 && !err.contains("warning"), "{err}");
+    let e = engine(&["mlxengine_llm"]);
+    e.add_model(ModelEntry::new(
+        "q8-pirate",
+        ModelKind::LLM,
+        "llama",
+        Source::Path(home.path().join("q8-pirate")),
+    ))
+    .unwrap();
+    for case in reference() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let out = greedy(&e, "q8-pirate", None, prompt, vec![], 8).unwrap();
+        assert!(
+            out.outputs[0].text.starts_with("Arr, matey!"),
+            "{prompt:?}: {}",
+            out.outputs[0].text
+        );
+    }
+    // At 3-4 bits most of this adapter's update is below half a step of the base's grid
+    // and rounds back: reported with a warning, as for GGUF's Q4_1.
+    for id in ["q36", "fp4"] {
+        let (k, err) = &report[id];
+        assert!(*k < 50.0 && err.contains("warning"), "{id}: {err}");
+    }
+    // Refused by name, nothing written: an adapter of other shapes, a GGUF type.
+    let t = home.path().join("other");
+    let p = "base_model.model.model.layers.0.self_attn.q_proj";
+    write_peft(
+        &t,
+        r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16}"#,
+        &[
+            (&format!("{p}.lora_A.weight"), vec![8, 896]),
+            (&format!("{p}.lora_B.weight"), vec![896, 8]),
+        ],
+    );
+    let bad = home.path().join("bad");
+    let (ok, err) = run(&[
+        "--registry",
+        reg.to_str().unwrap(),
+        "fuse",
+        "--adapter",
+        t.to_str().unwrap(),
+        "--base",
+        "q8",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("model.layers.0.self_attn.q_proj") && err.contains("896"),
+        "{err}"
+    );
+    let (ok, err) = run(&[
+        "--registry",
+        reg.to_str().unwrap(),
+        "fuse",
+        "--adapter",
+        fixture.to_str().unwrap(),
+        "--base",
+        "q8",
+        "--requantize",
+        "Q8_0",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("MLX-quantized"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n != "bad" && !n.contains("partial")),
+        "{names:?}"
+    );
+}

@@ -3,7 +3,7 @@
 //! (`adapter_config.json` + `adapters.safetensors`) read into one form — per adapted
 //! linear layer its rank, shapes, scale and low-rank factors — checked against a base
 //! model's layers, written as llama.cpp's GGUF LoRA ([`to_gguf`]), or merged into a
-//! Hub-layout model ([`fuse`]).
+//! Hub-layout model ([`fuse`]; MLX-quantized layers read back by [`packed`]).
 //!
 //! The update of a layer `y = x·Wᵀ` is `y + scale · (x·Aᵀ)·Bᵀ`, with `A` (rank, in) and
 //! `B` (out, rank) in PEFT's orientation whatever the file's; `scale` is PEFT's
@@ -15,6 +15,7 @@
 
 mod config;
 pub mod fuse;
+pub mod packed;
 pub mod to_gguf;
 
 pub use config::Format;

@@ -68,6 +68,19 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
     })?;
     let adapter = lora::Adapter::open(&dir)?;
     let base_gguf = gguf::model_file(&base_path);
+    if base_gguf.is_none() {
+        if let Some(q) = mlx_quantization(&base_path)? {
+            if a.requantize.as_deref().is_some_and(|t| t != "base") {
+                bail!(
+                    "--requantize: `{base_id}` is MLX-quantized; its fused layers are packed \
+                     again with its own settings (a TYPE is for GGUF bases)"
+                );
+            }
+            return fuse_mlx_quantized(
+                engine, &base_id, &base_path, &dir, &adapter, scale, q, &a.output,
+            );
+        }
+    }
     let requantize = match (a.requantize.as_deref(), &base_gguf) {
         (None, _) => None,
         (Some("base"), Some(file)) => {
@@ -144,19 +157,96 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&fused_dir);
         result?;
         let kept = update_kept(base_file, &a.output.join("model.gguf"), &adapter, scale)?;
-        eprintln!(
-            "requantized as {ty}: {:.0}% of the adapter's update survived the rounding",
-            100.0 * kept
+        report_kept(
+            &format!("requantized as {ty}"),
+            kept,
+            "Requantize to a finer type (--requantize Q8_0) or keep the float32 folder.",
         );
-        if kept < 0.5 {
-            eprintln!(
-                "warning: most of the update is below {ty}'s rounding step (the base's weights \
-                 lie on its grid and round back): the requantized model behaves much like the \
-                 base. Requantize to a finer type (--requantize Q8_0) or keep the float32 folder."
-            );
-        }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.output)?
+    list_files(&a.output)
+}
+
+/// The `quantization` block's default (bits, group size, mode) where `dir` is an
+/// MLX-quantized model (mlx-lm's `config.json`).
+fn mlx_quantization(dir: &Path) -> Result<Option<(u32, u32, String)>> {
+    let file = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(None);
+    };
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    let Some(q) = cfg
+        .get("quantization")
+        .or_else(|| cfg.get("quantization_config"))
+    else {
+        return Ok(None);
+    };
+    let int = |k: &str, d: u64| q.get(k).and_then(serde_json::Value::as_u64).unwrap_or(d) as u32;
+    let mode = q.get("mode").and_then(|m| m.as_str()).unwrap_or("affine");
+    Ok(Some((
+        int("bits", 4),
+        int("group_size", 64),
+        mode.to_owned(),
+    )))
+}
+
+/// An MLX-quantized base: the quant plugin fuses each adapted layer and packs it again
+/// with the layer's own settings (the rest of the model copied as it is).
+#[allow(clippy::too_many_arguments)]
+fn fuse_mlx_quantized(
+    engine: &Engine,
+    base_id: &str,
+    base_path: &Path,
+    adapter_dir: &Path,
+    adapter: &lora::Adapter,
+    scale: f32,
+    (bits, group_size, mode): (u32, u32, String),
+    output: &Path,
+) -> Result<()> {
+    let req = QuantizeRequest {
+        src: base_path.display().to_string().into(),
+        dst: output.display().to_string().into(),
+        bits,
+        group_size,
+        mode: mode.clone().into(),
+        options: json!({"fuse": {"adapter": adapter_dir.display().to_string(), "scale": scale}})
+            .to_string()
+            .into(),
+    };
+    let req = Quantize::new(req, "mlx", false)?;
+    let report = engine.quantize(&req, &mut |_| StreamControl::Continue)?;
+    eprintln!(
+        "fused {} layers of {} (scale {scale}) into {base_id}, each packed again with its own \
+         settings ({bits} bits, group {group_size}, {mode} unless the config says otherwise)",
+        report.tensors_quantized,
+        adapter_dir.display()
+    );
+    let kept = lora::fuse::Kept::of_folders(base_path, output, adapter, scale)?.fraction();
+    report_kept(
+        "requantized",
+        kept,
+        "Fuse into a finer quantization of the float original (more bits or a smaller group), \
+         or serve the adapter unfused (--adapter).",
+    );
+    list_files(output)
+}
+
+fn report_kept(what: &str, kept: f64, advice: &str) {
+    eprintln!(
+        "{what}: {:.0}% of the adapter's update survived the rounding",
+        100.0 * kept
+    );
+    if kept < 0.5 {
+        eprintln!(
+            "warning: most of the update is below the rounding step (the base's weights lie \
+             on its grid and round back): the requantized model behaves much like the base. \
+             {advice}"
+        );
+    }
+}
+
+fn list_files(dir: &Path) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
         .collect();
@@ -173,7 +263,7 @@ pub(crate) fn cmd_fuse(engine: &Engine, a: &FuseArgs) -> Result<()> {
 /// rest of the difference is the second rounding's noise).
 fn update_kept(base: &Path, fused: &Path, adapter: &lora::Adapter, scale: f32) -> Result<f64> {
     let (b, f) = (gguf::Gguf::open(base)?, gguf::Gguf::open(fused)?);
-    let (mut dot, mut norm) = (0f64, 0f64);
+    let mut kept = lora::fuse::Kept::default();
     for m in &adapter.modules {
         let Some((name, heads)) = gguf::hf::linear_in_gguf(&b, &m.name)? else {
             continue;
@@ -189,10 +279,7 @@ fn update_kept(base: &Path, fused: &Path, adapter: &lora::Adapter, scale: f32) -
         if let Some(h) = heads {
             d = gguf::hf::permute_rows(&d, m.out_features, m.in_features, h);
         }
-        for ((x, y), z) in vb.iter().zip(&vf).zip(&d) {
-            dot += f64::from(y - x) * f64::from(*z);
-            norm += f64::from(*z) * f64::from(*z);
-        }
+        kept.add(&vb, &vf, &d);
     }
-    Ok(dot / norm.max(f64::MIN_POSITIVE))
+    Ok(kept.fraction())
 }

@@ -39,6 +39,14 @@ pub fn convert(
         "" => Options::default(),
         s => serde_json::from_str(s).map_err(|e| invalid(format!("options: {e}")))?,
     };
+    if let Some(f) = &opts.fuse {
+        if opts.recipe.is_some() || !opts.layers.is_empty() || opts.dtype.is_some() {
+            return Err(invalid(
+                "options: `fuse` keeps the base's own quantization (no recipe, layers or dtype)",
+            ));
+        }
+        return crate::fuse::fuse(req, f, progress);
+    }
     let mode = match req.mode.as_str() {
         "" => QuantMode::Affine,
         m => QuantMode::parse(m).ok_or_else(|| {

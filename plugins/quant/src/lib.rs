@@ -7,6 +7,7 @@
 //! place when the call succeeds; the plugin only writes into it.
 
 mod convert;
+mod fuse;
 pub mod plan;
 mod source;
 mod writer;
@@ -56,7 +57,16 @@ impl Plugin for QuantPlugin {
         if target != FORMAT {
             return probe(0, format!("writes `{FORMAT}` checkpoints, not `{target}`"));
         }
-        match source::Source::open(std::path::Path::new(m.path.as_str())) {
+        let path = std::path::Path::new(m.path.as_str());
+        let fusing = serde_json::from_str::<serde_json::Value>(m.options.as_str())
+            .is_ok_and(|o| o.get("fuse").is_some());
+        if fusing {
+            return match fuse::quant_config(path) {
+                Ok(_) => probe(100, "fuses adapters into MLX-quantized models".into()),
+                Err(e) => probe(0, e),
+            };
+        }
+        match source::Source::open(path) {
             Ok(_) => probe(100, "MLX affine quantization into mlx-lm's format".into()),
             Err(e) => probe(0, e),
         }

@@ -52,6 +52,10 @@ pub struct Options {
     /// llama.cpp type for GGUF output (read by the ggml plugin, not here).
     #[serde(default)]
     pub gguf_type: Option<String>,
+    /// Fuse a LoRA adapter into the MLX-quantized source with its own settings instead
+    /// of quantizing (what `mlxengine fuse` asks for such a base).
+    #[serde(default)]
+    pub fuse: Option<crate::fuse::FuseOptions>,
 }
 
 /// mlx-lm's mixed recipes: (low bits, high bits).

@@ -237,7 +237,7 @@ fn mmap(f: &Path) -> Result<memmap2::Mmap, String> {
 }
 
 /// A safetensors view as an MLX array of its own float type.
-fn to_array(v: &safetensors::tensor::TensorView<'_>) -> Result<Array, String> {
+pub(crate) fn to_array(v: &safetensors::tensor::TensorView<'_>) -> Result<Array, String> {
     let shape: Vec<i32> = v.shape().iter().map(|d| *d as i32).collect();
     let b = v.data();
     Ok(match v.dtype() {

@@ -166,7 +166,7 @@ impl ShardWriter {
 }
 
 /// The safetensors dtype name and the bytes of an evaluated, row-major array.
-fn raw(a: &Array) -> Option<(&'static str, &[u8])> {
+pub(crate) fn raw(a: &Array) -> Option<(&'static str, &[u8])> {
     fn bytes<T>(s: &[T]) -> &[u8] {
         // SAFETY: plain numeric types without padding; the length is the slice's.
         unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), std::mem::size_of_val(s)) }
