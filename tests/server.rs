@@ -345,6 +345,48 @@ fn identical_greedy_requests_at_once_get_one_answer() {
 }
 
 #[test]
+fn preloaded_mlx_models_serve_from_their_worker() {
+    // `--preload` loads on a blocking thread; the model's worker serves it from another.
+    // MLX streams belong to a thread: weights left lazy at load (a safetensors read, a
+    // cast) failed every request with "There is no Stream(cpu, 0) in current thread".
+    // An MLX checkpoint (safetensors: only the MLX provider serves it).
+    let dir = tempfile::tempdir().unwrap();
+    let q8 = dir.path().join("q8");
+    let gguf = engine::paths::models_dir().join("smollm2-135m-instruct");
+    let o = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args([
+            "quantize",
+            gguf.to_str().unwrap(),
+            "-q",
+            "--bits",
+            "8",
+            "-o",
+        ])
+        .arg(&q8)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let registry = dir.path().join("mlx.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "[[models]]\nid = \"smollm2-q8\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
+             source = {{ path = {:?} }}\n",
+            q8.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--registry",
+        registry.to_str().unwrap(),
+        "--preload",
+        "smollm2-q8",
+    ]);
+    let r = scenario(&server, "preloaded", &["smollm2-q8"], &[]);
+    eprintln!("preloaded: {r}");
+}
+
+#[test]
 fn requests_with_different_adapters_share_one_base() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -66,8 +66,8 @@ def sample(fams, family, sample_name=None, **labels):
     return total
 
 
-def chat_stream(messages, **kw):
-    stream = client.chat.completions.create(model=LLM, messages=messages, stream=True, **kw)
+def chat_stream(messages, model=LLM, **kw):
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **kw)
     text, finish, usage, roles = "", None, None, 0
     for chunk in stream:
         if chunk.usage is not None:
@@ -139,6 +139,23 @@ def scenario_api():
         "completion": cp.choices[0].text,
         "embedding": e.data[0].embedding,
     }))
+
+
+def scenario_preloaded():
+    """Every model in ARGS, loaded before the server listened (on another thread than
+    the worker that serves it), answers: chat plain and streamed alike, and a completion."""
+    out = {}
+    for model in ARGS:
+        msgs = [{"role": "user", "content": QUESTION}]
+        r = client.chat.completions.create(model=model, messages=msgs, temperature=0, max_tokens=8)
+        text = r.choices[0].message.content
+        assert text and r.usage.completion_tokens > 0, r
+        streamed, _, _, _ = chat_stream(msgs, model=model, temperature=0, max_tokens=8)
+        assert streamed == text, (streamed, text)
+        cp = client.completions.create(model=model, prompt="The capital of France is", temperature=0, max_tokens=4)
+        assert cp.choices[0].text, cp
+        out[model] = text
+    print(json.dumps(out))
 
 
 def scenario_errors():

@@ -107,6 +107,13 @@ impl Linear {
         }
     }
 
+    /// Every array it holds (weight, bias, quantization parameters; not the LoRA updates).
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut all = matrix_arrays(&self.weight, self.quantized.as_ref());
+        all.extend(&self.bias);
+        all
+    }
+
     /// Number of parameters (unpacked) and bytes held.
     pub fn sizes(&self) -> (u64, u64) {
         let (mut params, mut bytes) = matrix_sizes(&self.weight, self.quantized.as_ref());
@@ -162,10 +169,24 @@ impl Embedding {
             .map_or(self.weight.dtype(), |q| q.dtype)
     }
 
+    /// Every array it holds (rows and quantization parameters).
+    pub fn arrays(&self) -> Vec<&Array> {
+        matrix_arrays(&self.weight, self.quantized.as_ref())
+    }
+
     /// Number of parameters (unpacked) and bytes held.
     pub fn sizes(&self) -> (u64, u64) {
         matrix_sizes(&self.weight, self.quantized.as_ref())
     }
+}
+
+fn matrix_arrays<'a>(weight: &'a Array, q: Option<&'a Quantized>) -> Vec<&'a Array> {
+    let mut all = vec![weight];
+    if let Some(q) = q {
+        all.push(&q.scales);
+        all.extend(&q.biases);
+    }
+    all
 }
 
 /// Parameters (unpacked) and bytes of a weight matrix, full or packed with `q`.

@@ -187,6 +187,9 @@ fn finish(
     opts: LoadOptions,
 ) -> Result<Loaded, LlmError> {
     mlx_common::tokens::check_ids(&tokenizer.tokenizer, model.vocab_size(), tokenizer_file)?;
+    // Everything materialized here, on the loading thread's stream: the model is then
+    // plain data that any thread can serve.
+    mlx_rs::transforms::eval(model.parameters())?;
     for id in model.eos_ids() {
         if !tokenizer.eos_ids.contains(&id) {
             tokenizer.eos_ids.push(id);

@@ -370,6 +370,35 @@ impl CausalLm for Gemma3 {
         total
     }
 
+    fn parameters(&self) -> Vec<&Array> {
+        let mut all = self.embed.arrays();
+        for b in &self.blocks {
+            let (a, m) = (&b.attn, &b.mlp);
+            for l in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                all.extend(l.arrays());
+            }
+            all.extend([
+                &a.q_norm,
+                &a.k_norm,
+                &b.input_norm,
+                &b.post_attn_norm,
+                &b.pre_ff_norm,
+                &b.post_ff_norm,
+            ]);
+        }
+        all.push(&self.norm);
+        all.extend(self.global_rope.freqs.iter().chain(&self.local_rope.freqs));
+        all
+    }
+
     fn eos_ids(&self) -> Vec<u32> {
         self.c.eos_ids.clone()
     }

@@ -329,6 +329,32 @@ impl CausalLm for Llama {
         total
     }
 
+    fn parameters(&self) -> Vec<&Array> {
+        let mut all = self.embed.arrays();
+        for b in &self.blocks {
+            let (a, m) = (&b.attn, &b.mlp);
+            for l in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                all.extend(l.arrays());
+            }
+            if let Some((q, k, _)) = &a.qk_norm {
+                all.extend([q, k]);
+            }
+            all.extend([&b.input_norm, &b.post_attn_norm]);
+        }
+        all.extend(self.lm_head.iter().flat_map(Linear::arrays));
+        all.push(&self.norm);
+        all.extend(&self.rope.freqs);
+        all
+    }
+
     fn eos_ids(&self) -> Vec<u32> {
         self.config.eos_ids.clone()
     }

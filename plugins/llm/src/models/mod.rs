@@ -36,6 +36,11 @@ pub trait CausalLm: Send {
     fn max_context(&self) -> usize;
     /// (parameters, bytes) of the loaded weights.
     fn sizes(&self) -> (u64, u64);
+    /// Every array the model holds, for the loader to evaluate: MLX streams belong to a
+    /// thread, and a lazy weight (a `load_safetensors` read, a cast, Gemma's `1 + w`)
+    /// left for the first request would run on the loading thread's stream from
+    /// whichever thread serves it ("no Stream(cpu, 0) in current thread").
+    fn parameters(&self) -> Vec<&Array>;
     /// EOS ids from the config.
     fn eos_ids(&self) -> Vec<u32>;
     /// Every linear layer, for LoRA adapters to find by checkpoint name.
