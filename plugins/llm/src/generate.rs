@@ -53,6 +53,66 @@ pub fn prompt_ids(
     Ok(ids)
 }
 
+/// Whether every pick of `req` is the argmax of the raw logits (greedy, no penalties),
+/// which the device can make without the host.
+fn device_pickable(req: &GenerateRequest) -> bool {
+    let p = &req.sampling;
+    p.temperature <= 0.0
+        && (p.repetition_penalty == 1.0 || p.repetition_penalty <= 0.0)
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
+}
+
+/// One step's greedy picks on the device: each row's token and, when asked, its
+/// log-probability (the logit less the row's log-sum-exp, as the host sampler reports).
+struct DevicePick {
+    tokens: Array,
+    logprobs: Option<Array>,
+}
+
+fn device_pick(logits: &Array, vocab: usize, logprobs: bool) -> mlx_rs::error::Result<DevicePick> {
+    let b = logits.shape()[0];
+    let rows = logits.reshape(&[b, -1])?;
+    let rows = rows.index((.., ..(vocab as i32).min(rows.shape()[1])));
+    let rows = rows.as_dtype(Dtype::Float32)?;
+    let tokens = mlx_rs::ops::indexing::argmax_axis(&rows, -1, false)?.as_dtype(Dtype::Int32)?;
+    let logprobs = if logprobs {
+        let picked = rows.take_along_axis(&tokens.reshape(&[b, 1])?, -1)?;
+        Some(
+            picked
+                .subtract(rows.logsumexp_axis(-1, true)?)?
+                .reshape(&[b])?,
+        )
+    } else {
+        None
+    };
+    Ok(DevicePick { tokens, logprobs })
+}
+
+impl DevicePick {
+    fn arrays(&self) -> impl Iterator<Item = &Array> {
+        std::iter::once(&self.tokens).chain(&self.logprobs)
+    }
+
+    /// Wait for this step and hand its picks to the host.
+    fn read(&self, b: usize) -> mlx_rs::error::Result<Vec<(u32, f32)>> {
+        self.tokens.eval()?;
+        let tokens: &[i32] = self.tokens.as_slice();
+        let lps: Vec<f32> = match &self.logprobs {
+            Some(l) => {
+                l.eval()?;
+                l.as_slice().to_vec()
+            }
+            None => vec![0.0; b],
+        };
+        Ok(tokens
+            .iter()
+            .zip(lps)
+            .map(|(t, l)| (*t as u32, l))
+            .collect())
+    }
+}
+
 struct Seq {
     /// Prompt and generated tokens (repetition penalty context).
     context: Vec<u32>,
@@ -189,19 +249,55 @@ pub fn generate(
     let vocab = model.vocab_size();
     let mut cancelled = false;
 
+    // Greedy picks without penalties need nothing from the host: they are made on the
+    // device, and step t+1 is queued before the host waits for step t's token (mlx-lm's
+    // `generate_step` pipelining). The device takes the same argmax of the same float32
+    // logits (first index on ties), so the tokens are the host sampler's.
+    let on_device = device_pickable(req);
+    let mut pending = if on_device {
+        let p = device_pick(&logits, vocab, req.logprobs)?;
+        mlx_rs::transforms::async_eval(p.arrays())?;
+        Some(p)
+    } else {
+        None
+    };
     loop {
-        let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
-        host.eval()?;
-        let all: &[f32] = host.as_slice();
-        let width = all.len() / b;
+        let picks: Vec<(u32, f32)> = if let Some(now) = pending.take() {
+            let step = now.tokens.reshape(&[b as i32, 1])?;
+            let next = model.forward(
+                &step,
+                &mut cache,
+                &positions(&pads, cache_len, 1, lm.dtype)?,
+                false,
+            )?;
+            cache_len += 1;
+            let next = device_pick(&next, vocab, req.logprobs)?;
+            mlx_rs::transforms::async_eval(next.arrays())?;
+            pending = Some(next);
+            now.read(b)?
+        } else {
+            let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
+            host.eval()?;
+            let all: &[f32] = host.as_slice();
+            let width = all.len() / b;
+            seqs.iter_mut()
+                .enumerate()
+                .map(|(row, seq)| {
+                    if !seq.out.running() {
+                        return (0, 0.0);
+                    }
+                    let mut row_logits = all[row * width..row * width + vocab.min(width)].to_vec();
+                    seq.sampler.sample(&mut row_logits, &seq.context)
+                })
+                .collect()
+        };
         let mut next = vec![0i32; b];
         for (row, seq) in seqs.iter_mut().enumerate() {
             next[row] = seq.context.last().copied().unwrap_or(0) as i32;
             if !seq.out.running() {
                 continue;
             }
-            let mut row_logits = all[row * width..row * width + vocab.min(width)].to_vec();
-            let (token, logprob) = seq.sampler.sample(&mut row_logits, &seq.context);
+            let (token, logprob) = picks[row];
             first_token.get_or_insert_with(Instant::now);
             next[row] = token as i32;
             seq.context.push(token);
@@ -237,14 +333,20 @@ pub fn generate(
         if seqs.iter().all(|s| !s.out.running()) {
             break;
         }
-        let step = Array::from_slice(&next, &[b as i32, 1]);
-        logits = model.forward(
-            &step,
-            &mut cache,
-            &positions(&pads, cache_len, 1, lm.dtype)?,
-            false,
-        )?;
-        cache_len += 1;
+        if !on_device {
+            let step = Array::from_slice(&next, &[b as i32, 1]);
+            logits = model.forward(
+                &step,
+                &mut cache,
+                &positions(&pads, cache_len, 1, lm.dtype)?,
+                false,
+            )?;
+            cache_len += 1;
+        }
+    }
+    // A step queued past the end is still running: let it finish before its cache goes.
+    if let Some(p) = pending {
+        mlx_rs::transforms::eval(p.arrays())?;
     }
     drop(cache);
     let done = Instant::now();
