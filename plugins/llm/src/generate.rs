@@ -263,6 +263,9 @@ pub fn generate(
     };
     loop {
         let picks: Vec<(u32, f32)> = if let Some(now) = pending.take() {
+            // The first token is read before the next step is built: the time to it is
+            // what a user waits for, and the device has only its argmax to do.
+            let first = first_token.is_none().then(|| now.read(b)).transpose()?;
             let step = now.tokens.reshape(&[b as i32, 1])?;
             let next = model.forward(
                 &step,
@@ -274,7 +277,10 @@ pub fn generate(
             let next = device_pick(&next, vocab, req.logprobs)?;
             mlx_rs::transforms::async_eval(next.arrays())?;
             pending = Some(next);
-            now.read(b)?
+            match first {
+                Some(picks) => picks,
+                None => now.read(b)?,
+            }
         } else {
             let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
             host.eval()?;
