@@ -6,7 +6,7 @@ use crate::{
     error::LlmError,
     loader::Loaded,
     models::{KvCache, Positions},
-    sampling::Sampler,
+    sampling::{self, Sampler},
     tokenizer::{render_chat, StreamDecoder},
 };
 use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
@@ -53,16 +53,6 @@ pub fn prompt_ids(
     Ok(ids)
 }
 
-/// Whether every pick of `req` is the argmax of the raw logits (greedy, no penalties),
-/// which the device can make without the host.
-fn device_pickable(req: &GenerateRequest) -> bool {
-    let p = &req.sampling;
-    p.temperature <= 0.0
-        && (p.repetition_penalty == 1.0 || p.repetition_penalty <= 0.0)
-        && p.presence_penalty == 0.0
-        && p.frequency_penalty == 0.0
-}
-
 /// One step's greedy picks on the device: each row's token and, when asked, its
 /// log-probability (the logit less the row's log-sum-exp, as the host sampler reports).
 struct DevicePick {
@@ -95,7 +85,7 @@ impl DevicePick {
     }
 
     /// Wait for this step and hand its picks to the host.
-    fn read(&self, b: usize) -> mlx_rs::error::Result<Vec<(u32, f32)>> {
+    fn read(&self) -> mlx_rs::error::Result<Vec<(u32, f32)>> {
         self.tokens.eval()?;
         let tokens: &[i32] = self.tokens.as_slice();
         let lps: Vec<f32> = match &self.logprobs {
@@ -103,7 +93,7 @@ impl DevicePick {
                 l.eval()?;
                 l.as_slice().to_vec()
             }
-            None => vec![0.0; b],
+            None => vec![0.0; tokens.len()],
         };
         Ok(tokens
             .iter()
@@ -253,7 +243,18 @@ pub fn generate(
     // device, and step t+1 is queued before the host waits for step t's token (mlx-lm's
     // `generate_step` pipelining). The device takes the same argmax of the same float32
     // logits (first index on ties), so the tokens are the host sampler's.
-    let on_device = device_pickable(req);
+    let on_device = sampling::plain_argmax(&req.sampling);
+    // One decode step: `tokens` (B, 1) through the model at the next position.
+    let mut decode = |tokens: &Array, cache: &mut [KvCache]| {
+        let logits = model.forward(
+            tokens,
+            cache,
+            &positions(&pads, cache_len, 1, lm.dtype)?,
+            false,
+        );
+        cache_len += 1;
+        logits
+    };
     let mut pending = if on_device {
         let p = device_pick(&logits, vocab, req.logprobs)?;
         mlx_rs::transforms::async_eval(p.arrays())?;
@@ -265,21 +266,14 @@ pub fn generate(
         let picks: Vec<(u32, f32)> = if let Some(now) = pending.take() {
             // The first token is read before the next step is built: the time to it is
             // what a user waits for, and the device has only its argmax to do.
-            let first = first_token.is_none().then(|| now.read(b)).transpose()?;
-            let step = now.tokens.reshape(&[b as i32, 1])?;
-            let next = model.forward(
-                &step,
-                &mut cache,
-                &positions(&pads, cache_len, 1, lm.dtype)?,
-                false,
-            )?;
-            cache_len += 1;
+            let first = first_token.is_none().then(|| now.read()).transpose()?;
+            let next = decode(&now.tokens.reshape(&[b as i32, 1])?, &mut cache)?;
             let next = device_pick(&next, vocab, req.logprobs)?;
             mlx_rs::transforms::async_eval(next.arrays())?;
             pending = Some(next);
             match first {
                 Some(picks) => picks,
-                None => now.read(b)?,
+                None => now.read()?,
             }
         } else {
             let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
@@ -297,15 +291,12 @@ pub fn generate(
                 })
                 .collect()
         };
-        let mut next = vec![0i32; b];
         for (row, seq) in seqs.iter_mut().enumerate() {
-            next[row] = seq.context.last().copied().unwrap_or(0) as i32;
             if !seq.out.running() {
                 continue;
             }
             let (token, logprob) = picks[row];
             first_token.get_or_insert_with(Instant::now);
-            next[row] = token as i32;
             seq.context.push(token);
             let eos = lm.tokenizer.eos_ids.contains(&token);
             let last =
@@ -340,14 +331,12 @@ pub fn generate(
             break;
         }
         if !on_device {
-            let step = Array::from_slice(&next, &[b as i32, 1]);
-            logits = model.forward(
-                &step,
-                &mut cache,
-                &positions(&pads, cache_len, 1, lm.dtype)?,
-                false,
-            )?;
-            cache_len += 1;
+            // Each row's last token: the one just picked, or a finished row's last one.
+            let next: Vec<i32> = seqs
+                .iter()
+                .map(|s| s.context.last().copied().unwrap_or(0) as i32)
+                .collect();
+            logits = decode(&Array::from_slice(&next, &[b as i32, 1]), &mut cache)?;
         }
     }
     // A step queued past the end is still running: let it finish before its cache goes.

@@ -63,7 +63,7 @@ impl Sampler {
     /// under the penalised distribution before temperature).
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> (u32, f32) {
         let p = &self.params;
-        if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
+        if repeats_penalised(p) {
             let mut seen: Vec<u32> = context.to_vec();
             seen.sort_unstable();
             seen.dedup();
@@ -77,7 +77,7 @@ impl Sampler {
                 }
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        if counts_penalised(p) {
             for (&t, &n) in &self.counts {
                 if let Some(l) = logits.get_mut(t as usize) {
                     *l -= p.presence_penalty + p.frequency_penalty * n as f32;
@@ -134,6 +134,20 @@ impl Sampler {
         }
         cand[keep - 1].0
     }
+}
+
+/// Whether every pick under `p` is the argmax of the raw logits: greedy, and no penalty
+/// that [`Sampler::sample`] would apply first.
+pub fn plain_argmax(p: &SamplingParams) -> bool {
+    p.temperature <= 0.0 && !repeats_penalised(p) && !counts_penalised(p)
+}
+
+fn repeats_penalised(p: &SamplingParams) -> bool {
+    p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0
+}
+
+fn counts_penalised(p: &SamplingParams) -> bool {
+    p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
 }
 
 /// Index of the largest value (first on ties).
