@@ -151,6 +151,22 @@ struct Block {
     sliding: bool,
 }
 
+impl Block {
+    /// Its seven linear layers, attention then MLP.
+    fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+}
+
 /// The Gemma 3 text model.
 pub struct Gemma3 {
     c: Config,
@@ -352,16 +368,7 @@ impl CausalLm for Gemma3 {
     fn sizes(&self) -> (u64, u64) {
         let mut total = self.embed.sizes();
         for b in &self.blocks {
-            let a = &b.attn;
-            for l in [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &b.mlp.gate_proj,
-                &b.mlp.up_proj,
-                &b.mlp.down_proj,
-            ] {
+            for l in b.linears() {
                 let (p, n) = l.sizes();
                 total.0 += p;
                 total.1 += n;
@@ -373,21 +380,10 @@ impl CausalLm for Gemma3 {
     fn parameters(&self) -> Vec<&Array> {
         let mut all = self.embed.arrays();
         for b in &self.blocks {
-            let (a, m) = (&b.attn, &b.mlp);
-            for l in [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ] {
-                all.extend(l.arrays());
-            }
+            all.extend(b.linears().into_iter().flat_map(Linear::arrays));
             all.extend([
-                &a.q_norm,
-                &a.k_norm,
+                &b.attn.q_norm,
+                &b.attn.k_norm,
                 &b.input_norm,
                 &b.post_attn_norm,
                 &b.pre_ff_norm,

@@ -194,6 +194,22 @@ struct Block {
     post_attn_norm: Array,
 }
 
+impl Block {
+    /// Its seven linear layers, attention then MLP.
+    fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+}
+
 /// The Llama model.
 pub struct Llama {
     config: Config,
@@ -306,15 +322,7 @@ impl CausalLm for Llama {
             total.1 += b;
         };
         for blk in &self.blocks {
-            for l in [
-                &blk.attn.q_proj,
-                &blk.attn.k_proj,
-                &blk.attn.v_proj,
-                &blk.attn.o_proj,
-                &blk.mlp.gate_proj,
-                &blk.mlp.up_proj,
-                &blk.mlp.down_proj,
-            ] {
+            for l in blk.linears() {
                 add(l.sizes());
             }
             add((
@@ -332,19 +340,8 @@ impl CausalLm for Llama {
     fn parameters(&self) -> Vec<&Array> {
         let mut all = self.embed.arrays();
         for b in &self.blocks {
-            let (a, m) = (&b.attn, &b.mlp);
-            for l in [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ] {
-                all.extend(l.arrays());
-            }
-            if let Some((q, k, _)) = &a.qk_norm {
+            all.extend(b.linears().into_iter().flat_map(Linear::arrays));
+            if let Some((q, k, _)) = &b.attn.qk_norm {
                 all.extend([q, k]);
             }
             all.extend([&b.input_norm, &b.post_attn_norm]);
