@@ -4,7 +4,7 @@
 //! cargo run --release -p mlxengine-llm --example generate -- \
 //!     ~/.cache/mlxengine/models/smollm2-135m-instruct "What is the capital of France?"
 //! ```
-use mlxengine_llm::{generate::generate, load_options, loader};
+use mlxengine_llm::{generate::generate_alone, load_options, loader};
 use plugin_api::text::{ChatMessage, GenerateRequest, StreamControl, TextInput};
 use std::io::Write;
 
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream: true,
         ..Default::default()
     };
-    let out = generate(&lm, None, &req, &mut |ev| {
+    let out = generate_alone(&lm, &req, &mut |ev| {
         print!("{}", ev.text);
         let _ = std::io::stdout().flush();
         StreamControl::Continue

@@ -1,21 +1,33 @@
 //! The generation loop: prompts → tokens (chat template or raw), chunked prefill into the
-//! KV cache, then step-by-step decoding of every sequence of the batch together, with
-//! sampling, stop conditions, streaming and cancellation.
+//! KV cache (from the prompt cache's longest match when there is one), then step-by-step
+//! decoding of every sequence of the batch together, with sampling, stop conditions,
+//! streaming and cancellation — and requests that join the running batch between decode
+//! steps ([`crate::batch`]), each prefilled a chunk at a time so running rows keep going.
 
+pub use crate::batch::PREFILL_CHUNK;
 use crate::{
+    batch::{Batch, Group, Prefill, Row},
     error::LlmError,
     loader::Loaded,
-    models::{KvCache, Positions},
+    models::KvCache,
+    prompt_cache::PromptCache,
     sampling::{self, Sampler},
     tokenizer::{render_chat, StreamDecoder},
 };
-use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
-use plugin_api::text::{GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput};
-use std::time::Instant;
-use textgen::{cancel_running, SeqOutput, Timings};
+use plugin_api::{
+    text::{
+        FinishReason, GenerateRequest, GenerateResponse, StreamControl, StreamEvent, TextInput,
+    },
+    ErrorKind, PluginError,
+};
+use plugin_sdk::{AdapterChoice, Sink};
+use std::{collections::VecDeque, time::Instant};
+use textgen::{KvBudget, SeqOutput, Timings};
 
-/// Prompt tokens processed per forward pass during prefill.
-pub const PREFILL_CHUNK: usize = 512;
+/// Most rows decoded together once requests join (mlx-lm's server default).
+pub const MAX_ROWS: usize = 32;
+/// Most rows of joining requests read their prompts in one prefill (mlx-lm's default).
+pub const PREFILL_ROWS: usize = 8;
 
 /// Token ids of one input: chat messages through the model's template (with the default
 /// system prompt when the messages have none), or a raw prompt.
@@ -53,312 +65,392 @@ pub fn prompt_ids(
     Ok(ids)
 }
 
-/// One step's greedy picks on the device: each row's token and, when asked, its
-/// log-probability (the logit less the row's log-sum-exp, as the host sampler reports).
-struct DevicePick {
-    tokens: Array,
-    logprobs: Option<Array>,
+/// A request admitted to the call, waiting for its prefill.
+struct Admitted {
+    rows: Vec<Row>,
+    prompts: Vec<Vec<u32>>,
+    /// A prompt-cache hit (tokens reused, their KV): prefilled alone.
+    start: Option<(usize, Vec<KvCache>)>,
 }
 
-fn device_pick(logits: &Array, vocab: usize, logprobs: bool) -> mlx_rs::error::Result<DevicePick> {
-    let b = logits.shape()[0];
-    let rows = logits.reshape(&[b, -1])?;
-    let rows = rows.index((.., ..(vocab as i32).min(rows.shape()[1])));
-    let rows = rows.as_dtype(Dtype::Float32)?;
-    let tokens = mlx_rs::ops::indexing::argmax_axis(&rows, -1, false)?.as_dtype(Dtype::Int32)?;
-    let logprobs = if logprobs {
-        let picked = rows.take_along_axis(&tokens.reshape(&[b, 1])?, -1)?;
-        Some(
-            picked
-                .subtract(rows.logsumexp_axis(-1, true)?)?
-                .reshape(&[b])?,
-        )
-    } else {
-        None
-    };
-    Ok(DevicePick { tokens, logprobs })
+/// What a call needs to know besides its request: its model, the prompt cache it may
+/// use, the adapters applied for the whole call.
+pub struct Call<'a> {
+    pub lm: &'a Loaded,
+    pub prompt_cache: &'a mut PromptCache,
+    /// The model's `prompt_cache` setting.
+    pub cache_on: bool,
+    pub system_prompt: Option<&'a str>,
+    /// The adapters on the layers for this call: a request that applies others waits.
+    pub adapters: &'a [AdapterChoice],
 }
 
-impl DevicePick {
-    fn arrays(&self) -> impl Iterator<Item = &Array> {
-        std::iter::once(&self.tokens).chain(&self.logprobs)
-    }
+/// `choices` as the prompt cache keys entries: KV computed under other adapters differs.
+fn adapters_key(choices: &[AdapterChoice]) -> String {
+    choices
+        .iter()
+        .map(|c| format!("{}@{:?}", c.name, c.scale))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
-    /// Wait for this step and hand its picks to the host.
-    fn read(&self) -> mlx_rs::error::Result<Vec<(u32, f32)>> {
-        self.tokens.eval()?;
-        let tokens: &[i32] = self.tokens.as_slice();
-        let lps: Vec<f32> = match &self.logprobs {
-            Some(l) => {
-                l.eval()?;
-                l.as_slice().to_vec()
-            }
-            None => vec![0.0; tokens.len()],
-        };
-        Ok(tokens
+/// Whether `req` lets the prompt cache be used (the per-call opt-out).
+fn cache_allowed(req: &GenerateRequest) -> bool {
+    serde_json::from_str::<serde_json::Value>(req.options.as_str())
+        .ok()
+        .and_then(|o| o.get(plugin_api::text::PROMPT_CACHE_OPTION)?.as_bool())
+        != Some(false)
+}
+
+impl Call<'_> {
+    /// `req`'s rows (its inputs from `first` on), checked against this model.
+    fn admit(
+        &mut self,
+        req: &GenerateRequest,
+        group: usize,
+        first: u32,
+        seed: u64,
+        keep: bool,
+    ) -> Result<(Group, Admitted), LlmError> {
+        let lm = self.lm;
+        let prompts = req
+            .inputs
             .iter()
-            .zip(lps)
-            .map(|(t, l)| (*t as u32, l))
-            .collect())
-    }
-}
-
-struct Seq {
-    /// Prompt and generated tokens (repetition penalty context).
-    context: Vec<u32>,
-    decoder: StreamDecoder,
-    sampler: Sampler,
-    out: SeqOutput,
-}
-
-/// Additive attention mask (B, 1, L, S) for left-padded rows: a query sees keys at or
-/// after its row's padding and not after itself; padding queries see only themselves.
-fn padded_mask(pads: &[usize], q0: usize, l: usize, dtype: Dtype) -> mlx_rs::error::Result<Array> {
-    let s = q0 + l;
-    let mut m = vec![-1e9f32; pads.len() * l * s];
-    for (b, &pad) in pads.iter().enumerate() {
-        for i in 0..l {
-            let q = q0 + i;
-            let row = &mut m[(b * l + i) * s..(b * l + i + 1) * s];
-            if q < pad {
-                row[q] = 0.0;
-            } else {
-                row[pad..=q].iter_mut().for_each(|x| *x = 0.0);
-            }
+            .enumerate()
+            .map(|(i, input)| prompt_ids(lm, self.system_prompt, input, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(msg) =
+            textgen::context_overflow(prompts.iter().map(Vec::len), lm.model.max_context())
+        {
+            return Err(LlmError::ContextLength(msg));
         }
+        let mut rows = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut params = req.sampling.clone();
+                // Rows of a seeded batch get distinct but reproducible streams.
+                params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+                Row {
+                    index: first + i as u32,
+                    group,
+                    context: p.clone(),
+                    decoder: StreamDecoder::default(),
+                    sampler: Sampler::new(&params, seed.wrapping_add(u64::from(first) + i as u64)),
+                    out: SeqOutput::new(p.len()),
+                    cached: 0,
+                }
+            })
+            .collect::<Vec<_>>();
+        let start = match (keep, prompts.as_slice()) {
+            (true, [p]) => self.prompt_cache.lookup(&adapters_key(self.adapters), p),
+            _ => None,
+        };
+        if let Some((n, _)) = &start {
+            rows[0].cached = *n;
+        }
+        let g = Group {
+            stops: req
+                .stop
+                .iter()
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            max_tokens: req.max_tokens as usize,
+            stream: req.stream,
+            logprobs: req.logprobs,
+            plain: sampling::plain_argmax(&req.sampling),
+            keep,
+        };
+        Ok((
+            g,
+            Admitted {
+                rows,
+                prompts,
+                start,
+            },
+        ))
     }
-    Array::from_slice(&m, &[pads.len() as i32, 1, l as i32, s as i32]).as_dtype(dtype)
+
+    /// `need` cache positions over all rows, with room made in the prompt cache first.
+    fn fits(&mut self, budget: &KvBudget, need: usize, rows: usize) -> Result<(), String> {
+        budget.check(need, rows)?;
+        let spare = budget.max_tokens().saturating_sub(need);
+        if self.prompt_cache.tokens() > spare {
+            self.prompt_cache.shrink_to(spare);
+        }
+        Ok(())
+    }
 }
 
-fn positions(
-    pads: &[usize],
-    q0: usize,
-    l: usize,
-    dtype: Dtype,
-) -> mlx_rs::error::Result<Positions> {
-    if pads.iter().all(|p| *p == 0) {
-        return Ok(Positions::Shared(q0 as i32));
-    }
-    let offsets: Vec<i32> = pads.iter().map(|p| q0 as i32 - *p as i32).collect();
-    Ok(Positions::PerRow {
-        offsets: Array::from_slice(&offsets, &[pads.len() as i32]),
-        mask: padded_mask(pads, q0, l, dtype)?,
-    })
+/// Cache positions per row that `groups`' rows `rows` may reach after prompts of `prompts`
+/// tokens: the longest prompt plus the most tokens any of them generates, within the
+/// context, in whole steps of 256 (as the cache grows).
+fn extent(prompts: &[Vec<u32>], max_tokens: usize, ctx: usize) -> usize {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    (longest + max_tokens).min(ctx).div_ceil(256) * 256
 }
 
-/// Run a generation request on a loaded model.
+/// Run a generation request on a loaded model, and the requests that join it
+/// (`sink.poll_join`) while it runs.
 pub fn generate(
-    lm: &Loaded,
-    system_prompt: Option<&str>,
+    call: &mut Call<'_>,
     req: &GenerateRequest,
-    sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+    sink: &mut dyn Sink,
 ) -> Result<GenerateResponse, LlmError> {
     let started = Instant::now();
+    let lm = call.lm;
     // The host checked the request where it entered (`engine::request::Generate`: inputs,
     // max_tokens, sampling ranges); what is left needs this model's facts.
-    let model = lm.model.as_ref();
-    let ctx = model.max_context();
-    let prompts = req
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, input)| prompt_ids(lm, system_prompt, input, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx) {
-        return Err(LlmError::ContextLength(msg));
-    }
+    let ctx = lm.model.max_context();
+    let seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
+    let keep0 = call.cache_on && cache_allowed(req);
+    let (g0, own) = call.admit(req, 0, 0, seed, keep0)?;
+    let own_n = own.rows.len();
     // The batch is left-padded to its longest prompt, and each row's cache grows to
     // that plus max_tokens (capped by the context), in steps of 256.
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let per_seq = (longest + req.max_tokens as usize).min(ctx).div_ceil(256) * 256;
-    textgen::KvBudget::of(req.options.as_str(), lm.kv_token_bytes)
-        .check(per_seq.saturating_mul(prompts.len()), prompts.len())
-        .map_err(LlmError::OverBudget)?;
+    let budget = KvBudget::of(req.options.as_str(), lm.kv_token_bytes);
+    call.fits(
+        &budget,
+        extent(&own.prompts, g0.max_tokens, ctx) * own_n,
+        own_n,
+    )
+    .map_err(LlmError::OverBudget)?;
     let _ = mlx_rs::memory::reset_peak_memory();
-    let stops: Vec<String> = req
-        .stop
-        .iter()
-        .map(|s| s.to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let fallback_seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
-    let b = prompts.len();
-    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut seqs: Vec<Seq> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut params = req.sampling.clone();
-            // Rows of a seeded batch get distinct but reproducible streams.
-            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            Seq {
-                context: p.clone(),
-                decoder: StreamDecoder::default(),
-                sampler: Sampler::new(&params, fallback_seed.wrapping_add(i as u64)),
-                out: SeqOutput::new(p.len()),
-            }
-        })
-        .collect();
-
-    // Prefill, in chunks, left-padded.
-    let mut padded = vec![0i32; b * longest];
-    for (row, p) in prompts.iter().enumerate() {
-        for (j, t) in p.iter().enumerate() {
-            padded[row * longest + pads[row] + j] = *t as i32;
-        }
-    }
-    let ids = Array::from_slice(&padded, &[b as i32, longest as i32]);
-    let mut cache: Vec<KvCache> = (0..model.layers())
-        .map(|_| KvCache::new(lm.kv_store))
-        .collect();
-    let mut logits = None;
-    let mut q0 = 0;
-    let prefill_start = Instant::now();
-    while q0 < longest {
-        let l = PREFILL_CHUNK.min(longest - q0);
-        let chunk = ids.index((.., (q0 as i32)..((q0 + l) as i32)));
-        let out = model.forward(
-            &chunk,
-            &mut cache,
-            &positions(&pads, q0, l, lm.dtype)?,
-            false,
-        )?;
-        for c in &mut cache {
-            c.settle()?;
-        }
-        let mut to_eval: Vec<&Array> = cache.iter().flat_map(KvCache::state).collect();
-        to_eval.push(&out);
-        mlx_rs::transforms::eval(to_eval)?;
-        logits = Some(out);
-        q0 += l;
-    }
-    let mut logits = logits.expect("prompts are not empty");
-    let prefill_done = Instant::now();
+    let mut groups = vec![g0];
+    let mut admitted: VecDeque<Admitted> = VecDeque::from([own]);
+    let mut prefill: Option<Prefill> = None;
+    let mut batch: Option<Batch> = None;
+    let mut own_out: Vec<Option<SeqOutput>> = (0..own_n).map(|_| None).collect();
+    let mut next_index = own_n as u32;
+    let mut joins_open = true;
+    let mut prefill_s = 0.0;
     let mut first_token: Option<Instant> = None;
-    let mut cache_len = longest;
-    let vocab = model.vocab_size();
-    let mut cancelled = false;
+    let mut own_done: Option<Instant> = None;
+    let key = adapters_key(call.adapters);
+    let mut kept: Vec<mlx_rs::Array> = Vec::new();
 
-    // Greedy picks without penalties need nothing from the host: they are made on the
-    // device, and step t+1 is queued before the host waits for step t's token (mlx-lm's
-    // `generate_step` pipelining). The device takes the same argmax of the same float32
-    // logits (first index on ties), so the tokens are the host sampler's.
-    let on_device = sampling::plain_argmax(&req.sampling);
-    // One decode step: `tokens` (B, 1) through the model at the next position.
-    let mut decode = |tokens: &Array, cache: &mut [KvCache]| {
-        let logits = model.forward(
-            tokens,
-            cache,
-            &positions(&pads, cache_len, 1, lm.dtype)?,
-            false,
-        );
-        cache_len += 1;
-        logits
-    };
-    let mut pending = if on_device {
-        let p = device_pick(&logits, vocab, req.logprobs)?;
-        mlx_rs::transforms::async_eval(p.arrays())?;
-        Some(p)
-    } else {
-        None
-    };
     loop {
-        let picks: Vec<(u32, f32)> = if let Some(now) = pending.take() {
-            // The first token is read before the next step is built: the time to it is
-            // what a user waits for, and the device has only its argmax to do.
-            let first = first_token.is_none().then(|| now.read()).transpose()?;
-            let next = decode(&now.tokens.reshape(&[b as i32, 1])?, &mut cache)?;
-            let next = device_pick(&next, vocab, req.logprobs)?;
-            mlx_rs::transforms::async_eval(next.arrays())?;
-            pending = Some(next);
-            match first {
-                Some(picks) => picks,
-                None => now.read()?,
-            }
-        } else {
-            let host = logits.reshape(&[b as i32, -1])?.as_dtype(Dtype::Float32)?;
-            host.eval()?;
-            let all: &[f32] = host.as_slice();
-            let width = all.len() / b;
-            seqs.iter_mut()
-                .enumerate()
-                .map(|(row, seq)| {
-                    if !seq.out.running() {
-                        return (0, 0.0);
+        // Requests waiting at the host join while there is room.
+        let rows_now = batch.as_ref().map_or(0, |b| b.rows.len())
+            + prefill.as_ref().map_or(0, |p| p.rows.len())
+            + admitted.iter().map(|a| a.rows.len()).sum::<usize>();
+        let mut rows_now = rows_now;
+        while joins_open && rows_now < MAX_ROWS {
+            let Some(joined) = sink.poll_join() else {
+                break;
+            };
+            let keep = call.cache_on && cache_allowed(&joined);
+            let admitted_one = plugin_sdk::adapters_of(&joined)
+                .map_err(|e| e.message.to_string())
+                .and_then(|choices| {
+                    if choices != call.adapters {
+                        return Err(String::new());
                     }
-                    let mut row_logits = all[row * width..row * width + vocab.min(width)].to_vec();
-                    seq.sampler.sample(&mut row_logits, &seq.context)
-                })
-                .collect()
-        };
-        for (row, seq) in seqs.iter_mut().enumerate() {
-            if !seq.out.running() {
+                    Ok(())
+                });
+            let result: Result<(Group, Admitted), PluginError> = match admitted_one {
+                Err(msg) if msg.is_empty() => Err(PluginError::new(
+                    ErrorKind::RESOURCE_EXHAUSTED,
+                    "the running batch applies other adapters; the request runs after it",
+                )),
+                Err(msg) => Err(PluginError::new(ErrorKind::INVALID_REQUEST, msg)),
+                Ok(()) => call
+                    .admit(&joined, groups.len(), next_index, seed, keep)
+                    .map_err(PluginError::from)
+                    .and_then(|(g, a)| {
+                        // Every row at the longest extent among them, old and new.
+                        let n = rows_now + a.rows.len();
+                        let longest = batch.as_ref().map_or(0, |b| b.extent(&groups));
+                        let mine = extent(&a.prompts, g.max_tokens, ctx);
+                        let queued = admitted
+                            .iter()
+                            .map(|q| extent(&q.prompts, groups[q.rows[0].group].max_tokens, ctx))
+                            .chain(prefill.as_ref().map(|p| p.extent(&groups)))
+                            .max()
+                            .unwrap_or(0);
+                        let need = longest.max(mine).max(queued) * n;
+                        let b = KvBudget::of(joined.options.as_str(), lm.kv_token_bytes);
+                        call.fits(&b, need, n)
+                            .map_err(|m| PluginError::new(ErrorKind::RESOURCE_EXHAUSTED, m))?;
+                        Ok((g, a))
+                    }),
+            };
+            match result {
+                Ok((g, a)) => {
+                    rows_now += a.rows.len();
+                    next_index += a.rows.len() as u32;
+                    groups.push(g);
+                    admitted.push_back(a);
+                }
+                Err(e) => {
+                    // No room: ask again once a sequence ends.
+                    joins_open = e.kind != ErrorKind::RESOURCE_EXHAUSTED;
+                    sink.rejected(&e);
+                    break;
+                }
+            }
+        }
+
+        // One chunk of prompt reading (a whole prompt while nothing decodes).
+        if prefill.is_none() {
+            prefill = next_prefill(lm, &mut admitted);
+            if let Some(p) = &prefill {
+                for r in &p.rows {
+                    if groups[r.group].keep {
+                        sink.prompt_cached(r.index, r.cached as u32);
+                    }
+                }
+            }
+        }
+        if let Some(p) = prefill.as_mut() {
+            let t = Instant::now();
+            let done = p.step(lm)?;
+            if p.rows.iter().any(|r| r.group == 0) {
+                prefill_s += t.elapsed().as_secs_f64();
+            }
+            if done {
+                let p = prefill.take().expect("just read");
+                match batch.as_mut() {
+                    None => batch = Some(Batch::from_prefill(p)),
+                    Some(b) => b.join(lm, p)?,
+                }
+            }
+            if batch.is_none() {
                 continue;
             }
-            let (token, logprob) = picks[row];
-            first_token.get_or_insert_with(Instant::now);
-            seq.context.push(token);
-            let eos = lm.tokenizer.eos_ids.contains(&token);
-            let last =
-                seq.out.tokens.len() + 1 >= req.max_tokens as usize || seq.context.len() >= ctx;
-            let mut text = if eos {
-                String::new()
-            } else {
-                seq.decoder.push(&lm.tokenizer, token)?
-            };
-            if eos || last {
-                text.push_str(&seq.decoder.flush(&lm.tokenizer)?);
-            }
-            let ev = seq.out.accept(
-                row,
-                token,
-                req.logprobs.then_some(logprob),
-                &text,
-                eos,
-                last,
-                &stops,
-            );
-            if req.stream && sink(&ev) == StreamControl::Stop {
-                cancelled = true;
+        }
+        let Some(b) = batch.as_mut() else {
+            if admitted.is_empty() {
                 break;
             }
-        }
-        if cancelled {
-            cancel_running(seqs.iter_mut().map(|s| &mut s.out), sink);
-            break;
-        }
-        if seqs.iter().all(|s| !s.out.running()) {
-            break;
-        }
-        if !on_device {
-            // Each row's last token: the one just picked, or a finished row's last one.
-            let next: Vec<i32> = seqs
-                .iter()
-                .map(|s| s.context.last().copied().unwrap_or(0) as i32)
-                .collect();
-            logits = decode(&Array::from_slice(&next, &[b as i32, 1]), &mut cache)?;
-        }
-    }
-    // A step queued past the end is still running: let it finish before its cache goes.
-    if let Some(p) = pending {
-        mlx_rs::transforms::eval(p.arrays())?;
-    }
-    drop(cache);
-    let done = Instant::now();
+            continue;
+        };
 
+        // One decode step.
+        let plain = b.rows.iter().all(|r| groups[r.group].plain);
+        let logprobs = b.rows.iter().any(|r| groups[r.group].logprobs);
+        let (picks, queued) = b.picks(lm, plain, logprobs)?;
+        let now = Instant::now();
+        let mut stopped: Vec<usize> = Vec::new();
+        for (row, pick) in b.rows.iter_mut().zip(picks) {
+            if stopped.contains(&row.group) {
+                continue;
+            }
+            if row.group == 0 {
+                first_token.get_or_insert(now);
+            }
+            let g = &groups[row.group];
+            let ev = row.accept(lm, g, pick)?;
+            if g.stream && sink.event(&ev) == StreamControl::Stop {
+                stopped.push(row.group);
+            }
+        }
+        // A request the sink stopped: its running rows end cancelled.
+        for row in b.rows.iter_mut().filter(|r| stopped.contains(&r.group)) {
+            if row.out.running() {
+                row.out.finish = FinishReason::CANCELLED;
+                let _ = sink.event(&StreamEvent {
+                    index: row.index,
+                    token: row.out.tokens.last().copied().unwrap_or(0),
+                    text: "".into(),
+                    logprob: 0.0,
+                    finish: FinishReason::CANCELLED,
+                });
+            }
+        }
+        let keep: Vec<bool> = b.rows.iter().map(|r| r.out.running()).collect();
+        if keep.iter().any(|k| !k) {
+            for (i, r) in b.rows.iter().enumerate() {
+                if !keep[i] && groups[r.group].keep && r.out.finish != FinishReason::CANCELLED {
+                    let (tokens, kv) = b.row_cache(i)?;
+                    kept.extend(kv.iter().flat_map(KvCache::state).cloned());
+                    call.prompt_cache
+                        .insert(&key, tokens, kv, budget.max_tokens() / 2);
+                }
+            }
+            for row in b.retain(&keep)? {
+                sink.finished(row.index, &row.out.output());
+                if let Some(slot) = own_out.get_mut(row.index as usize) {
+                    *slot = Some(row.out);
+                    if own_out.iter().all(Option::is_some) {
+                        own_done = Some(Instant::now());
+                    }
+                }
+            }
+            // A sequence ended: a request refused for want of room may fit now.
+            joins_open = true;
+        }
+        if b.rows.is_empty() {
+            batch.take().expect("checked").finish()?;
+        } else if !queued {
+            b.advance(lm)?;
+        }
+    }
+    // What the prompt cache kept is computed before the call returns: another thread
+    // (another stream) may read it next.
+    mlx_rs::transforms::eval(&kept)?;
+    let done = Instant::now();
     let timings = Timings {
         started,
         // Prompt processing only (template and tokenization are in the time to first token).
-        prefill_s: prefill_done.duration_since(prefill_start).as_secs_f64(),
+        prefill_s,
         first_token: first_token.unwrap_or(done),
-        done,
+        done: own_done.unwrap_or(done),
     };
     let peak = mlx_rs::memory::peak_memory().unwrap_or(0) as u64;
-    let stats = textgen::stats(
-        &seqs.iter().map(|s| &s.out).collect::<Vec<_>>(),
-        &timings,
-        peak,
-    );
-    let outputs = seqs.into_iter().map(|s| s.out.into_output()).collect();
+    let outs: Vec<SeqOutput> = own_out
+        .into_iter()
+        .map(|o| o.expect("every own row ended"))
+        .collect();
+    let stats = textgen::stats(&outs.iter().collect::<Vec<_>>(), &timings, peak);
+    let outputs = outs.into_iter().map(SeqOutput::into_output).collect();
     Ok(GenerateResponse { outputs, stats })
+}
+
+/// The next prompts to read: a prompt-cache hit alone (it starts past position 0), else
+/// the requests in line without one, up to [`PREFILL_ROWS`] rows (the call's own
+/// request whole).
+fn next_prefill(lm: &Loaded, admitted: &mut VecDeque<Admitted>) -> Option<Prefill> {
+    let first = admitted.pop_front()?;
+    if first.start.is_some() {
+        return Some(Prefill::new(lm, first.rows, &first.prompts, first.start));
+    }
+    let (mut rows, mut prompts) = (first.rows, first.prompts);
+    while let Some(next) = admitted.front() {
+        if next.start.is_some() || rows.len() + next.rows.len() > PREFILL_ROWS {
+            break;
+        }
+        let next = admitted.pop_front().expect("looked at");
+        rows.extend(next.rows);
+        prompts.extend(next.prompts);
+    }
+    Some(Prefill::new(lm, rows, &prompts, None))
+}
+
+/// A [`Sink`] over a closure: events only, nothing joins.
+struct Events<'a>(&'a mut dyn FnMut(&StreamEvent) -> StreamControl);
+
+impl Sink for Events<'_> {
+    fn event(&mut self, ev: &StreamEvent) -> StreamControl {
+        (self.0)(ev)
+    }
+}
+
+/// `req` alone on `lm` (no request joins, no prompt cache, no adapters), its events to
+/// `on_event`: for tools and tests that drive the loop without a host.
+pub fn generate_alone(
+    lm: &Loaded,
+    req: &GenerateRequest,
+    on_event: &mut dyn FnMut(&StreamEvent) -> StreamControl,
+) -> Result<GenerateResponse, LlmError> {
+    let mut prompt_cache = PromptCache::default();
+    let mut call = Call {
+        lm,
+        prompt_cache: &mut prompt_cache,
+        cache_on: false,
+        system_prompt: None,
+        adapters: &[],
+    };
+    generate(&mut call, req, &mut Events(on_event))
 }

@@ -6,11 +6,13 @@
 //! chunked prefill, sampling, stop strings, streaming with cancellation and batching.
 
 pub mod adapters;
+pub mod batch;
 mod error;
 mod estimate;
 pub mod generate;
 pub mod loader;
 pub mod models;
+pub mod prompt_cache;
 pub mod sampling;
 mod score;
 pub mod tokenizer;
@@ -74,6 +76,7 @@ impl Plugin for LlmPlugin {
             formats: plugin_sdk::rstrings(&["safetensors", "gguf", "mlx-quantized"]),
             features: Features::STREAMING
                 .union(Features::BATCHING)
+                .union(Features::CONTINUOUS_BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
                 .union(Features::QUANTIZATION)
                 .union(Features::LORA_ADAPTERS),
@@ -88,7 +91,9 @@ impl Plugin for LlmPlugin {
             reason: reason.into(),
         };
         if let Some(m) = req.model.as_ref().into_option() {
-            if let Err(e) = models::KvStore::from_options(m.options.as_str()) {
+            if let Err(e) = models::KvStore::from_options(m.options.as_str())
+                .and_then(|_| prompt_cache::enabled_in(m.options.as_str()))
+            {
                 return no(format!("registry options: {e}"));
             }
             if !models::supports(&m.architecture) {
@@ -166,6 +171,8 @@ impl Plugin for LlmPlugin {
         }
         let kv_store = models::KvStore::from_options(spec.options.as_str())
             .map_err(|e| ctx(LlmError::Request(format!("registry options: {e}"))))?;
+        let cache_on = prompt_cache::enabled_in(spec.options.as_str())
+            .map_err(|e| ctx(LlmError::Request(format!("registry options: {e}"))))?;
         let mut loaded = loader::load(path, opts).map_err(ctx)?;
         // As the estimate counts it: keys and values of every layer, as the cache stores them.
         loaded.kv_store = kv_store;
@@ -187,6 +194,8 @@ impl Plugin for LlmPlugin {
                 .map(|s| s.to_string())
                 .into_option(),
             model: Mutex::new(loaded),
+            prompt_cache: Mutex::new(prompt_cache::PromptCache::default()),
+            cache_on,
             _release: mlx_common::ReleaseCacheOnDrop,
         }))
     }
@@ -198,6 +207,10 @@ struct LlmModel {
     shapes: adapters::Shapes,
     system_prompt: Option<String>,
     model: Mutex<Loaded>,
+    /// Ended sequences' KV caches (locked inside `model`'s lock).
+    prompt_cache: Mutex<prompt_cache::PromptCache>,
+    /// The registry's `prompt_cache` setting.
+    cache_on: bool,
     /// Last field: dropped after the arrays, then returns MLX's cached buffers.
     _release: mlx_common::ReleaseCacheOnDrop,
 }
@@ -236,15 +249,18 @@ impl LoadedModel for LlmModel {
         m.adapters
             .attach(m.model.as_mut(), &choices)
             .map_err(|e| self.error(e))?;
-        let resp = generate::generate(&*m, self.system_prompt.as_deref(), req, &mut |ev| {
-            sink.event(ev)
-        });
+        let mut prompt_cache = self.prompt_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut call = generate::Call {
+            lm: &*m,
+            prompt_cache: &mut prompt_cache,
+            cache_on: self.cache_on,
+            system_prompt: self.system_prompt.as_deref(),
+            adapters: &choices,
+        };
+        let resp = generate::generate(&mut call, req, sink);
+        drop(prompt_cache);
         adapters::Adapters::detach(m.model.as_mut());
-        let resp = resp.map_err(|e| self.error(e))?;
-        for (i, out) in resp.outputs.iter().enumerate() {
-            sink.finished(i as u32, out);
-        }
-        Ok(resp)
+        resp.map_err(|e| self.error(e))
     }
 
     fn adapter(&self, req: &AdapterRequest) -> Result<AdapterResponse, PluginError> {
@@ -303,6 +319,13 @@ impl LoadedModel for LlmModel {
                     format!("adapter operation {} is not supported", other.0),
                 ))
             }
+        }
+        if req.op != AdapterOp::LIST {
+            // Cached keys and values were computed under the adapters as they were.
+            self.prompt_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
         let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         Ok(AdapterResponse {

@@ -87,7 +87,7 @@ fn check(lm: &loader::Loaded, label: &str) {
             max_tokens: want.len() as u32,
             ..Default::default()
         };
-        let out = generate::generate(lm, None, &req, &mut |_| StreamControl::Continue).unwrap();
+        let out = generate::generate_alone(lm, &req, &mut |_| StreamControl::Continue).unwrap();
         let got: Vec<u32> = out.outputs[0].tokens.to_vec();
         let h = horizon(&case).min(want.len());
         assert_eq!(

@@ -33,7 +33,7 @@ fn france(lm: &loader::Loaded) -> (Vec<u32>, String) {
         max_tokens: 8,
         ..Default::default()
     };
-    let out = generate::generate(lm, None, &req, &mut |_| StreamControl::Continue).unwrap();
+    let out = generate::generate_alone(lm, &req, &mut |_| StreamControl::Continue).unwrap();
     (
         out.outputs[0].tokens.to_vec(),
         out.outputs[0].text.to_string(),

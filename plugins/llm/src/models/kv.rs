@@ -233,6 +233,114 @@ impl KvCache {
     }
 }
 
+/// Reshaping a batch between decode steps (continuous batching): rows leave, rows join,
+/// padding every row has is dropped. Each works on every stored array alike (float keys
+/// and values, or the packed codes, scales and biases), all (B, H, T, ·).
+impl KvCache {
+    fn stored(&self) -> impl Iterator<Item = &Array> {
+        self.state().into_iter()
+    }
+
+    fn stored_mut(&mut self) -> impl Iterator<Item = &mut Array> {
+        self.keys
+            .iter_mut()
+            .chain(self.values.iter_mut())
+            .chain(self.qkeys.iter_mut().flatten())
+            .chain(self.qvalues.iter_mut().flatten())
+    }
+
+    /// Keep the rows `rows` (indices along the batch axis, in their order).
+    pub fn select_rows(&mut self, rows: &Array) -> mlx_rs::error::Result<()> {
+        for a in self.stored_mut() {
+            *a = a.take_axis(rows, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the first `n` positions of every row (padding all rows have).
+    pub fn drop_front(&mut self, n: i32) {
+        if n == 0 {
+            return;
+        }
+        for a in self.stored_mut() {
+            *a = a.index((.., .., n.., ..));
+        }
+        self.offset -= n;
+    }
+
+    /// `n` positions of zeros before every row's (a shorter batch meeting a longer one);
+    /// spare capacity past the offset goes.
+    pub fn pad_front(&mut self, n: i32) -> mlx_rs::error::Result<()> {
+        let offset = self.offset;
+        for a in self.stored_mut() {
+            let s = a.shape();
+            let zeros = mlx_rs::ops::zeros_dtype(&[s[0], s[1], n, s[3]], a.dtype())?;
+            *a = mlx_rs::ops::concatenate(&[zeros, a.index((.., .., ..offset, ..))], 2)?;
+        }
+        self.offset += n;
+        Ok(())
+    }
+
+    /// `other`'s rows after this cache's; both hold the same number of positions and
+    /// store alike.
+    pub fn append_rows(&mut self, other: &KvCache) -> mlx_rs::error::Result<()> {
+        assert_eq!(
+            self.offset, other.offset,
+            "caches are aligned before they meet"
+        );
+        let offset = self.offset;
+        let theirs: Vec<&Array> = other.stored().collect();
+        assert_eq!(theirs.len(), self.state().len(), "caches store alike");
+        for (a, b) in self.stored_mut().zip(theirs) {
+            *a = mlx_rs::ops::concatenate(
+                &[
+                    a.index((.., .., ..offset, ..)),
+                    b.index((.., .., ..offset, ..)),
+                ],
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Row `row`'s positions `from..offset` as a cache of its own (a copy: the batch's
+    /// buffers are not kept alive by it).
+    pub fn row(&self, row: i32, from: i32) -> mlx_rs::error::Result<KvCache> {
+        let offset = self.offset;
+        let at = Array::from_slice(&[row], &[1]);
+        let mut out = KvCache {
+            store: self.store,
+            keys: None,
+            values: None,
+            qkeys: None,
+            qvalues: None,
+            offset: offset - from,
+        };
+        let take = |a: &Array| a.index((.., .., from..offset, ..)).take_axis(&at, 0);
+        let take3 = |a: &[Array; 3]| -> mlx_rs::error::Result<[Array; 3]> {
+            Ok([take(&a[0])?, take(&a[1])?, take(&a[2])?])
+        };
+        out.keys = self.keys.as_ref().map(take).transpose()?;
+        out.values = self.values.as_ref().map(take).transpose()?;
+        out.qkeys = self.qkeys.as_ref().map(take3).transpose()?;
+        out.qvalues = self.qvalues.as_ref().map(take3).transpose()?;
+        Ok(out)
+    }
+
+    /// The first `n` positions of this cache (a view; writes after them copy).
+    pub fn prefix(&self, n: i32) -> KvCache {
+        let cut = |a: &Array| a.index((.., .., ..n, ..));
+        KvCache {
+            store: self.store,
+            keys: self.keys.as_ref().map(cut),
+            values: self.values.as_ref().map(cut),
+            qkeys: self.qkeys.as_ref().map(|a| a.each_ref().map(cut)),
+            qvalues: self.qvalues.as_ref().map(|a| a.each_ref().map(cut)),
+            offset: n.min(self.offset),
+        }
+    }
+}
+
 fn quantize(x: &Array, group_size: i32, bits: i32) -> mlx_rs::error::Result<[Array; 3]> {
     let (w, s, b) = mlx_rs::ops::quantize(x, group_size, bits)?;
     Ok([w, s, b])
