@@ -37,6 +37,12 @@ pub fn mlx_backend() -> &'static str {
     }
 }
 
+/// Whether MLX computes on a GPU here ([`mlx_backend`] other than `mlx-cpu`), asked once.
+pub fn on_gpu() -> bool {
+    static GPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GPU.get_or_init(|| mlx_backend() != "mlx-cpu")
+}
+
 /// Apply the host's memory budget (bytes for all loaded models; 0 = none) to MLX, which
 /// is shared by every MLX plugin of the process: the memory limit is lowered to the
 /// budget and the buffer cache (freed memory kept for reuse) to a tenth of it. Limits

@@ -20,8 +20,12 @@ use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
 use plugin_api::text::StreamEvent;
 use textgen::SeqOutput;
 
-/// Prompt tokens per row processed per forward pass during prefill.
+/// Prompt tokens per row processed per forward pass during prefill (on CPU, and on a GPU
+/// while rows decode: a chunk is the pause running streams see).
 pub const PREFILL_CHUNK: usize = 512;
+/// Prompt tokens per forward pass on a GPU when nothing decodes (mlx-lm's prefill step):
+/// fewer, larger passes for long prompts.
+pub const PREFILL_CHUNK_ALONE: usize = 2048;
 
 /// What the rows of one request share.
 pub struct Group {
@@ -242,9 +246,10 @@ impl Prefill {
         }
     }
 
-    /// Read the next chunk; `true` once the whole prompt is in the cache.
-    pub fn step(&mut self, lm: &Loaded) -> Result<bool, LlmError> {
-        let l = PREFILL_CHUNK.min(self.longest - self.q0);
+    /// Read the next chunk of at most `chunk` tokens; `true` once the whole prompt is in
+    /// the cache.
+    pub fn step(&mut self, lm: &Loaded, chunk: usize) -> Result<bool, LlmError> {
+        let l = chunk.min(self.longest - self.q0);
         let chunk = self
             .ids
             .index((.., (self.q0 as i32)..((self.q0 + l) as i32)));

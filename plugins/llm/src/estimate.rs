@@ -9,7 +9,11 @@
 //! fit what the host can give, bfloat16 is chosen (half the weights). Constants
 //! calibrated against measured peak resident memory (docs/device-fit.md, tests/fit.rs).
 
-use crate::{generate::PREFILL_CHUNK, load_options, models::KvStore};
+use crate::{
+    generate::{PREFILL_CHUNK, PREFILL_CHUNK_ALONE},
+    load_options,
+    models::KvStore,
+};
 use mlx_common::{
     dtype_name,
     estimate::{request_facts, requested_dtype, MLX_BASE_BYTES},
@@ -75,7 +79,13 @@ fn of_dtype(
     } else {
         0
     };
-    let chunk = (PREFILL_CHUNK as u64).min(context) * batch;
+    // A GPU reads a lone prompt in longer chunks (the plugin's prefill policy).
+    let per_pass = if backend == "mlx-cpu" {
+        PREFILL_CHUNK
+    } else {
+        PREFILL_CHUNK_ALONE
+    };
+    let chunk = (per_pass as u64).min(context) * batch;
     let act = chunk * (f.hidden * 48 + f.vocab * 4);
     let name = dtype_name(dt);
     let cores = u64::from(req.device.physical_cores.max(1)) as f64;

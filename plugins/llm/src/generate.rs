@@ -4,7 +4,7 @@
 //! streaming and cancellation — and requests that join the running batch between decode
 //! steps ([`crate::batch`]), each prefilled a chunk at a time so running rows keep going.
 
-pub use crate::batch::PREFILL_CHUNK;
+pub use crate::batch::{PREFILL_CHUNK, PREFILL_CHUNK_ALONE};
 use crate::{
     batch::{Batch, Group, Prefill, Row},
     error::LlmError,
@@ -172,6 +172,26 @@ impl Call<'_> {
         ))
     }
 
+    /// A request offered to join the call: admitted as [`admit`](Self::admit) does, or
+    /// refused for now (`RESOURCE_EXHAUSTED`: it runs after this call) when it applies
+    /// other adapters than the call's.
+    fn admit_join(
+        &mut self,
+        req: &GenerateRequest,
+        group: usize,
+        first: u32,
+        seed: u64,
+    ) -> Result<(Group, Admitted), PluginError> {
+        if plugin_sdk::adapters_of(req)? != self.adapters {
+            return Err(PluginError::new(
+                ErrorKind::RESOURCE_EXHAUSTED,
+                "the running batch applies other adapters; the request runs after it",
+            ));
+        }
+        let keep = self.cache_on && cache_allowed(req);
+        Ok(self.admit(req, group, first, seed, keep)?)
+    }
+
     /// `need` cache positions over all rows, with room made in the prompt cache first.
     fn fits(&mut self, budget: &KvBudget, need: usize, rows: usize) -> Result<(), String> {
         budget.check(need, rows)?;
@@ -183,9 +203,9 @@ impl Call<'_> {
     }
 }
 
-/// Cache positions per row that `groups`' rows `rows` may reach after prompts of `prompts`
-/// tokens: the longest prompt plus the most tokens any of them generates, within the
-/// context, in whole steps of 256 (as the cache grows).
+/// Cache positions per row that rows reading `prompts` and generating up to `max_tokens`
+/// may reach: the longest prompt plus `max_tokens`, within the context, in whole steps
+/// of 256 (as the cache grows).
 fn extent(prompts: &[Vec<u32>], max_tokens: usize, ctx: usize) -> usize {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     (longest + max_tokens).min(ctx).div_ceil(256) * 256
@@ -232,50 +252,30 @@ pub fn generate(
 
     loop {
         // Requests waiting at the host join while there is room.
-        let rows_now = batch.as_ref().map_or(0, |b| b.rows.len())
+        let mut rows_now = batch.as_ref().map_or(0, |b| b.rows.len())
             + prefill.as_ref().map_or(0, |p| p.rows.len())
             + admitted.iter().map(|a| a.rows.len()).sum::<usize>();
-        let mut rows_now = rows_now;
         while joins_open && rows_now < MAX_ROWS {
             let Some(joined) = sink.poll_join() else {
                 break;
             };
-            let keep = call.cache_on && cache_allowed(&joined);
-            let admitted_one = plugin_sdk::adapters_of(&joined)
-                .map_err(|e| e.message.to_string())
-                .and_then(|choices| {
-                    if choices != call.adapters {
-                        return Err(String::new());
-                    }
-                    Ok(())
+            let result = call
+                .admit_join(&joined, groups.len(), next_index, seed)
+                .and_then(|(g, a)| {
+                    // Every row at the longest extent among them, running and new.
+                    let n = rows_now + a.rows.len();
+                    let need = admitted
+                        .iter()
+                        .map(|q| extent(&q.prompts, groups[q.rows[0].group].max_tokens, ctx))
+                        .chain(prefill.as_ref().map(|p| p.extent(&groups)))
+                        .chain(batch.as_ref().map(|b| b.extent(&groups)))
+                        .fold(extent(&a.prompts, g.max_tokens, ctx), usize::max)
+                        * n;
+                    let budget = KvBudget::of(joined.options.as_str(), lm.kv_token_bytes);
+                    call.fits(&budget, need, n)
+                        .map_err(|m| PluginError::new(ErrorKind::RESOURCE_EXHAUSTED, m))?;
+                    Ok((g, a))
                 });
-            let result: Result<(Group, Admitted), PluginError> = match admitted_one {
-                Err(msg) if msg.is_empty() => Err(PluginError::new(
-                    ErrorKind::RESOURCE_EXHAUSTED,
-                    "the running batch applies other adapters; the request runs after it",
-                )),
-                Err(msg) => Err(PluginError::new(ErrorKind::INVALID_REQUEST, msg)),
-                Ok(()) => call
-                    .admit(&joined, groups.len(), next_index, seed, keep)
-                    .map_err(PluginError::from)
-                    .and_then(|(g, a)| {
-                        // Every row at the longest extent among them, old and new.
-                        let n = rows_now + a.rows.len();
-                        let longest = batch.as_ref().map_or(0, |b| b.extent(&groups));
-                        let mine = extent(&a.prompts, g.max_tokens, ctx);
-                        let queued = admitted
-                            .iter()
-                            .map(|q| extent(&q.prompts, groups[q.rows[0].group].max_tokens, ctx))
-                            .chain(prefill.as_ref().map(|p| p.extent(&groups)))
-                            .max()
-                            .unwrap_or(0);
-                        let need = longest.max(mine).max(queued) * n;
-                        let b = KvBudget::of(joined.options.as_str(), lm.kv_token_bytes);
-                        call.fits(&b, need, n)
-                            .map_err(|m| PluginError::new(ErrorKind::RESOURCE_EXHAUSTED, m))?;
-                        Ok((g, a))
-                    }),
-            };
             match result {
                 Ok((g, a)) => {
                     rows_now += a.rows.len();
@@ -305,7 +305,12 @@ pub fn generate(
         }
         if let Some(p) = prefill.as_mut() {
             let t = Instant::now();
-            let done = p.step(lm)?;
+            let chunk = if batch.is_none() && mlx_common::on_gpu() {
+                PREFILL_CHUNK_ALONE
+            } else {
+                PREFILL_CHUNK
+            };
+            let done = p.step(lm, chunk)?;
             if p.rows.iter().any(|r| r.group == 0) {
                 prefill_s += t.elapsed().as_secs_f64();
             }

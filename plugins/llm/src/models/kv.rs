@@ -379,6 +379,36 @@ impl CachedKv {
     }
 }
 
+/// Longest causal query chunk attended by [`composed_causal`] on a GPU.
+const COMPOSED_MAX_QUERIES: i32 = 256;
+
+/// Causal attention of `l` queries, the last positions of the keys, from plain matrix
+/// products and a softmax (what MLX's own fallback computes). On CUDA the fused kernel
+/// builds a cuDNN graph for each (queries, keys) shape it meets: ~50 ms each time a
+/// prompt of a new length arrives, or a chat's next turn reads its few new tokens after
+/// a cached history. Short chunks, where that build would dominate, go this way; long
+/// ones keep the fused kernel. (On CPU MLX composes it so anyway.)
+fn composed_causal(q: &Array, k: &Array, v: &Array, scale: f32) -> mlx_rs::error::Result<Array> {
+    let (qs, ks) = (q.shape(), k.shape());
+    let (b, h, l, d) = (qs[0], qs[1], qs[2], qs[3]);
+    let (hkv, s) = (ks[1], ks[2]);
+    let g = h / hkv;
+    let q = q
+        .multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?
+        .reshape(&[b, hkv, g, l, d])?;
+    let k = k.reshape(&[b, hkv, 1, s, d])?.swap_axes(-1, -2)?;
+    let scores = q.matmul(&k)?;
+    // Query i sits at key position s - l + i and sees keys up to it.
+    let rows = mlx_rs::ops::arange::<i32, i32>(s - l, s, None)?.reshape(&[l, 1])?;
+    let cols = mlx_rs::ops::arange::<i32, i32>(0, s, None)?.reshape(&[1, s])?;
+    let hidden = Array::from_f32(f32::NEG_INFINITY).as_dtype(scores.dtype())?;
+    let scores = mlx_rs::ops::select(&cols.le(&rows)?, &scores, &hidden)?;
+    let weights = mlx_rs::ops::softmax_axis(&scores, -1, true)?;
+    weights
+        .matmul(&v.reshape(&[b, hkv, 1, s, d])?)?
+        .reshape(&[b, h, l, d])
+}
+
 /// Scaled dot-product attention over `q` (B, H, L, D) and the cached keys and values,
 /// with the causal mask (and the padding mask of left-padded batches).
 pub fn attention(
@@ -393,6 +423,9 @@ pub fn attention(
     match pos {
         Positions::PerRow { mask, .. } => {
             fast::scaled_dot_product_attention(q, k, v, scale, mask, None)
+        }
+        Positions::Shared(_) if l > 1 && l <= COMPOSED_MAX_QUERIES && mlx_common::on_gpu() => {
+            composed_causal(q, k, v, scale)
         }
         Positions::Shared(_) if l > 1 => fast::scaled_dot_product_attention(
             q,
@@ -464,6 +497,30 @@ mod tests {
             let total = k.sum(None).unwrap().item_cast::<f32>();
             assert_eq!(total, 400.0 * 2.0 * 64.0, "{store:?}: every row written");
         }
+    }
+
+    #[test]
+    fn composed_causal_attention_is_the_fused_kernels() {
+        // 8 query heads over 2 key heads (GQA), 5 new positions after 7 cached ones.
+        let q = mlx_rs::random::normal::<f32>(&[2, 8, 5, 64], None, None, None).unwrap();
+        let k = mlx_rs::random::normal::<f32>(&[2, 2, 12, 64], None, None, None).unwrap();
+        let v = mlx_rs::random::normal::<f32>(&[2, 2, 12, 64], None, None, None).unwrap();
+        let fused = fast::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            0.125,
+            fast::ScaledDotProductAttentionMask::Causal,
+            None,
+        )
+        .unwrap();
+        let composed = composed_causal(&q, &k, &v, 0.125).unwrap();
+        assert_eq!(composed.shape(), fused.shape());
+        // Both are float32 sums of the same 12 terms in other orders: a few ulps of
+        // values of magnitude ~1.
+        let diff = composed.subtract(&fused).unwrap().abs().unwrap();
+        let worst = diff.max(None).unwrap().item_cast::<f32>();
+        assert!(worst < 1e-5, "largest difference {worst}");
     }
 
     #[test]
