@@ -387,6 +387,54 @@ fn preloaded_mlx_models_serve_from_their_worker() {
 }
 
 #[test]
+fn concurrent_streams_batch_on_the_mlx_provider() {
+    // SmolLM2 as float32 safetensors: only the MLX provider serves it. 16 clients at once
+    // join one running call (continuous batching) and each gets an answer about its own
+    // prompt; serially the same prompts run one call each.
+    let dir = tempfile::tempdir().unwrap();
+    let f32_dir = dir.path().join("smol-f32");
+    let gguf = engine::paths::models_dir().join("smollm2-135m-instruct");
+    let gguf = std::fs::read_dir(&gguf)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .expect("the default model's GGUF");
+    let o = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .env("MLXENGINE_HOME", dir.path().join("home"))
+        .arg("import")
+        .arg(&gguf)
+        .arg(&f32_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let registry = dir.path().join("mlx.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "[[models]]\nid = \"smollm2-mlx\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
+             source = {{ path = {:?} }}\n",
+            f32_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--registry",
+        registry.to_str().unwrap(),
+        "--preload",
+        "smollm2-mlx",
+    ]);
+    let r = scenario(
+        &server,
+        "concurrency",
+        &["32"],
+        &[("MLXENGINE_TEST_LLM", "smollm2-mlx")],
+    );
+    eprintln!("mlx concurrency: {r}");
+    assert_eq!(r["clients"], 16);
+    assert_eq!(r["about_own_number"], 16, "{r}");
+}
+
+#[test]
 fn requests_with_different_adapters_share_one_base() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
