@@ -344,6 +344,22 @@ fn identical_greedy_requests_at_once_get_one_answer() {
     eprintln!("identical: {r}");
 }
 
+/// A server preloading `id`, the Llama-architecture folder `model` as the only entry of
+/// a registry written into `dir`.
+fn serve_alone(dir: &std::path::Path, id: &str, model: &std::path::Path) -> Server {
+    let registry = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &registry,
+        format!(
+            "[[models]]\nid = \"{id}\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
+             source = {{ path = {:?} }}\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    Server::start(&["--registry", registry.to_str().unwrap(), "--preload", id])
+}
+
 #[test]
 fn preloaded_mlx_models_serve_from_their_worker() {
     // `--preload` loads on a blocking thread; the model's worker serves it from another.
@@ -366,22 +382,7 @@ fn preloaded_mlx_models_serve_from_their_worker() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let registry = dir.path().join("mlx.toml");
-    std::fs::write(
-        &registry,
-        format!(
-            "[[models]]\nid = \"smollm2-q8\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
-             source = {{ path = {:?} }}\n",
-            q8.display().to_string()
-        ),
-    )
-    .unwrap();
-    let server = Server::start(&[
-        "--registry",
-        registry.to_str().unwrap(),
-        "--preload",
-        "smollm2-q8",
-    ]);
+    let server = serve_alone(dir.path(), "smollm2-q8", &q8);
     let r = scenario(&server, "preloaded", &["smollm2-q8"], &[]);
     eprintln!("preloaded: {r}");
 }
@@ -407,22 +408,7 @@ fn concurrent_streams_batch_on_the_mlx_provider() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let registry = dir.path().join("mlx.toml");
-    std::fs::write(
-        &registry,
-        format!(
-            "[[models]]\nid = \"smollm2-mlx\"\nkind = \"llm\"\narchitecture = \"llama\"\n\
-             source = {{ path = {:?} }}\n",
-            f32_dir.display().to_string()
-        ),
-    )
-    .unwrap();
-    let server = Server::start(&[
-        "--registry",
-        registry.to_str().unwrap(),
-        "--preload",
-        "smollm2-mlx",
-    ]);
+    let server = serve_alone(dir.path(), "smollm2-mlx", &f32_dir);
     let r = scenario(
         &server,
         "concurrency",
