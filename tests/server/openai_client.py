@@ -716,4 +716,68 @@ def scenario_lora():
     print(json.dumps({"jobs": len(jobs), "alone": [t for _, t in alone], "together": [t for _, t in together]}))
 
 
+def scenario_failover():
+    """Through a load balancer (BASE) in front of replicas whose pids are ARGS[0] and
+    ARGS[1]: 8 clients stream 4 requests each; once streams run, the first replica is
+    killed (SIGKILL: its running streams are cut) and a second later the other is told to
+    stop (SIGTERM: it drains, finishing its streams). Every request either completes or
+    was cut after it had started streaming; none that had not started is lost."""
+    kill_pid, term_pid = int(ARGS[0]), int(ARGS[1])
+    lock = threading.Lock()
+    streaming = threading.Event()
+    chunks = [0]
+    outcomes = []  # (completed, had_started, sent_at, detail)
+
+    def one(i):
+        had_started, sent_at = False, time.time()
+        try:
+            stream = client.chat.completions.create(
+                model=LLM, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                temperature=0, max_tokens=48, stream=True)
+            had_started = True  # the response's status line and headers came
+            finish = None
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                with lock:
+                    chunks[0] += 1
+                    if chunks[0] >= 24:
+                        streaming.set()
+            # A stream cut without its last event is not a completed one.
+            return (finish is not None, True, sent_at, finish)
+        except Exception as e:  # noqa: BLE001 - classified below
+            return (False, had_started, sent_at, repr(e))
+
+    def client_loop(k):
+        for r in range(4):
+            res = one(k * 4 + r)
+            with lock:
+                outcomes.append(res)
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    assert streaming.wait(120), "no stream got going"
+    killed_at = time.time()
+    os.kill(kill_pid, signal.SIGKILL)
+    time.sleep(1.0)
+    termed_at = time.time()
+    os.kill(term_pid, signal.SIGTERM)
+    for t in threads:
+        t.join()
+    lost = [o for o in outcomes if not o[0] and not o[1]]
+    cut = [o for o in outcomes if not o[0] and o[1]]
+    assert not lost, f"requests lost before they started: {lost}"
+    # Only streams running on the killed replica when it died may be cut: at most one per
+    # client, each sent before the kill.
+    assert len(cut) <= 8 and all(o[2] < killed_at for o in cut), cut
+    # Sent once one replica was dead and the other draining: only the third can serve them.
+    after_drain = [o for o in outcomes if o[0] and o[2] > termed_at]
+    assert after_drain, "nothing sent after the drain began was served"
+    print(json.dumps({"requests": len(outcomes), "completed": sum(1 for o in outcomes if o[0]),
+                      "cut_streams": len(cut), "lost_unstarted": len(lost),
+                      "completed_after_drain": len(after_drain),
+                      "kill_to_drain_s": termed_at - killed_at}))
+
+
 globals()["scenario_" + SCENARIO]()
