@@ -719,8 +719,8 @@ def scenario_lora():
 def scenario_failover():
     """Through a load balancer (BASE) in front of replicas whose pids are ARGS[0] and
     ARGS[1]: 8 clients stream 4 requests each; once streams run, the first replica is
-    killed (SIGKILL: its running streams are cut) and a second later the other is told to
-    stop (SIGTERM: it drains, finishing its streams). Every request either completes or
+    killed (SIGKILL: its running streams are cut) and half a second later the other is
+    told to stop (SIGTERM: it drains, finishing its streams). Every request either completes or
     was cut after it had started streaming; none that had not started is lost."""
     kill_pid, term_pid = int(ARGS[0]), int(ARGS[1])
     lock = threading.Lock()
@@ -760,7 +760,7 @@ def scenario_failover():
     assert streaming.wait(120), "no stream got going"
     killed_at = time.time()
     os.kill(kill_pid, signal.SIGKILL)
-    time.sleep(1.0)
+    time.sleep(0.5)
     termed_at = time.time()
     os.kill(term_pid, signal.SIGTERM)
     for t in threads:
