@@ -10,5 +10,5 @@ mod stop;
 
 pub use chat::{context_overflow, render_chat, text_messages, Message};
 pub use memory::{kv_budget, KvBudget};
-pub use sequence::{cancel_running, stats, SeqOutput, Timings};
+pub use sequence::{cancel_running, prompt_cache_allowed, stats, stop_strings, SeqOutput, Timings};
 pub use stop::{holdback, TextStream, Utf8Pieces};

@@ -92,16 +92,17 @@ impl SeqOutput {
     }
 }
 
-/// Mark every running sequence cancelled, telling `sink` with a final event for each.
+/// Mark every running sequence of `seqs` (each with its index in the call) cancelled,
+/// telling `sink` with a final event for each.
 pub fn cancel_running<'a>(
-    seqs: impl IntoIterator<Item = &'a mut SeqOutput>,
+    seqs: impl IntoIterator<Item = (u32, &'a mut SeqOutput)>,
     sink: &mut dyn FnMut(&StreamEvent) -> StreamControl,
 ) {
-    for (index, seq) in seqs.into_iter().enumerate() {
+    for (index, seq) in seqs {
         if seq.running() {
             seq.finish = FinishReason::CANCELLED;
             let ev = StreamEvent {
-                index: index as u32,
+                index,
                 token: seq.tokens.last().copied().unwrap_or(0),
                 text: "".into(),
                 logprob: 0.0,
@@ -110,6 +111,24 @@ pub fn cancel_running<'a>(
             let _ = sink(&ev);
         }
     }
+}
+
+/// The stop strings of `req` that can match (empty ones dropped).
+pub fn stop_strings(req: &plugin_api::text::GenerateRequest) -> Vec<String> {
+    req.stop
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether `req` lets a provider's prompt cache be used: every call but one that opts out
+/// ([`plugin_api::text::PROMPT_CACHE_OPTION`] `false`, as `bench` does).
+pub fn prompt_cache_allowed(req: &plugin_api::text::GenerateRequest) -> bool {
+    serde_json::from_str::<serde_json::Value>(req.options.as_str())
+        .ok()
+        .and_then(|o| o.get(plugin_api::text::PROMPT_CACHE_OPTION)?.as_bool())
+        != Some(false)
 }
 
 /// When the phases of a generation request happened.
@@ -181,7 +200,7 @@ mod tests {
         let mut c = SeqOutput::new(1);
         c.accept(2, 3, None, "y", false, false, &[]);
         let mut seen = Vec::new();
-        cancel_running([&mut a, &mut b, &mut c], &mut |ev| {
+        cancel_running([(0, &mut a), (1, &mut b), (2, &mut c)], &mut |ev| {
             seen.push((ev.index, ev.finish));
             StreamControl::Continue
         });

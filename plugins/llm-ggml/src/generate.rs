@@ -478,25 +478,14 @@ impl GgmlModel {
         } = self.context(slot, need, decoded, budget.max_tokens())?;
         let total_cells = *cells;
         // A call may opt out of the cache (`bench`): nothing looked up, replayed or kept.
-        let reuse = self.prompt_cache
-            && serde_json::from_str::<serde_json::Value>(req.options.as_str())
-                .ok()
-                .and_then(|o| o.get(plugin_api::text::PROMPT_CACHE_OPTION)?.as_bool())
-                != Some(false);
+        let reuse = self.prompt_cache && textgen::prompt_cache_allowed(req);
         let mut slots = Slots::new(*seqs, cache, reuse);
         slots.cells_free(ctx, total_cells, 0, need);
         let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed, &lora);
         report_cached(reuse, sink, &live);
-        let stops_of = |r: &GenerateRequest| -> Vec<String> {
-            r.stop
-                .iter()
-                .map(|s| s.to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
         let mut groups = vec![Group {
             req: req.clone(),
-            stops: stops_of(req),
+            stops: textgen::stop_strings(req),
             lora,
         }];
         // The adapter the context applies now (not known yet: a kept context has the last
@@ -586,7 +575,7 @@ impl GgmlModel {
                         next_index += inputs;
                         live.extend(seqs);
                         groups.push(Group {
-                            stops: stops_of(&joined),
+                            stops: textgen::stop_strings(&joined),
                             req: joined,
                             lora,
                         });

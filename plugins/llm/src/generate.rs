@@ -22,7 +22,7 @@ use plugin_api::{
 };
 use plugin_sdk::{AdapterChoice, Sink};
 use std::{collections::VecDeque, time::Instant};
-use textgen::{KvBudget, SeqOutput, Timings};
+use textgen::{cancel_running, KvBudget, SeqOutput, Timings};
 
 /// Most rows decoded together once requests join (mlx-lm's server default).
 pub const MAX_ROWS: usize = 32;
@@ -94,14 +94,6 @@ fn adapters_key(choices: &[AdapterChoice]) -> String {
         .join(",")
 }
 
-/// Whether `req` lets the prompt cache be used (the per-call opt-out).
-fn cache_allowed(req: &GenerateRequest) -> bool {
-    serde_json::from_str::<serde_json::Value>(req.options.as_str())
-        .ok()
-        .and_then(|o| o.get(plugin_api::text::PROMPT_CACHE_OPTION)?.as_bool())
-        != Some(false)
-}
-
 impl Call<'_> {
     /// `req`'s rows (its inputs from `first` on), checked against this model.
     fn admit(
@@ -150,12 +142,7 @@ impl Call<'_> {
             rows[0].cached = *n;
         }
         let g = Group {
-            stops: req
-                .stop
-                .iter()
-                .map(|s| s.to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            stops: textgen::stop_strings(req),
             max_tokens: req.max_tokens as usize,
             stream: req.stream,
             logprobs: req.logprobs,
@@ -188,7 +175,7 @@ impl Call<'_> {
                 "the running batch applies other adapters; the request runs after it",
             ));
         }
-        let keep = self.cache_on && cache_allowed(req);
+        let keep = self.cache_on && textgen::prompt_cache_allowed(req);
         Ok(self.admit(req, group, first, seed, keep)?)
     }
 
@@ -224,7 +211,7 @@ pub fn generate(
     // max_tokens, sampling ranges); what is left needs this model's facts.
     let ctx = lm.model.max_context();
     let seed = started.elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ 0x5eed;
-    let keep0 = call.cache_on && cache_allowed(req);
+    let keep0 = call.cache_on && textgen::prompt_cache_allowed(req);
     let (g0, own) = call.admit(req, 0, 0, seed, keep0)?;
     let own_n = own.rows.len();
     // The batch is left-padded to its longest prompt, and each row's cache grows to
@@ -352,18 +339,13 @@ pub fn generate(
             }
         }
         // A request the sink stopped: its running rows end cancelled.
-        for row in b.rows.iter_mut().filter(|r| stopped.contains(&r.group)) {
-            if row.out.running() {
-                row.out.finish = FinishReason::CANCELLED;
-                let _ = sink.event(&StreamEvent {
-                    index: row.index,
-                    token: row.out.tokens.last().copied().unwrap_or(0),
-                    text: "".into(),
-                    logprob: 0.0,
-                    finish: FinishReason::CANCELLED,
-                });
-            }
-        }
+        cancel_running(
+            b.rows
+                .iter_mut()
+                .filter(|r| stopped.contains(&r.group))
+                .map(|r| (r.index, &mut r.out)),
+            &mut |ev| sink.event(ev),
+        );
         let keep: Vec<bool> = b.rows.iter().map(|r| r.out.running()).collect();
         if keep.iter().any(|k| !k) {
             for (i, r) in b.rows.iter().enumerate() {

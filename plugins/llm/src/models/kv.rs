@@ -237,10 +237,6 @@ impl KvCache {
 /// padding every row has is dropped. Each works on every stored array alike (float keys
 /// and values, or the packed codes, scales and biases), all (B, H, T, ·).
 impl KvCache {
-    fn stored(&self) -> impl Iterator<Item = &Array> {
-        self.state().into_iter()
-    }
-
     fn stored_mut(&mut self) -> impl Iterator<Item = &mut Array> {
         self.keys
             .iter_mut()
@@ -289,7 +285,7 @@ impl KvCache {
             "caches are aligned before they meet"
         );
         let offset = self.offset;
-        let theirs: Vec<&Array> = other.stored().collect();
+        let theirs = other.state();
         assert_eq!(theirs.len(), self.state().len(), "caches store alike");
         for (a, b) in self.stored_mut().zip(theirs) {
             *a = mlx_rs::ops::concatenate(
