@@ -2,12 +2,13 @@
 //! processes behind nginx with `deploy/nginx.conf`; under load one replica is killed and
 //! another drained, and no request that had not started streaming is lost.
 
+mod util;
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -42,29 +43,11 @@ impl Drop for Nginx {
     }
 }
 
-/// `mlxengine serve` on a free port with the default model loaded: it and its address.
+/// `mlxengine serve` on a free port with the default model loaded: it and its address
+/// (`HOST:PORT`).
 fn replica(home: &Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-        .args(["serve", "--port", "0", "--preload", "default"])
-        .env("MLXENGINE_HOME", home)
-        .env_remove("MLXENGINE_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mlxengine serve");
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("mlxengine: listening on http://") {
-                let _ = tx.send(url.to_owned());
-            }
-            eprintln!("[replica] {line}");
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the replica printed its address");
+    let (child, url) = util::serve(home, &["--preload", "default"]);
+    let addr = url.trim_start_matches("http://").to_owned();
     (Proc(child), addr)
 }
 

@@ -6,10 +6,8 @@
 mod util;
 
 use std::{
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -29,29 +27,7 @@ impl Server {
     fn start(args: &[&str]) -> Self {
         let guard = ONE_SERVER.lock().unwrap_or_else(|p| p.into_inner());
         let home = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mlxengine"))
-            .args(["serve", "--port", "0"])
-            .args(args)
-            .env("MLXENGINE_HOME", home.path())
-            .env_remove("MLXENGINE_API_KEY")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mlxengine serve");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("mlxengine: listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server printed its address");
+        let (child, url) = util::serve(home.path(), args);
         Self {
             child,
             url,

@@ -43,6 +43,40 @@ pub fn mlxengine(home: &Path, args: &[&str]) -> std::process::Command {
     c
 }
 
+/// `mlxengine serve --port 0 ARGS` with its own config home `home`, no API key from the
+/// environment, its stderr echoed as `[server] …`: the child and the address it printed
+/// (`http://HOST:PORT`).
+pub fn serve(home: &Path, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mlxengine"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .env("MLXENGINE_HOME", home)
+        .env_remove("MLXENGINE_API_KEY")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mlxengine serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line.strip_prefix("mlxengine: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+            eprintln!("[server] {line}");
+        }
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the server printed its address");
+    (child, url)
+}
+
 /// The Python of the pinned mlx-lm venv (`scripts/setup.sh`).
 pub fn mlx_lm_python() -> PathBuf {
     let p = engine::paths::cache_dir().join("mlx-lm-venv/bin/python");
