@@ -104,13 +104,13 @@ pub fn template(data: &[u8]) {
         .take(16)
         .map(|(content, role)| textgen::Message {
             role,
-            content: Cow::Borrowed(content),
+            content: textgen::Content::Text(Cow::Borrowed(content)),
         })
         .collect();
     if messages.is_empty() {
         messages.push(textgen::Message {
             role: "user",
-            content: Cow::Borrowed("Hello"),
+            content: textgen::Content::Text(Cow::Borrowed("Hello")),
         });
     }
     let _ = textgen::render_chat(&tpl, &messages, "<s>", "</s>");

@@ -9,7 +9,68 @@ use std::borrow::Cow;
 #[derive(serde::Serialize)]
 pub struct Message<'a> {
     pub role: &'a str,
-    pub content: Cow<'a, str>,
+    pub content: Content<'a>,
+}
+
+/// A message's content as templates read it: a string, or (multimodal templates) a list
+/// of typed parts, `{"type": "text", "text": ...}` and `{"type": "image"}`.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+}
+
+impl<'a> From<&'a str> for Content<'a> {
+    fn from(s: &'a str) -> Self {
+        Self::Text(Cow::Borrowed(s))
+    }
+}
+
+/// One part of a [`Content::Parts`] list.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Part<'a> {
+    Text { text: &'a str },
+    Image,
+}
+
+/// What a multimodal model's chat template sees: every message as a list of typed
+/// parts in the user's order (an image part where each image was), after the model's
+/// default `system_prompt` unless the messages have a system message.
+pub fn media_messages<'a>(
+    messages: &'a [ChatMessage],
+    system_prompt: Option<&'a str>,
+) -> Vec<Message<'a>> {
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    if let Some(sys) =
+        system_prompt.filter(|_| !messages.iter().any(|m| m.role.as_str() == "system"))
+    {
+        out.push(Message {
+            role: "system",
+            content: Content::Parts(vec![Part::Text { text: sys }]),
+        });
+    }
+    out.extend(messages.iter().map(|m| {
+        Message {
+            role: m.role.as_str(),
+            content: Content::Parts(
+                m.parts
+                    .iter()
+                    .map(|p| {
+                        if p.kind == plugin_api::text::PartKind::TEXT {
+                            Part::Text {
+                                text: p.text.as_str(),
+                            }
+                        } else {
+                            Part::Image
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }));
+    out
 }
 
 /// What a text-only model's chat template sees for input `index`: its messages' text,
@@ -31,15 +92,15 @@ pub fn text_messages<'a>(
     {
         out.push(Message {
             role: "system",
-            content: Cow::Borrowed(sys),
+            content: Content::Text(Cow::Borrowed(sys)),
         });
     }
     out.extend(messages.iter().map(|m| Message {
         role: m.role.as_str(),
-        content: match m.parts.as_slice() {
+        content: Content::Text(match m.parts.as_slice() {
             [one] => Cow::Borrowed(one.text.as_str()),
             _ => Cow::Owned(m.joined_text()),
-        },
+        }),
     }));
     Ok(out)
 }

@@ -8,7 +8,9 @@ mod memory;
 mod sequence;
 mod stop;
 
-pub use chat::{context_overflow, render_chat, text_messages, Message};
+pub use chat::{
+    context_overflow, media_messages, render_chat, text_messages, Content, Message, Part,
+};
 pub use memory::{kv_budget, KvBudget};
 pub use sequence::{cancel_running, prompt_cache_allowed, stats, stop_strings, SeqOutput, Timings};
 pub use stop::{holdback, TextStream, Utf8Pieces};

@@ -4,24 +4,15 @@
 //! affine-quantized checkpoints) and lone GGUF files (tokenizer and chat template from
 //! the metadata), renders chat templates with minijinja, and generates with a KV cache,
 //! chunked prefill, sampling, stop strings, streaming with cancellation and batching.
+//! The models and the loop are the `lm` crate's (shared with the `vlm` plugin); this
+//! crate is the plugin around them.
 
-pub mod adapters;
-pub mod batch;
-mod error;
-mod estimate;
-pub mod generate;
-pub mod loader;
-pub mod models;
-pub mod prompt_cache;
-pub mod sampling;
-mod score;
-pub mod tokenizer;
+pub use lm::{
+    adapters, batch, estimate, generate, load_options, loader, models, prompt_cache, sampling,
+    score, tokenizer, LlmError, LoadOptions, Loaded,
+};
 
-pub use error::LlmError;
-pub use loader::{LoadOptions, Loaded};
-
-use mlx_common::{dtype_name, mlx_backend, parse_dtype};
-use mlx_rs::Dtype;
+use mlx_common::{dtype_name, mlx_backend};
 use plugin_api::{
     lora::{AdapterOp, AdapterRequest, AdapterResponse},
     score::{ScoreRequest, ScoreResponse, TokenizeRequest, TokenizeResponse},
@@ -34,32 +25,6 @@ use std::{path::Path, sync::Mutex};
 
 /// The plugin type exported through the ABI.
 pub struct LlmPlugin;
-
-/// Load-time dtype policy: the registry's `dtype` if set; else float32 on CPU (MLX's f32
-/// matmul goes through BLAS, its f16/bf16/quantized kernels are scalar on x86) and
-/// bfloat16 on GPU. Quantized layers are dequantized on CPU.
-pub fn load_options(requested: Option<&str>, backend: &str) -> Result<LoadOptions, PluginError> {
-    let cpu = backend == "mlx-cpu";
-    let dtype = match requested {
-        None => {
-            if cpu {
-                Dtype::Float32
-            } else {
-                Dtype::Bfloat16
-            }
-        }
-        Some(name) => parse_dtype(name).ok_or_else(|| {
-            PluginError::new(
-                ErrorKind::INVALID_REQUEST,
-                format!("dtype `{name}` is not supported by the llm plugin (float32, float16, bfloat16)"),
-            )
-        })?,
-    };
-    Ok(LoadOptions {
-        dtype,
-        dequantize: cpu,
-    })
-}
 
 impl Plugin for LlmPlugin {
     fn descriptor() -> PluginDescriptor {

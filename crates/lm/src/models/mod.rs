@@ -28,6 +28,25 @@ pub trait CausalLm: Send {
         pos: &Positions,
         all: bool,
     ) -> mlx_rs::error::Result<Array>;
+    /// Input embeddings (B, L, H) of `ids` (B, L): what [`forward_embeds`](Self::forward_embeds)
+    /// reads. Multimodal prompts put image features in place of their image tokens'.
+    fn embed_tokens(&self, _ids: &Array) -> mlx_rs::error::Result<Array> {
+        Err(mlx_rs::error::Exception::custom(
+            "this architecture does not take input embeddings",
+        ))
+    }
+    /// As [`forward`](Self::forward), from input embeddings (B, L, H) instead of ids.
+    fn forward_embeds(
+        &self,
+        _x: &Array,
+        _cache: &mut [KvCache],
+        _pos: &Positions,
+        _all: bool,
+    ) -> mlx_rs::error::Result<Array> {
+        Err(mlx_rs::error::Exception::custom(
+            "this architecture does not take input embeddings",
+        ))
+    }
     /// Number of layers (= caches needed).
     fn layers(&self) -> usize;
     /// Vocabulary size.

@@ -62,6 +62,25 @@ impl TextTokenizer {
                 .map(str::to_owned),
             _ => None,
         });
+        // Processors (vision-language models) ship the template in `chat_template.json`.
+        let json_file = dir.join("chat_template.json");
+        if template.is_none() && json_file.is_file() {
+            let text =
+                std::fs::read_to_string(&json_file).map_err(|e| LlmError::io(&json_file, e))?;
+            let v: Json = serde_json::from_str(&text).map_err(|e| LlmError::Config {
+                file: json_file.clone(),
+                msg: e.to_string(),
+            })?;
+            template = Some(
+                v.get("chat_template")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| LlmError::Config {
+                        file: json_file.clone(),
+                        msg: "missing string `chat_template`".into(),
+                    })?
+                    .to_owned(),
+            );
+        }
         let jinja = dir.join("chat_template.jinja");
         if template.is_none() && jinja.is_file() {
             template = Some(std::fs::read_to_string(&jinja).map_err(|e| LlmError::io(&jinja, e))?);

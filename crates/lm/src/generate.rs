@@ -9,6 +9,7 @@ use crate::{
     batch::{Batch, Group, Prefill, Row},
     error::LlmError,
     loader::Loaded,
+    media,
     models::KvCache,
     prompt_cache::PromptCache,
     sampling::{self, Sampler},
@@ -69,6 +70,8 @@ pub fn prompt_ids(
 struct Admitted {
     rows: Vec<Row>,
     prompts: Vec<Vec<u32>>,
+    /// Input embeddings of the prompts with media (1, L, H), in `prompts`' order.
+    embeds: Vec<Option<mlx_rs::Array>>,
     /// A prompt-cache hit (tokens reused, their KV): prefilled alone.
     start: Option<(usize, Vec<KvCache>)>,
 }
@@ -105,12 +108,22 @@ impl Call<'_> {
         keep: bool,
     ) -> Result<(Group, Admitted), LlmError> {
         let lm = self.lm;
-        let prompts = req
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| prompt_ids(lm, self.system_prompt, input, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut prompts, mut embeds) = (Vec::new(), Vec::new());
+        for (i, input) in req.inputs.iter().enumerate() {
+            match lm.media.as_ref().filter(|_| media::has_media(input)) {
+                Some(m) => {
+                    let p = m.prompt(lm, self.system_prompt, input, i)?;
+                    prompts.push(p.ids);
+                    embeds.push(Some(p.embeds));
+                }
+                None => {
+                    prompts.push(prompt_ids(lm, self.system_prompt, input, i)?);
+                    embeds.push(None);
+                }
+            }
+        }
+        // KV computed from images is not keyed by its tokens alone: no prompt cache.
+        let keep = keep && embeds.iter().all(Option::is_none);
         if let Some(msg) =
             textgen::context_overflow(prompts.iter().map(Vec::len), lm.model.max_context())
         {
@@ -154,6 +167,7 @@ impl Call<'_> {
             Admitted {
                 rows,
                 prompts,
+                embeds,
                 start,
             },
         ))
@@ -281,7 +295,7 @@ pub fn generate(
 
         // One chunk of prompt reading (a whole prompt while nothing decodes).
         if prefill.is_none() {
-            prefill = next_prefill(lm, &mut admitted);
+            prefill = next_prefill(lm, &mut admitted)?;
             if let Some(p) = &prefill {
                 for r in &p.rows {
                     if groups[r.group].keep {
@@ -398,12 +412,17 @@ pub fn generate(
 /// The next prompts to read: a prompt-cache hit alone (it starts past position 0), else
 /// the requests in line without one, up to [`PREFILL_ROWS`] rows (the call's own
 /// request whole).
-fn next_prefill(lm: &Loaded, admitted: &mut VecDeque<Admitted>) -> Option<Prefill> {
-    let first = admitted.pop_front()?;
+fn next_prefill(
+    lm: &Loaded,
+    admitted: &mut VecDeque<Admitted>,
+) -> Result<Option<Prefill>, LlmError> {
+    let Some(first) = admitted.pop_front() else {
+        return Ok(None);
+    };
     if first.start.is_some() {
-        return Some(Prefill::new(lm, first.rows, &first.prompts, first.start));
+        return Prefill::new(lm, first.rows, &first.prompts, &first.embeds, first.start).map(Some);
     }
-    let (mut rows, mut prompts) = (first.rows, first.prompts);
+    let (mut rows, mut prompts, mut embeds) = (first.rows, first.prompts, first.embeds);
     while let Some(next) = admitted.front() {
         if next.start.is_some() || rows.len() + next.rows.len() > PREFILL_ROWS {
             break;
@@ -411,8 +430,9 @@ fn next_prefill(lm: &Loaded, admitted: &mut VecDeque<Admitted>) -> Option<Prefil
         let next = admitted.pop_front().expect("looked at");
         rows.extend(next.rows);
         prompts.extend(next.prompts);
+        embeds.extend(next.embeds);
     }
-    Some(Prefill::new(lm, rows, &prompts, None))
+    Prefill::new(lm, rows, &prompts, &embeds, None).map(Some)
 }
 
 /// A [`Sink`] over a closure: events only, nothing joins.

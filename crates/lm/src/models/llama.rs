@@ -276,8 +276,22 @@ impl CausalLm for Llama {
         pos: &Positions,
         all: bool,
     ) -> mlx_rs::error::Result<Array> {
+        self.forward_embeds(&self.embed.lookup(ids)?, cache, pos, all)
+    }
+
+    fn embed_tokens(&self, ids: &Array) -> mlx_rs::error::Result<Array> {
+        self.embed.lookup(ids)
+    }
+
+    fn forward_embeds(
+        &self,
+        x: &Array,
+        cache: &mut [KvCache],
+        pos: &Positions,
+        all: bool,
+    ) -> mlx_rs::error::Result<Array> {
         let eps = self.config.rms_norm_eps;
-        let mut x = self.embed.lookup(ids)?;
+        let mut x = x.clone();
         for (block, c) in self.blocks.iter().zip(cache.iter_mut()) {
             let a = block.attn.forward(
                 &fast::rms_norm(&x, Some(&block.input_norm), eps)?,

@@ -206,6 +206,8 @@ pub struct Prefill {
     pub rows: Vec<Row>,
     /// (R, longest) token ids, left-padded.
     ids: Array,
+    /// (R, longest, H) input embeddings when a row has media, else read from `ids`.
+    embeds: Option<Array>,
     pads: Vec<usize>,
     longest: usize,
     /// Positions read so far (a prompt-cache hit starts past 0).
@@ -221,8 +223,9 @@ impl Prefill {
         lm: &Loaded,
         rows: Vec<Row>,
         prompts: &[Vec<u32>],
+        embeds: &[Option<Array>],
         start: Option<(usize, Vec<KvCache>)>,
-    ) -> Self {
+    ) -> Result<Self, LlmError> {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
         let mut padded = vec![0i32; prompts.len() * longest];
@@ -235,15 +238,44 @@ impl Prefill {
             Some((n, cache)) => (n, cache),
             None => (0, new_cache(lm)),
         };
-        Self {
+        let ids = Array::from_slice(&padded, &[prompts.len() as i32, longest as i32]);
+        // Rows with media are read from their embeddings; then so is every row of the
+        // prefill (the others' looked up, padding as zeros: masked).
+        let embeds = if embeds.iter().any(Option::is_some) {
+            let mut parts = Vec::with_capacity(prompts.len());
+            for (row, &pad) in pads.iter().enumerate() {
+                let x = match embeds.get(row).and_then(Option::as_ref) {
+                    Some(x) => x.clone(),
+                    None => lm
+                        .model
+                        .embed_tokens(&ids.index((row as i32..row as i32 + 1, pad as i32..)))?,
+                };
+                let x = if pad > 0 {
+                    let h = x.shape()[2];
+                    let zeros = mlx_rs::ops::zeros_dtype(&[1, pad as i32, h], x.dtype())?;
+                    mlx_rs::ops::concatenate(&[&zeros, &x], 1)?
+                } else {
+                    x
+                };
+                parts.push(x);
+            }
+            Some(mlx_rs::ops::concatenate(
+                &parts.iter().collect::<Vec<_>>(),
+                0,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
             rows,
-            ids: Array::from_slice(&padded, &[prompts.len() as i32, longest as i32]),
+            ids,
+            embeds,
             pads,
             longest,
             q0,
             cache,
             logits: None,
-        }
+        })
     }
 
     /// Read the next chunk of at most `chunk` tokens; `true` once the whole prompt is in
@@ -254,7 +286,13 @@ impl Prefill {
             .ids
             .index((.., (self.q0 as i32)..((self.q0 + l) as i32)));
         let pos = positions(&self.pads, self.q0, l, lm.dtype)?;
-        let out = lm.model.forward(&chunk, &mut self.cache, &pos, false)?;
+        let out = match &self.embeds {
+            Some(x) => {
+                let x = x.index((.., (self.q0 as i32)..((self.q0 + l) as i32), ..));
+                lm.model.forward_embeds(&x, &mut self.cache, &pos, false)?
+            }
+            None => lm.model.forward(&chunk, &mut self.cache, &pos, false)?,
+        };
         for c in &mut self.cache {
             c.settle()?;
         }

@@ -113,7 +113,7 @@ fn of_dtype(
 
 /// KV-cache elements of one token of one sequence: keys and values of every layer.
 /// Saturating: the factors are the model files' claims.
-pub(crate) fn kv_elements_per_token(f: &model_facts::Facts) -> u64 {
+pub fn kv_elements_per_token(f: &model_facts::Facts) -> u64 {
     f.layers
         .saturating_mul(2)
         .saturating_mul(f.kv_heads)

@@ -30,6 +30,8 @@ pub struct Loaded {
     pub kv_store: crate::models::KvStore,
     /// LoRA adapters loaded on it.
     pub adapters: crate::adapters::Adapters,
+    /// A multimodal model's media side (`vlm`): prompts with images go through it.
+    pub media: Option<Box<dyn crate::media::Media>>,
 }
 
 /// Options that decide how weights are materialised.
@@ -157,7 +159,9 @@ pub fn load_model(
     Ok((model, model_type, cfg))
 }
 
-fn build_model(
+/// The language model `cfg` (config.json) describes, from `weights` (strict: every
+/// tensor used). `file` names the config in errors.
+pub fn build_model(
     cfg: &Json,
     file: &Path,
     mut weights: Weights,
@@ -179,7 +183,9 @@ fn build_model(
     Ok(model)
 }
 
-fn finish(
+/// A [`Loaded`] from a built language model and its tokenizer: ids checked against the
+/// embedding table, every weight evaluated on this thread, the model's EOS ids added.
+pub fn finish(
     model: Box<dyn CausalLm>,
     model_type: String,
     mut tokenizer: TextTokenizer,
@@ -203,5 +209,6 @@ fn finish(
         kv_token_bytes: 0,
         kv_store: Default::default(),
         adapters: Default::default(),
+        media: None,
     })
 }

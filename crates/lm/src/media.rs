@@ -1,0 +1,42 @@
+//! What a multimodal plugin adds to the text loop: prompts whose messages hold images
+//! (or other media) become token ids with the placeholders expanded, and the input
+//! embeddings of those ids with the media's features in place of their tokens'. The
+//! loop prefills such a row from its embeddings and decodes it as any other row.
+
+use crate::{error::LlmError, loader::Loaded};
+use mlx_rs::Array;
+use plugin_api::text::TextInput;
+
+/// A prompt with media, ready for the language model.
+pub struct MediaPrompt {
+    /// Token ids, media placeholders expanded (what the context counts).
+    pub ids: Vec<u32>,
+    /// Input embeddings (1, L, H) for `ids`, media features in place.
+    pub embeds: Array,
+}
+
+/// The media side of a multimodal model (its encoders, its processor).
+pub trait Media: Send {
+    /// Input `index` of a request, whose messages hold media: rendered with the model's
+    /// chat template (after `system_prompt` unless the input has a system message),
+    /// the media decoded, checked and encoded.
+    fn prompt(
+        &self,
+        lm: &Loaded,
+        system_prompt: Option<&str>,
+        input: &TextInput,
+        index: usize,
+    ) -> Result<MediaPrompt, LlmError>;
+    /// Every array it holds, for the loader to evaluate on its thread.
+    fn parameters(&self) -> Vec<&Array>;
+    /// (parameters, bytes) of its weights.
+    fn sizes(&self) -> (u64, u64);
+}
+
+/// Whether input `input` holds media.
+pub fn has_media(input: &TextInput) -> bool {
+    input
+        .messages
+        .iter()
+        .any(plugin_api::text::ChatMessage::has_media)
+}
