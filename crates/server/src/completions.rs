@@ -82,7 +82,7 @@ pub(crate) async fn chat(State(st): State<St>, body: Result<Bytes, BytesRejectio
             "/v1/chat/completions",
         )?;
         model = entry.id.clone();
-        let messages = chat_messages(&req.messages, entry.kind == ModelKind::VLM)?;
+        let messages = chat_messages(&req.messages, &entry.id, entry.kind == ModelKind::VLM)?;
         let input = TextInput {
             prompt: "".into(),
             messages: messages.into(),

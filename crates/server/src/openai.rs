@@ -603,9 +603,14 @@ impl Common {
     }
 }
 
-/// Chat messages as plugin-api messages. Image parts need a vision-language model
-/// (`vlm_ok`); anything else that is not text is refused, naming the part.
-pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>, ApiError> {
+/// Chat messages as plugin-api messages for model `model`. Image parts need a
+/// vision-language model (`vlm_ok`); anything else that is not text is refused, naming
+/// the part.
+pub fn chat_messages(
+    msgs: &[Message],
+    model: &str,
+    vlm_ok: bool,
+) -> Result<Vec<ChatMessage>, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -643,7 +648,7 @@ pub fn chat_messages(msgs: &[Message], vlm_ok: bool) -> Result<Vec<ChatMessage>,
                             ("image_url" | "input_image", _) if !vlm_ok => {
                                 return Err(ApiError::invalid(
                                     &param,
-                                    "image content parts need a vision-language (vlm) model; this model reads text only",
+                                    format!("model `{model}` reads text only: image content parts need a vision-language (vlm) model"),
                                 ))
                             }
                             ("image_url" | "input_image", _) => {
@@ -676,7 +681,7 @@ mod tests {
     fn parse(content: Value, vlm_ok: bool) -> Result<Vec<ChatMessage>, ApiError> {
         let m: Message =
             serde_json::from_value(json!({"role": "user", "content": content})).unwrap();
-        chat_messages(&[m], vlm_ok)
+        chat_messages(&[m], "smol", vlm_ok)
     }
 
     #[test]
@@ -723,7 +728,8 @@ mod tests {
             json!([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]);
         assert!(msg(remote.clone(), true).contains("messages[0].content[0].image_url"));
         assert!(msg(remote.clone(), true).contains("does not fetch remote images"));
-        assert!(msg(remote, false).contains("vision-language"));
+        assert!(msg(remote.clone(), false).contains("vision-language"));
+        assert!(msg(remote, false).contains("model `smol`"));
         let not_image =
             json!([{"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}}]);
         assert!(msg(not_image, true).contains("not an image type"));

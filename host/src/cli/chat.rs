@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use engine::Engine;
 use plugin_api::{
-    text::{ChatMessage, StreamControl, TextInput},
+    text::{ChatMessage, ContentPart, StreamControl, TextInput},
     ModelKind,
 };
 use std::io::{BufRead, Write};
@@ -44,7 +44,10 @@ pub(crate) fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
         }
     };
     reset(&mut history);
-    eprintln!("chatting with {model} — /reset clears the history, /exit quits");
+    eprintln!(
+        "chatting with {model} — /image PATH adds an image to your next message, /reset clears the history, /exit quits"
+    );
+    let mut images: Vec<ContentPart> = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -56,12 +59,29 @@ pub(crate) fn cmd_chat(engine: &Engine, a: &ChatArgs) -> Result<()> {
             "/exit" | "/quit" => break,
             "/reset" => {
                 reset(&mut history);
+                images.clear();
                 eprintln!("(history cleared)");
+                continue;
+            }
+            t if t.starts_with("/image ") => {
+                let path = std::path::Path::new(t["/image ".len()..].trim());
+                match super::generate::image_part(path) {
+                    Ok(p) => {
+                        images.push(p);
+                        eprintln!("(image {} added to your next message)", path.display());
+                    }
+                    Err(e) => eprintln!("error: {e:#}"),
+                }
                 continue;
             }
             _ => {}
         }
-        history.push(ChatMessage::text("user", &line));
+        let mut parts = std::mem::take(&mut images);
+        parts.push(ContentPart::text(line.as_str()));
+        history.push(ChatMessage {
+            role: "user".into(),
+            parts: parts.into(),
+        });
         let input = TextInput {
             prompt: "".into(),
             messages: history.clone().into(),

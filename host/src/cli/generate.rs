@@ -6,7 +6,7 @@ use clap::Args;
 use engine::request::Generate;
 use engine::Engine;
 use plugin_api::{
-    text::{ChatMessage, GenerateRequest, SamplingParams, StreamControl, TextInput},
+    text::{ChatMessage, ContentPart, GenerateRequest, SamplingParams, StreamControl, TextInput},
     ModelKind,
 };
 use serde_json::json;
@@ -71,6 +71,39 @@ impl SamplingArgs {
     }
 }
 
+/// Largest image file read (the plugin refuses images over its pixel limit from their
+/// headers; this bounds what is read to get there).
+const MAX_IMAGE_FILE: u64 = 64 << 20;
+
+/// An image file as a content part (`--image`, chat's `/image`).
+pub(crate) fn image_part(path: &std::path::Path) -> Result<ContentPart> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("image {}", path.display()))?
+        .len();
+    if len > MAX_IMAGE_FILE {
+        anyhow::bail!(
+            "image {}: {} is over the {} limit",
+            path.display(),
+            human_bytes(len),
+            human_bytes(MAX_IMAGE_FILE)
+        );
+    }
+    let data = std::fs::read(path).with_context(|| format!("image {}", path.display()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        _ => "",
+    };
+    Ok(ContentPart::image(data, mime))
+}
+
 /// `req` checked, a refusal naming the flag (or the prompt) it came from.
 pub(crate) fn checked(req: GenerateRequest) -> Result<Generate> {
     Generate::new(req).map_err(|e| {
@@ -110,6 +143,10 @@ pub(crate) struct GenerateArgs {
     /// System prompt (implies --chat).
     #[arg(long)]
     pub(crate) system: Option<String>,
+    /// An image for a vision-language model (repeatable; implies --chat): PNG, JPEG,
+    /// WebP or GIF, placed before the prompt in the user message.
+    #[arg(long = "image", value_name = "PATH")]
+    pub(crate) images: Vec<std::path::PathBuf>,
     #[command(flatten)]
     pub(crate) sampling: SamplingArgs,
     #[command(flatten)]
@@ -129,12 +166,21 @@ pub(crate) fn cmd_generate(engine: &Engine, a: &GenerateArgs) -> Result<()> {
         .clone()
         .or_else(|| a.text.clone())
         .context("no prompt: give --prompt TEXT or TEXT")?;
-    let input = if a.chat || a.system.is_some() {
+    let input = if a.chat || a.system.is_some() || !a.images.is_empty() {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(ChatMessage::text("system", s));
         }
-        msgs.push(ChatMessage::text("user", &prompt));
+        let mut parts = a
+            .images
+            .iter()
+            .map(|p| image_part(p))
+            .collect::<Result<Vec<_>>>()?;
+        parts.push(ContentPart::text(prompt.as_str()));
+        msgs.push(ChatMessage {
+            role: "user".into(),
+            parts: parts.into(),
+        });
         TextInput {
             prompt: "".into(),
             messages: msgs.into(),

@@ -1,0 +1,263 @@
+//! Resizing as Pillow resizes 8-bit images (`Image.resize` without `reducing_gap`,
+//! libImaging/Resample.c): separable passes, horizontal then vertical, each output pixel a
+//! weighted sum over the filter's support scaled by the downscale factor (antialiased),
+//! weights normalised then fixed to 22 fractional bits, and every pass rounded and
+//! clamped back to 8 bits. The Hub's image processors resize through Pillow, so this is
+//! what makes our pixels theirs: same weights, same rounding, same intermediate image.
+
+/// Pillow's resampling filters (the `resample` numbers processors' configs use).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    Nearest,
+    Lanczos,
+    Bilinear,
+    Bicubic,
+    Box,
+    Hamming,
+}
+
+impl Filter {
+    /// From `PIL.Image.Resampling`'s value (0 nearest, 1 Lanczos, 2 bilinear, 3 bicubic,
+    /// 4 box, 5 Hamming).
+    pub fn from_pil(n: i64) -> Option<Self> {
+        Some(match n {
+            0 => Self::Nearest,
+            1 => Self::Lanczos,
+            2 => Self::Bilinear,
+            3 => Self::Bicubic,
+            4 => Self::Box,
+            5 => Self::Hamming,
+            _ => return None,
+        })
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Self::Nearest | Self::Box => 0.5,
+            Self::Bilinear | Self::Hamming => 1.0,
+            Self::Bicubic => 2.0,
+            Self::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        fn sinc(x: f64) -> f64 {
+            if x == 0.0 {
+                1.0
+            } else {
+                let x = x * std::f64::consts::PI;
+                x.sin() / x
+            }
+        }
+        match self {
+            Self::Nearest | Self::Box => {
+                if (-0.5..0.5).contains(&x) {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Self::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Self::Hamming => {
+                let x = x.abs();
+                if x == 0.0 {
+                    1.0
+                } else if x >= 1.0 {
+                    0.0
+                } else {
+                    let px = x * std::f64::consts::PI;
+                    px.sin() / px * (0.46 + 0.54 * px.cos())
+                }
+            }
+            Self::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Self::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output pixel: the first input pixel, and fixed-point weights of the next ones.
+struct Coeffs {
+    bounds: Vec<(usize, usize)>,
+    ksize: usize,
+    k: Vec<i32>,
+}
+
+fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut k = vec![0i32; out_size * ksize];
+    let mut w = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C's (int) truncates toward zero, as `as` does.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin).min(ksize);
+        let mut total = 0.0;
+        for (x, wx) in w.iter_mut().enumerate().take(n) {
+            *wx = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+            total += *wx;
+        }
+        for x in 0..n {
+            let v = if total != 0.0 { w[x] / total } else { w[x] };
+            let f = v * f64::from(1u32 << PRECISION_BITS);
+            k[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        bounds.push((xmin, n));
+    }
+    Coeffs { bounds, ksize, k }
+}
+
+fn clip8(v: i64) -> u8 {
+    if v >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if v <= 0 {
+        0
+    } else {
+        (v >> PRECISION_BITS) as u8
+    }
+}
+
+/// `src` (RGB, `w`×`h`, row-major) resized to `ow`×`oh` with `filter`.
+pub fn resize(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Filter) -> Vec<u8> {
+    if (w, h) == (ow, oh) {
+        return src.to_vec();
+    }
+    if filter == Filter::Nearest {
+        return nearest(src, w, h, ow, oh);
+    }
+    let need_h = ow != w;
+    let need_v = oh != h;
+    let cv = coeffs(h, oh, filter);
+    // Only the rows the vertical pass reads go through the horizontal one.
+    let (first, last) = match (cv.bounds.first(), cv.bounds.last()) {
+        (Some(f), Some(l)) => (f.0, l.0 + l.1),
+        _ => (0, h),
+    };
+    let (tmp, tw, th, row0) = if need_h {
+        let ch = coeffs(w, ow, filter);
+        let rows = last - first;
+        let mut out = vec![0u8; ow * rows * 3];
+        for y in 0..rows {
+            let line = &src[(y + first) * w * 3..(y + first + 1) * w * 3];
+            for (xx, &(xmin, n)) in ch.bounds.iter().enumerate() {
+                let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
+                for c in 0..3 {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (x, &kx) in k.iter().enumerate() {
+                        ss += i64::from(line[(xmin + x) * 3 + c]) * i64::from(kx);
+                    }
+                    out[(y * ow + xx) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        (out, ow, rows, first)
+    } else {
+        (src.to_vec(), w, h, 0)
+    };
+    if !need_v {
+        return tmp;
+    }
+    debug_assert_eq!(th, tmp.len() / (tw * 3));
+    let mut out = vec![0u8; tw * oh * 3];
+    for (yy, &(ymin, n)) in cv.bounds.iter().enumerate() {
+        let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+        let ymin = ymin - row0;
+        for x in 0..tw * 3 {
+            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+            for (y, &ky) in k.iter().enumerate() {
+                ss += i64::from(tmp[(ymin + y) * tw * 3 + x]) * i64::from(ky);
+            }
+            out[yy * tw * 3 + x] = clip8(ss);
+        }
+    }
+    out
+}
+
+/// Pillow's nearest neighbour: the source pixel under each output pixel's centre.
+fn nearest(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ow * oh * 3];
+    for y in 0..oh {
+        let sy = (((y as f64 + 0.5) * h as f64 / oh as f64) as usize).min(h - 1);
+        for x in 0..ow {
+            let sx = (((x as f64 + 0.5) * w as f64 / ow as f64) as usize).min(w - 1);
+            out[(y * ow + x) * 3..(y * ow + x) * 3 + 3]
+                .copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point() {
+        for f in [
+            Filter::Lanczos,
+            Filter::Bicubic,
+            Filter::Bilinear,
+            Filter::Hamming,
+        ] {
+            for (i, o) in [(512, 64), (64, 128), (451, 128), (7, 3)] {
+                let c = coeffs(i, o, f);
+                for (xx, &(_, n)) in c.bounds.iter().enumerate() {
+                    let s: i64 = c.k[xx * c.ksize..xx * c.ksize + n]
+                        .iter()
+                        .map(|&k| i64::from(k))
+                        .sum();
+                    // Each weight rounds by at most half a unit.
+                    assert!(
+                        (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                        "{f:?} {i}->{o}: {s}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_flat_image_stays_flat() {
+        let src = vec![77u8; 30 * 20 * 3];
+        for f in [Filter::Lanczos, Filter::Bicubic, Filter::Bilinear] {
+            assert!(
+                resize(&src, 30, 20, 64, 9, f).iter().all(|&v| v == 77),
+                "{f:?}"
+            );
+        }
+    }
+}

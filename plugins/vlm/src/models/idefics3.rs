@@ -1,0 +1,516 @@
+//! Idefics3 (`model_type = "idefics3"`): SmolVLM 256M / 500M / 2.2B and Idefics3-8B.
+//! A SigLIP tower reads each frame, a pixel shuffle folds `scale_factor`² neighbouring
+//! patches into one vector, a linear connector maps it into the text model's space, and
+//! those vectors take the places of the prompt's `<image>` tokens in a Llama text model.
+//!
+//! The processor (`preprocessor_config.json` / `processor_config.json`) resizes the
+//! image's longest edge to `size.longest_edge` (even sides), rounds both sides up to
+//! whole tiles of `max_image_size.longest_edge`, and — with `do_image_splitting` — cuts
+//! it into those tiles and appends the whole image squeezed into one tile; each frame
+//! becomes `image_seq_len` image tokens, tiles tagged `<row_r_col_c>`, the whole image
+//! `<global-img>`, all between `<fake_token_around_image>`.
+//! Skeleton: `Config` → `Processor` → `Connector` → `Idefics3` (the [`Media`] side).
+
+use crate::image::{self, resample::Filter, Rgb};
+use crate::vision::siglip::{self, Siglip};
+use lm::{
+    loader::Loaded,
+    media::{Media, MediaPrompt},
+    LlmError,
+};
+use mlx_common::{Linear, Weights};
+use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
+use plugin_api::text::{PartKind, TextInput};
+use serde_json::Value as Json;
+use std::path::Path;
+
+/// Most frames one image may become (SmolVLM's 2048 / 512 gives 4×4 + 1).
+const MAX_FRAMES_PER_IMAGE: usize = 64;
+
+/// The preprocessing settings (`preprocessor_config.json`, or `processor_config.json`'s
+/// `image_processor`), `image_seq_len` from `processor_config.json`.
+pub struct Processor {
+    longest_edge: usize,
+    tile: usize,
+    split: bool,
+    filter: Filter,
+    mean: [f32; 3],
+    std: [f32; 3],
+    rescale: f32,
+    image_seq_len: usize,
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>, LlmError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| LlmError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| LlmError::Config {
+            file: path.into(),
+            msg: e.to_string(),
+        })
+}
+
+impl Processor {
+    /// From the model directory; `seq_default` is what the model's shapes give.
+    pub fn from_dir(dir: &Path, seq_default: usize) -> Result<Self, LlmError> {
+        let pre = dir.join("preprocessor_config.json");
+        let proc_file = dir.join("processor_config.json");
+        let proc_cfg = read_json(&proc_file)?;
+        let (cfg, file) = match read_json(&pre)? {
+            Some(c) => (c, pre),
+            None => match proc_cfg.as_ref().and_then(|p| p.get("image_processor")) {
+                Some(c) => (c.clone(), proc_file.clone()),
+                None => return Err(LlmError::MissingFile(pre)),
+            },
+        };
+        let bad = |msg: String| LlmError::Config {
+            file: file.clone(),
+            msg,
+        };
+        let edge = |k: &str, default: i64| -> Result<usize, LlmError> {
+            let n = cfg
+                .get(k)
+                .and_then(|v| v.get("longest_edge"))
+                .and_then(Json::as_i64)
+                .unwrap_or(default);
+            if !(1..=4096).contains(&n) {
+                return Err(bad(format!(
+                    "`{k}.longest_edge` = {n} is out of range 1..=4096"
+                )));
+            }
+            Ok(n as usize)
+        };
+        let triple = |k: &str| -> Result<[f32; 3], LlmError> {
+            match cfg.get(k) {
+                None => Ok([0.5; 3]),
+                Some(Json::Array(v)) if v.len() == 3 && v.iter().all(Json::is_number) => {
+                    let f = |i: usize| v[i].as_f64().unwrap_or(0.0) as f32;
+                    Ok([f(0), f(1), f(2)])
+                }
+                Some(Json::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
+                Some(other) => Err(bad(format!("`{k}` = {other} is not three numbers"))),
+            }
+        };
+        let flag = |k: &str, default: bool| cfg.get(k).and_then(Json::as_bool).unwrap_or(default);
+        for (k, must) in [
+            ("do_resize", true),
+            ("do_rescale", true),
+            ("do_convert_rgb", true),
+        ] {
+            if flag(k, must) != must {
+                return Err(bad(format!("`{k}: {}` is not supported", !must)));
+            }
+        }
+        let resample = cfg.get("resample").and_then(Json::as_i64).unwrap_or(1);
+        let std = triple("image_std")?;
+        if std.iter().any(|s| *s <= 0.0) {
+            return Err(bad(format!("`image_std` {std:?} must be positive")));
+        }
+        let normalize = flag("do_normalize", true);
+        let seq = proc_cfg
+            .as_ref()
+            .and_then(|p| p.get("image_seq_len"))
+            .and_then(Json::as_u64)
+            .map_or(seq_default, |n| n as usize);
+        Ok(Self {
+            longest_edge: edge("size", 4 * 364)?,
+            tile: edge("max_image_size", 364)?,
+            split: flag("do_image_splitting", true),
+            filter: Filter::from_pil(resample)
+                .ok_or_else(|| bad(format!("`resample` = {resample} is not a Pillow filter")))?,
+            mean: if normalize {
+                triple("image_mean")?
+            } else {
+                [0.0; 3]
+            },
+            std: if normalize { std } else { [1.0; 3] },
+            rescale: cfg
+                .get("rescale_factor")
+                .and_then(Json::as_f64)
+                .unwrap_or(1.0 / 255.0) as f32,
+            image_seq_len: seq,
+        })
+    }
+
+    /// The frames of `img` (tiles row by row, then the whole image; or the whole image
+    /// alone) and its (rows, cols) of tiles (0, 0 when not split).
+    pub fn frames(&self, img: &Rgb) -> (Vec<Rgb>, usize, usize) {
+        let (h, w) = longest_edge_size(img.height, img.width, self.longest_edge);
+        let img = img.resize(w, h, self.filter);
+        let m = self.tile;
+        if !self.split {
+            return (vec![img.resize(m, m, self.filter)], 0, 0);
+        }
+        let (h, w) = tiles_size(img.height, img.width, m);
+        let img = img.resize(w, h, self.filter);
+        if h <= m && w <= m {
+            return (vec![img], 0, 0);
+        }
+        let (rows, cols) = ((h - m) / m + 1, (w - m) / m + 1);
+        let mut frames = Vec::with_capacity(rows * cols + 1);
+        for r in 0..rows {
+            for c in 0..cols {
+                frames.push(img.crop(c * m, r * m, m, m));
+            }
+        }
+        frames.push(img.resize(m, m, self.filter));
+        (frames, rows, cols)
+    }
+
+    /// Normalised pixels (3, H, W) of a frame: (v · rescale − mean) / std per channel.
+    pub fn pixels(&self, f: &Rgb) -> Vec<f32> {
+        let n = f.width * f.height;
+        let mut out = vec![0f32; 3 * n];
+        for (i, px) in f.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * n + i] = (f32::from(px[c]) * self.rescale - self.mean[c]) / self.std[c];
+            }
+        }
+        out
+    }
+
+    /// The text an image's `<image>` marker becomes.
+    fn expansion(&self, rows: usize, cols: usize) -> String {
+        let image = "<image>".repeat(self.image_seq_len);
+        let global =
+            format!("<fake_token_around_image><global-img>{image}<fake_token_around_image>");
+        if rows == 0 && cols == 0 {
+            return global;
+        }
+        let mut s = String::new();
+        for r in 0..rows {
+            for c in 0..cols {
+                s.push_str(&format!(
+                    "<fake_token_around_image><row_{}_col_{}>{image}",
+                    r + 1,
+                    c + 1
+                ));
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+        s.push_str(&global);
+        s
+    }
+}
+
+/// Height and width after the longest edge becomes `edge` (the other side even), as
+/// the processor's `_resize_output_size_rescale_to_max_len` computes them, then capped
+/// at 4096.
+fn longest_edge_size(h: usize, w: usize, edge: usize) -> (usize, usize) {
+    let aspect = w as f64 / h as f64;
+    let (mut h2, mut w2);
+    if w >= h {
+        w2 = edge;
+        h2 = (w2 as f64 / aspect) as usize;
+        if h2 % 2 != 0 {
+            h2 += 1;
+        }
+    } else {
+        h2 = edge;
+        w2 = (h2 as f64 * aspect) as usize;
+        if w2 % 2 != 0 {
+            w2 += 1;
+        }
+    }
+    let (h2, w2) = (h2.max(1), w2.max(1));
+    const CAP: usize = 4096;
+    let aspect = w2 as f64 / h2 as f64;
+    if w2 >= h2 && w2 > CAP {
+        (((CAP as f64 / aspect) as usize).max(1), CAP)
+    } else if h2 > w2 && h2 > CAP {
+        (CAP, ((CAP as f64 * aspect) as usize).max(1))
+    } else {
+        (h2, w2)
+    }
+}
+
+/// Both sides rounded up to whole tiles of `m` (`resize_for_vision_encoder`).
+fn tiles_size(h: usize, w: usize, m: usize) -> (usize, usize) {
+    let aspect = w as f64 / h as f64;
+    let up = |x: f64| (x / m as f64).ceil() as usize * m;
+    if w >= h {
+        let w2 = up(w as f64);
+        let h2 = up(((w2 as f64 / aspect) as usize) as f64);
+        (h2.max(m), w2)
+    } else {
+        let h2 = up(h as f64);
+        let w2 = up(((h2 as f64 * aspect) as usize) as f64);
+        (h2, w2.max(m))
+    }
+}
+
+/// The connector: pixel shuffle, then a linear map without bias.
+struct Connector {
+    proj: Linear,
+    scale: i32,
+}
+
+impl Connector {
+    fn forward(&self, x: &Array) -> mlx_rs::error::Result<Array> {
+        let s = x.shape();
+        let (b, seq, d) = (s[0], s[1], s[2]);
+        let side = (seq as f64).sqrt() as i32;
+        let k = self.scale;
+        let x = x
+            .reshape(&[b, side, side / k, d * k])?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, side / k, side / k, d * k * k])?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, seq / (k * k), d * k * k])?;
+        self.proj.forward(&x)
+    }
+}
+
+/// The media side of an Idefics3 model.
+pub struct Idefics3 {
+    vision: Siglip,
+    connector: Connector,
+    processor: Processor,
+    image_token: u32,
+    dtype: Dtype,
+}
+
+/// Builds the language model and the media side from `dir`'s config and weights.
+pub fn load(
+    cfg: &Json,
+    dir: &Path,
+    weights: Weights,
+    dtype: Dtype,
+) -> Result<super::Built, LlmError> {
+    let file = dir.join("config.json");
+    let bad = |msg: String| LlmError::Config {
+        file: file.clone(),
+        msg,
+    };
+    let mut w = weights;
+    // mlx-vlm's conversions name the parts without `model.`.
+    w.rename_prefix("language_model.model.", "model.text_model.");
+    w.rename_prefix("language_model.lm_head.", "lm_head.");
+    w.rename_prefix("vision_model.", "model.vision_model.");
+    w.rename_prefix("connector.", "model.connector.");
+    let vcfg = siglip::Config::from_json(cfg.get("vision_config").unwrap_or(&Json::Null), &file)?;
+    let scale = cfg.get("scale_factor").and_then(Json::as_i64).unwrap_or(2) as i32;
+    let side = vcfg.side();
+    if !(1..=8).contains(&scale) || side % scale != 0 {
+        return Err(bad(format!(
+            "`scale_factor` {scale} does not divide the {side}×{side} patch grid"
+        )));
+    }
+    let mut text = cfg
+        .get("text_config")
+        .cloned()
+        .ok_or_else(|| bad("missing `text_config`".into()))?;
+    if text.get("model_type").and_then(Json::as_str) != Some("llama") {
+        return Err(bad(format!(
+            "`text_config.model_type` {} is not supported (llama)",
+            text.get("model_type").unwrap_or(&Json::Null)
+        )));
+    }
+    if let (Some(t), Json::Object(m)) = (cfg.get("tie_word_embeddings"), &mut text) {
+        m.entry("tie_word_embeddings").or_insert(t.clone());
+    }
+    let text_hidden = text.get("hidden_size").and_then(Json::as_i64).unwrap_or(0) as i32;
+    let image_token = cfg
+        .get("image_token_id")
+        .and_then(Json::as_u64)
+        .ok_or_else(|| bad("missing `image_token_id`".into()))? as u32;
+    let vision = Siglip::load(vcfg, &mut w, "model.vision_model")?;
+    let d = vision.config.hidden_size;
+    let connector = Connector {
+        proj: w.linear(
+            "model.connector.modality_projection.proj",
+            d * scale * scale,
+            text_hidden,
+            false,
+        )?,
+        scale,
+    };
+    let seq = (side * side / (scale * scale)) as usize;
+    let processor = Processor::from_dir(dir, seq)?;
+    if processor.tile % vision.config.patch_size as usize != 0
+        || !(processor.tile / vision.config.patch_size as usize).is_multiple_of(scale as usize)
+    {
+        return Err(bad(format!(
+            "tiles of {} pixels do not split into patches of {} shuffled by {scale}",
+            processor.tile, vision.config.patch_size
+        )));
+    }
+    let per_tile =
+        (processor.tile / vision.config.patch_size as usize).pow(2) / (scale * scale) as usize;
+    if processor.image_seq_len != per_tile {
+        return Err(bad(format!(
+            "`image_seq_len` {} differs from the {per_tile} features a {}-pixel tile gives",
+            processor.image_seq_len, processor.tile
+        )));
+    }
+    w.rename_prefix("model.text_model.", "model.");
+    let lm = lm::loader::build_model(&text, &file, w)?;
+    let media = Idefics3 {
+        vision,
+        connector,
+        processor,
+        image_token,
+        dtype,
+    };
+    mlx_rs::transforms::eval(media.parameters())?;
+    Ok((lm, Box::new(media)))
+}
+
+impl Idefics3 {
+    /// Features (frames · image_seq_len, text hidden) of an image's frames.
+    fn features(&self, frames: &[Rgb]) -> Result<Array, LlmError> {
+        let m = self.processor.tile as i32;
+        let mut px = Vec::with_capacity(frames.len() * 3 * (m * m) as usize);
+        for f in frames {
+            px.extend(self.processor.pixels(f));
+        }
+        let x = Array::from_slice(&px, &[frames.len() as i32, 3, m, m]).as_dtype(self.dtype)?;
+        let h = self.vision.forward(&x)?;
+        let f = self.connector.forward(&h)?;
+        let d = f.shape()[2];
+        Ok(f.reshape(&[-1, d])?)
+    }
+
+    /// The processed frames of each image of `input`, with their (rows, cols).
+    pub fn images(&self, input: &TextInput) -> Result<Vec<(Vec<Rgb>, usize, usize)>, LlmError> {
+        let mut out = Vec::new();
+        for (m, msg) in input.messages.iter().enumerate() {
+            for (p, part) in msg.parts.iter().enumerate() {
+                if part.kind == PartKind::TEXT {
+                    continue;
+                }
+                if part.kind != PartKind::IMAGE {
+                    return Err(LlmError::Request(format!(
+                        "messages[{m}].content[{p}]: {} parts are not supported by this model",
+                        part.kind.name()
+                    )));
+                }
+                let img = image::decode(part.data.as_slice())
+                    .map_err(|e| LlmError::Request(format!("messages[{m}].content[{p}]: {e}")))?;
+                let (frames, rows, cols) = self.processor.frames(&img);
+                if frames.len() > MAX_FRAMES_PER_IMAGE {
+                    return Err(LlmError::Request(format!(
+                        "messages[{m}].content[{p}]: the image becomes {} frames (at most {MAX_FRAMES_PER_IMAGE})",
+                        frames.len()
+                    )));
+                }
+                out.push((frames, rows, cols));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rendered, expanded and tokenized prompt of `input`, and its images' frames.
+    pub fn tokens(
+        &self,
+        lm: &Loaded,
+        system_prompt: Option<&str>,
+        input: &TextInput,
+        index: usize,
+    ) -> Result<(Vec<u32>, Vec<Rgb>), LlmError> {
+        let images = self.images(input)?;
+        let msgs = textgen::media_messages(&input.messages, system_prompt);
+        let text = lm::tokenizer::render_chat(&lm.tokenizer, &msgs)?;
+        let pieces: Vec<&str> = text.split("<image>").collect();
+        if pieces.len() != images.len() + 1 {
+            return Err(LlmError::Request(format!(
+                "input #{index}: the chat template wrote {} image markers for {} images",
+                pieces.len() - 1,
+                images.len()
+            )));
+        }
+        let mut expanded = String::from(pieces[0]);
+        let mut frames = Vec::new();
+        for ((f, rows, cols), rest) in images.into_iter().zip(&pieces[1..]) {
+            expanded.push_str(&self.processor.expansion(rows, cols));
+            expanded.push_str(rest);
+            frames.extend(f);
+        }
+        let ids = lm.tokenizer.encode_rendered(&expanded)?;
+        let n = ids.iter().filter(|&&t| t == self.image_token).count();
+        if n != frames.len() * self.processor.image_seq_len {
+            return Err(LlmError::Tokenizer {
+                file: lm.tokenizer.source.clone(),
+                msg: format!(
+                    "the prompt has {n} image tokens (id {}) where {} frames need {}: `<image>` is not one token of this tokenizer",
+                    self.image_token,
+                    frames.len(),
+                    frames.len() * self.processor.image_seq_len
+                ),
+            });
+        }
+        Ok((ids, frames))
+    }
+}
+
+impl Media for Idefics3 {
+    fn prompt(
+        &self,
+        lm: &Loaded,
+        system_prompt: Option<&str>,
+        input: &TextInput,
+        index: usize,
+    ) -> Result<MediaPrompt, LlmError> {
+        let (ids, frames) = self.tokens(lm, system_prompt, input, index)?;
+        if let Some(msg) = textgen::context_overflow([ids.len()], lm.model.max_context()) {
+            return Err(LlmError::ContextLength(msg.replacen(
+                "input #0",
+                &format!("input #{index}"),
+                1,
+            )));
+        }
+        let feats = self.features(&frames)?;
+        let l = ids.len() as i32;
+        let tokens = Array::from_slice(&ids.iter().map(|&t| t as i32).collect::<Vec<_>>(), &[1, l]);
+        let text = lm.model.embed_tokens(&tokens)?.index((0, .., ..));
+        // Row j of the prompt: its token's embedding, or the next image feature.
+        let mut k = 0;
+        let gather: Vec<i32> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| {
+                if t == self.image_token {
+                    k += 1;
+                    l + k - 1
+                } else {
+                    j as i32
+                }
+            })
+            .collect();
+        let table = mlx_rs::ops::concatenate(&[&text, &feats.as_dtype(text.dtype())?], 0)?;
+        let embeds = table
+            .take_axis(Array::from_slice(&gather, &[l]), 0)?
+            .reshape(&[1, l, -1])?;
+        Ok(MediaPrompt { ids, embeds })
+    }
+
+    fn parameters(&self) -> Vec<&Array> {
+        let mut all = self.vision.parameters();
+        all.extend(self.connector.proj.arrays());
+        all
+    }
+
+    fn sizes(&self) -> (u64, u64) {
+        self.parameters().iter().fold((0, 0), |(p, b), a| {
+            (p + a.size() as u64, b + a.nbytes() as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_follow_the_processor() {
+        // SmolVLM: 2048 longest edge, 512 tiles.
+        assert_eq!(longest_edge_size(300, 451, 2048), (1362, 2048));
+        assert_eq!(tiles_size(1362, 2048, 512), (1536, 2048));
+        assert_eq!(longest_edge_size(70, 50, 128), (128, 92));
+        assert_eq!(tiles_size(128, 92, 64), (128, 128));
+    }
+}

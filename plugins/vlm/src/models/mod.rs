@@ -1,0 +1,45 @@
+//! Architectures of the vlm plugin, one file each (named after `config.json`'s
+//! `model_type`), and the architecture table. Each builds its language model through
+//! the `lm` crate's table (the same Llama/Qwen2 code the llm plugin runs) and returns
+//! its media side beside it.
+
+pub mod idefics3;
+
+use lm::{media::Media, models::CausalLm, LlmError};
+use mlx_common::Weights;
+use mlx_rs::Dtype;
+use serde_json::Value as Json;
+use std::path::Path;
+
+/// A built model: its language model and its media side.
+pub type Built = (Box<dyn CausalLm>, Box<dyn Media>);
+
+/// Builds the language model and the media side from config.json, the model directory
+/// and its weights (strict: every tensor used), at the load dtype.
+pub type LoadFn = fn(&Json, &Path, Weights, Dtype) -> Result<Built, LlmError>;
+
+/// An architecture: its `model_type` and how to build it.
+pub struct Architecture {
+    pub model_type: &'static str,
+    pub load: LoadFn,
+}
+
+/// The architecture table. A model type not listed here is rejected before any download.
+pub const ARCHITECTURES: &[Architecture] = &[Architecture {
+    model_type: "idefics3",
+    load: idefics3::load,
+}];
+
+/// The table's entry for `model_type`.
+pub fn find(model_type: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.model_type == model_type)
+}
+
+/// Supported types, for messages.
+pub fn supported_list() -> String {
+    ARCHITECTURES
+        .iter()
+        .map(|a| a.model_type)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

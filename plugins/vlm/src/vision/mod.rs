@@ -1,0 +1,3 @@
+//! Vision towers, one file each.
+
+pub mod siglip;
