@@ -485,6 +485,9 @@ impl Media for Idefics3 {
         let embeds = table
             .take_axis(Array::from_slice(&gather, &[l]), 0)?
             .reshape(&[1, l, -1])?;
+        // Evaluated once here: the prefill reads it a chunk at a time, and a lazy array
+        // would run the vision tower again for every chunk.
+        embeds.eval()?;
         Ok(MediaPrompt { ids, embeds })
     }
 
