@@ -172,8 +172,9 @@ pub fn render_chat(
     });
     // The template is the model's, not ours: bound what it may run and print.
     env.set_fuel(Some(TEMPLATE_FUEL));
+    let template = without_generation_tags(template);
     let tmpl = env
-        .template_from_str(template)
+        .template_from_str(&template)
         .map_err(|e| format!("chat template does not parse: {e}"))?;
     let mut out = Capped::default();
     tmpl.render_captured_to(
@@ -196,6 +197,31 @@ pub fn render_chat(
         }
     })?;
     String::from_utf8(out.bytes).map_err(|_| "chat template: the output is not UTF-8".into())
+}
+
+/// `template` without transformers' `{% generation %}` / `{% endgeneration %}` tags
+/// (they mark the assistant's text for training masks and render as nothing; LLaVA's
+/// processors ship them).
+fn without_generation_tags(template: &str) -> Cow<'_, str> {
+    if !template.contains("generation") {
+        return Cow::Borrowed(template);
+    }
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
+        let tag = &rest[start + 2..start + len];
+        let name = tag.trim_matches(|c: char| c == '-' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        if name != "generation" && name != "endgeneration" {
+            out.push_str(&rest[start..start + len + 2]);
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// Instructions one rendering of a chat template may run: real templates use a few
@@ -242,6 +268,28 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_tags_render_as_nothing() {
+        // LLaVA's processor template (llava-hf), assistant text inside the tags.
+        let t = "{% for m in messages %}{{ m.role.upper() + ': ' }}{% if m.role == 'assistant' %}{% generation %}{{ m.content + ' ' }}{% endgeneration %}{% else %}{{ m.content + ' ' }}{%- endif %}{% endfor %}{%- generation -%}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
+        let msgs = [
+            Message {
+                role: "user",
+                content: "Hi".into(),
+            },
+            Message {
+                role: "assistant",
+                content: "Hello".into(),
+            },
+        ];
+        assert_eq!(
+            render_chat(t, &msgs, "", "").unwrap(),
+            "USER: Hi ASSISTANT: Hello ASSISTANT:"
+        );
+        assert_eq!(without_generation_tags("{{ x }}"), "{{ x }}");
+        assert_eq!(without_generation_tags("a{% generation"), "a{% generation");
+    }
 
     #[test]
     fn renders_a_chatml_template_with_python_methods() {
