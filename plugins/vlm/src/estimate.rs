@@ -1,7 +1,7 @@
 //! This plugin's memory estimate: the checkpoint's weights at the load dtype (the
 //! llm plugin's dtype policy), the text model's KV cache for the planned context, and
-//! the activations of one image's frames through the vision tower (17 frames for
-//! SmolVLM's 4×4 tiles and the whole image) plus one prefill chunk.
+//! the activations of one image's frames through the vision tower (the architecture
+//! table's frames per image: 17 for SmolVLM's 4×4 tiles and the whole image, 1 for LLaVA) plus one prefill chunk.
 
 use mlx_common::{dtype_name, estimate::MLX_BASE_BYTES, mlx_backend};
 use mlx_rs::Dtype;
@@ -81,7 +81,12 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         .saturating_mul(batch);
     let v = cfg.get("vision_config").unwrap_or(&Json::Null);
     let patches = (int(v, "image_size") / int(v, "patch_size").max(1)).pow(2);
-    let vision = 17 * patches * (4 * int(v, "hidden_size") + int(v, "intermediate_size")) * 4;
+    let frames = cfg
+        .get("model_type")
+        .and_then(Json::as_str)
+        .and_then(crate::models::find)
+        .map_or(1, |a| a.frames_per_image);
+    let vision = frames * patches * (4 * int(v, "hidden_size") + int(v, "intermediate_size")) * 4;
     let chunk = lm::generate::PREFILL_CHUNK as u64
         * (8 * int(t, "hidden_size") + int(t, "intermediate_size") + int(t, "vocab_size"))
         * 4;

@@ -11,6 +11,8 @@
 pub mod estimate;
 pub mod image;
 pub mod models;
+pub mod processor;
+pub mod prompt;
 pub mod vision;
 
 use lm::{generate, loader::Loaded, prompt_cache, tokenizer::TextTokenizer, LlmError};
@@ -87,7 +89,7 @@ impl Plugin for VlmPlugin {
             name: "mlx-vlm".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description:
-                "Vision-language models on MLX (Idefics3/SmolVLM; PNG, JPEG, WebP, GIF inputs)"
+                "Vision-language models on MLX (Idefics3/SmolVLM, LLaVA; PNG, JPEG, WebP, GIF inputs)"
                     .into(),
             kinds: vec![ModelKind::VLM].into(),
             architectures: models::ARCHITECTURES

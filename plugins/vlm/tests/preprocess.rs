@@ -1,8 +1,10 @@
-//! Image preprocessing against transformers' Idefics3 processor (Pillow backend) on real
+//! Image preprocessing against transformers' processors (Pillow backend) on real
 //! photographs (scikit-image 0.26.0's sample data, fetched by `scripts/setup.sh`):
-//! `tests/fixtures/vlm/preprocess.json` holds its frames as 8-bit levels for the test
-//! checkpoint's processor (128-pixel resize, 64-pixel tiles), and the tiling SmolVLM's
-//! own settings (2048, 512) give.
+//! `tests/fixtures/vlm/preprocess.json` holds the frames as 8-bit levels for the test
+//! checkpoints' processors — Idefics3's (128-pixel resize, 64-pixel tiles) and LLaVA's
+//! (padded to a square of the mean colour, bicubic to 32, centre crop) — the tiling
+//! SmolVLM's own settings (2048, 512) give, and one photograph's frame under LLaVA 1.5's
+//! own settings (336 shortest edge and crop, no padding).
 //!
 //! Tolerance: none for PNG sources. Our resampler is Pillow's integer algorithm (the
 //! same fixed-point weights, the same rounding of each pass), so the levels are equal
@@ -17,7 +19,7 @@
 //! decode's (< 0.1 level).
 
 use base64::Engine;
-use mlxengine_vlm::{image, models::idefics3::Processor};
+use mlxengine_vlm::{image, models::idefics3::Processor, models::llava};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -77,11 +79,8 @@ fn frames_match_the_transformers_processor_on_photographs() {
             (p["rows"].as_u64().unwrap(), p["cols"].as_u64().unwrap()),
             "{file}: tiles"
         );
-        let want = base64::engine::general_purpose::STANDARD
-            .decode(p["levels"].as_str().unwrap())
-            .unwrap();
         // Reference: (frames, 3, H, W) planes; ours: RGB pixels.
-        let mut got = Vec::with_capacity(want.len());
+        let mut got = Vec::new();
         for f in &frames {
             let px = ours.pixels(f);
             got.extend(px.iter().map(|v| ((v + 1.0) / 2.0 * 255.0).round() as u8));
@@ -94,20 +93,12 @@ fn frames_match_the_transformers_processor_on_photographs() {
                 );
             }
         }
-        assert_eq!(got.len(), want.len(), "{file}: frame data size");
-        let diff: Vec<u8> = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).collect();
-        let max = diff.iter().copied().max().unwrap_or(0);
-        let off = diff.iter().filter(|d| **d > 0).count();
         println!(
-            "{file} ({}): {} frames, max |Δ| = {max} levels, {off} of {} values differ",
+            "{file} ({}): {} frames",
             p["mode"].as_str().unwrap(),
-            frames.len(),
-            want.len()
+            frames.len()
         );
-        let mean = diff.iter().map(|d| f64::from(*d)).sum::<f64>() / diff.len() as f64;
-        let bound = if file.ends_with(".jpg") { 5 } else { 0 };
-        assert!(max <= bound, "{file}: max level difference {max} > {bound}");
-        assert!(mean < 0.1, "{file}: mean level difference {mean}");
+        compare_levels("idefics3", file, &got, p["levels"].as_str().unwrap());
 
         let (frames, rows, cols) = smol.frames(&img);
         let s = &p["smolvlm"];
@@ -121,6 +112,78 @@ fn frames_match_the_transformers_processor_on_photographs() {
             "{file}: SmolVLM tiling"
         );
     }
+}
+
+/// Our frame's levels against the reference's (base64 of (3, H, W) planes), within the
+/// decoder's bound; prints what differs.
+fn compare_levels(what: &str, file: &str, got: &[u8], want_b64: &str) {
+    let want = base64::engine::general_purpose::STANDARD
+        .decode(want_b64)
+        .unwrap();
+    assert_eq!(got.len(), want.len(), "{what} {file}: frame data size");
+    let diff: Vec<u8> = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).collect();
+    let max = diff.iter().copied().max().unwrap_or(0);
+    let off = diff.iter().filter(|d| **d > 0).count();
+    println!(
+        "{what} {file}: max |Δ| = {max} levels, {off} of {} values differ",
+        want.len()
+    );
+    let mean = diff.iter().map(|d| f64::from(*d)).sum::<f64>() / diff.len() as f64;
+    let bound = if file.ends_with(".jpg") { 5 } else { 0 };
+    assert!(
+        max <= bound,
+        "{what} {file}: max level difference {max} > {bound}"
+    );
+    assert!(mean < 0.1, "{what} {file}: mean level difference {mean}");
+}
+
+/// LLaVA's frames: CLIP's normalisation undone to levels (v · std + mean) · 255, exact
+/// to ~1e-4 of a level in f32, so rounding gives the level back.
+#[test]
+fn llava_frames_match_the_transformers_processor_on_photographs() {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("preprocess.json")).unwrap())
+            .unwrap();
+    let (tiny, _) = llava::Processor::from_dir(&fixtures().join("llava"), 32).unwrap();
+    let dir = tempfile_dir().join("llava15");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        r#"{"crop_size": {"height": 336, "width": 336}, "do_center_crop": true, "do_normalize": true,
+            "do_resize": true, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_processor_type": "CLIPImageProcessor", "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 336}}"#,
+    )
+    .unwrap();
+    let (llava15, _) = llava::Processor::from_dir(&dir, 336).unwrap();
+    let mean = [0.481_454_66f32, 0.457_827_5, 0.408_210_73];
+    let std = [0.268_629_54f32, 0.261_302_6, 0.275_777_1];
+    let levels = |proc: &llava::Processor, img: &image::Rgb| -> Vec<u8> {
+        let f = proc.frame(img);
+        let n = f.width * f.height;
+        proc.pixels(&f)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((v * std[i / n] + mean[i / n]) * 255.0).round() as u8)
+            .collect()
+    };
+    let mut checked_big = 0;
+    for p in r["photos"].as_array().unwrap() {
+        let file = p["file"].as_str().unwrap();
+        let img = image::decode(&std::fs::read(photos().join(file)).unwrap()).unwrap();
+        let l = &p["llava"];
+        compare_levels(
+            "llava (padded, 32)",
+            file,
+            &levels(&tiny, &img),
+            l["levels"].as_str().unwrap(),
+        );
+        if let Some(big) = l.get("llava15").and_then(|v| v.as_str()) {
+            compare_levels("llava 1.5 (336)", file, &levels(&llava15, &img), big);
+            checked_big += 1;
+        }
+    }
+    assert_eq!(checked_big, 1, "the fixture holds one LLaVA 1.5 frame");
 }
 
 fn tempfile_dir() -> PathBuf {

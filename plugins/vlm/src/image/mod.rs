@@ -51,6 +51,29 @@ impl Rgb {
     }
 }
 
+impl Rgb {
+    /// Padded to a square of its longer side with `color`, the image centred (the
+    /// offset rounded down), as LLaVA's `pad_to_square`.
+    pub fn pad_square(&self, color: [u8; 3]) -> Self {
+        let side = self.width.max(self.height);
+        if self.width == self.height {
+            return self.clone();
+        }
+        let mut data = color.repeat(side * side);
+        let (x0, y0) = ((side - self.width) / 2, (side - self.height) / 2);
+        for row in 0..self.height {
+            let dst = ((y0 + row) * side + x0) * 3;
+            let src = row * self.width * 3;
+            data[dst..dst + self.width * 3].copy_from_slice(&self.data[src..src + self.width * 3]);
+        }
+        Self {
+            width: side,
+            height: side,
+            data,
+        }
+    }
+}
+
 /// What is wrong with an input image (the caller names which one).
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

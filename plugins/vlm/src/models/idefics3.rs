@@ -11,7 +11,9 @@
 //! `<global-img>`, all between `<fake_token_around_image>`.
 //! Skeleton: `Config` → `Processor` → `Connector` → `Idefics3` (the [`Media`] side).
 
-use crate::image::{self, resample::Filter, Rgb};
+use crate::image::{resample::Filter, Rgb};
+use crate::processor::{Normalize, Settings};
+use crate::prompt;
 use crate::vision::siglip::{self, Siglip};
 use lm::{
     loader::Loaded,
@@ -19,8 +21,8 @@ use lm::{
     LlmError,
 };
 use mlx_common::{Linear, Weights};
-use mlx_rs::{ops::indexing::IndexOp, Array, Dtype};
-use plugin_api::text::{PartKind, TextInput};
+use mlx_rs::{Array, Dtype};
+use plugin_api::text::TextInput;
 use serde_json::Value as Json;
 use std::path::Path;
 
@@ -34,104 +36,28 @@ pub struct Processor {
     tile: usize,
     split: bool,
     filter: Filter,
-    mean: [f32; 3],
-    std: [f32; 3],
-    rescale: f32,
+    norm: Normalize,
     image_seq_len: usize,
-}
-
-fn read_json(path: &Path) -> Result<Option<Json>, LlmError> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| LlmError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| LlmError::Config {
-            file: path.into(),
-            msg: e.to_string(),
-        })
 }
 
 impl Processor {
     /// From the model directory; `seq_default` is what the model's shapes give.
     pub fn from_dir(dir: &Path, seq_default: usize) -> Result<Self, LlmError> {
-        let pre = dir.join("preprocessor_config.json");
-        let proc_file = dir.join("processor_config.json");
-        let proc_cfg = read_json(&proc_file)?;
-        let (cfg, file) = match read_json(&pre)? {
-            Some(c) => (c, pre),
-            None => match proc_cfg.as_ref().and_then(|p| p.get("image_processor")) {
-                Some(c) => (c.clone(), proc_file.clone()),
-                None => return Err(LlmError::MissingFile(pre)),
-            },
-        };
-        let bad = |msg: String| LlmError::Config {
-            file: file.clone(),
-            msg,
-        };
-        let edge = |k: &str, default: i64| -> Result<usize, LlmError> {
-            let n = cfg
-                .get(k)
-                .and_then(|v| v.get("longest_edge"))
-                .and_then(Json::as_i64)
-                .unwrap_or(default);
-            if !(1..=4096).contains(&n) {
-                return Err(bad(format!(
-                    "`{k}.longest_edge` = {n} is out of range 1..=4096"
-                )));
-            }
-            Ok(n as usize)
-        };
-        let triple = |k: &str| -> Result<[f32; 3], LlmError> {
-            match cfg.get(k) {
-                None => Ok([0.5; 3]),
-                Some(Json::Array(v)) if v.len() == 3 && v.iter().all(Json::is_number) => {
-                    let f = |i: usize| v[i].as_f64().unwrap_or(0.0) as f32;
-                    Ok([f(0), f(1), f(2)])
-                }
-                Some(Json::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
-                Some(other) => Err(bad(format!("`{k}` = {other} is not three numbers"))),
-            }
-        };
-        let flag = |k: &str, default: bool| cfg.get(k).and_then(Json::as_bool).unwrap_or(default);
-        for (k, must) in [
+        let s = Settings::from_dir(dir)?;
+        s.require(&[
             ("do_resize", true),
             ("do_rescale", true),
             ("do_convert_rgb", true),
-        ] {
-            if flag(k, must) != must {
-                return Err(bad(format!("`{k}: {}` is not supported", !must)));
-            }
-        }
-        let resample = cfg.get("resample").and_then(Json::as_i64).unwrap_or(1);
-        let std = triple("image_std")?;
-        if std.iter().any(|s| *s <= 0.0) {
-            return Err(bad(format!("`image_std` {std:?} must be positive")));
-        }
-        let normalize = flag("do_normalize", true);
-        let seq = proc_cfg
-            .as_ref()
-            .and_then(|p| p.get("image_seq_len"))
-            .and_then(Json::as_u64)
-            .map_or(seq_default, |n| n as usize);
+        ])?;
         Ok(Self {
-            longest_edge: edge("size", 4 * 364)?,
-            tile: edge("max_image_size", 364)?,
-            split: flag("do_image_splitting", true),
-            filter: Filter::from_pil(resample)
-                .ok_or_else(|| bad(format!("`resample` = {resample} is not a Pillow filter")))?,
-            mean: if normalize {
-                triple("image_mean")?
-            } else {
-                [0.0; 3]
-            },
-            std: if normalize { std } else { [1.0; 3] },
-            rescale: cfg
-                .get("rescale_factor")
-                .and_then(Json::as_f64)
-                .unwrap_or(1.0 / 255.0) as f32,
-            image_seq_len: seq,
+            longest_edge: s.pixels("size", Some("longest_edge"), 4 * 364)?,
+            tile: s.pixels("max_image_size", Some("longest_edge"), 364)?,
+            split: s.flag("do_image_splitting", true),
+            filter: s.filter(1)?,
+            norm: s.normalize([0.5; 3], [0.5; 3])?,
+            image_seq_len: s
+                .processor_int("image_seq_len")
+                .map_or(seq_default, |n| n as usize),
         })
     }
 
@@ -160,16 +86,9 @@ impl Processor {
         (frames, rows, cols)
     }
 
-    /// Normalised pixels (3, H, W) of a frame: (v · rescale − mean) / std per channel.
+    /// Normalised pixels (3, H, W) of a frame.
     pub fn pixels(&self, f: &Rgb) -> Vec<f32> {
-        let n = f.width * f.height;
-        let mut out = vec![0f32; 3 * n];
-        for (i, px) in f.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * n + i] = (f32::from(px[c]) * self.rescale - self.mean[c]) / self.std[c];
-            }
-        }
-        out
+        self.norm.pixels(f)
     }
 
     /// The text an image's `<image>` marker becomes.
@@ -364,10 +283,7 @@ impl Idefics3 {
     /// Features (frames · image_seq_len, text hidden) of an image's frames.
     fn features(&self, frames: &[Rgb]) -> Result<Array, LlmError> {
         let m = self.processor.tile as i32;
-        let mut px = Vec::with_capacity(frames.len() * 3 * (m * m) as usize);
-        for f in frames {
-            px.extend(self.processor.pixels(f));
-        }
+        let px = self.processor.norm.batch(frames);
         let x = Array::from_slice(&px, &[frames.len() as i32, 3, m, m]).as_dtype(self.dtype)?;
         let h = self.vision.forward(&x)?;
         let f = self.connector.forward(&h)?;
@@ -378,28 +294,15 @@ impl Idefics3 {
     /// The processed frames of each image of `input`, with their (rows, cols).
     pub fn images(&self, input: &TextInput) -> Result<Vec<(Vec<Rgb>, usize, usize)>, LlmError> {
         let mut out = Vec::new();
-        for (m, msg) in input.messages.iter().enumerate() {
-            for (p, part) in msg.parts.iter().enumerate() {
-                if part.kind == PartKind::TEXT {
-                    continue;
-                }
-                if part.kind != PartKind::IMAGE {
-                    return Err(LlmError::Request(format!(
-                        "messages[{m}].content[{p}]: {} parts are not supported by this model",
-                        part.kind.name()
-                    )));
-                }
-                let img = image::decode(part.data.as_slice())
-                    .map_err(|e| LlmError::Request(format!("messages[{m}].content[{p}]: {e}")))?;
-                let (frames, rows, cols) = self.processor.frames(&img);
-                if frames.len() > MAX_FRAMES_PER_IMAGE {
-                    return Err(LlmError::Request(format!(
-                        "messages[{m}].content[{p}]: the image becomes {} frames (at most {MAX_FRAMES_PER_IMAGE})",
-                        frames.len()
-                    )));
-                }
-                out.push((frames, rows, cols));
+        for (place, img) in prompt::images(input)? {
+            let (frames, rows, cols) = self.processor.frames(&img);
+            if frames.len() > MAX_FRAMES_PER_IMAGE {
+                return Err(LlmError::Request(format!(
+                    "{place}: the image becomes {} frames (at most {MAX_FRAMES_PER_IMAGE})",
+                    frames.len()
+                )));
             }
+            out.push((frames, rows, cols));
         }
         Ok(out)
     }
@@ -413,36 +316,14 @@ impl Idefics3 {
         index: usize,
     ) -> Result<(Vec<u32>, Vec<Rgb>), LlmError> {
         let images = self.images(input)?;
-        let msgs = textgen::media_messages(&input.messages, system_prompt);
-        let text = lm::tokenizer::render_chat(&lm.tokenizer, &msgs)?;
-        let pieces: Vec<&str> = text.split("<image>").collect();
-        if pieces.len() != images.len() + 1 {
-            return Err(LlmError::Request(format!(
-                "input #{index}: the chat template wrote {} image markers for {} images",
-                pieces.len() - 1,
-                images.len()
-            )));
-        }
-        let mut expanded = String::from(pieces[0]);
-        let mut frames = Vec::new();
-        for ((f, rows, cols), rest) in images.into_iter().zip(&pieces[1..]) {
-            expanded.push_str(&self.processor.expansion(rows, cols));
-            expanded.push_str(rest);
-            frames.extend(f);
-        }
-        let ids = lm.tokenizer.encode_rendered(&expanded)?;
-        let n = ids.iter().filter(|&&t| t == self.image_token).count();
-        if n != frames.len() * self.processor.image_seq_len {
-            return Err(LlmError::Tokenizer {
-                file: lm.tokenizer.source.clone(),
-                msg: format!(
-                    "the prompt has {n} image tokens (id {}) where {} frames need {}: `<image>` is not one token of this tokenizer",
-                    self.image_token,
-                    frames.len(),
-                    frames.len() * self.processor.image_seq_len
-                ),
-            });
-        }
+        let expansions: Vec<String> = images
+            .iter()
+            .map(|(_, rows, cols)| self.processor.expansion(*rows, *cols))
+            .collect();
+        let frames: Vec<Rgb> = images.into_iter().flat_map(|(f, _, _)| f).collect();
+        let ids = prompt::expand(lm, system_prompt, input, index, "<image>", &expansions)?;
+        let want = frames.len() * self.processor.image_seq_len;
+        prompt::count_image_tokens(lm, &ids, self.image_token, "<image>", want)?;
         Ok((ids, frames))
     }
 }
@@ -456,39 +337,9 @@ impl Media for Idefics3 {
         index: usize,
     ) -> Result<MediaPrompt, LlmError> {
         let (ids, frames) = self.tokens(lm, system_prompt, input, index)?;
-        if let Some(msg) = textgen::context_overflow([ids.len()], lm.model.max_context()) {
-            return Err(LlmError::ContextLength(msg.replacen(
-                "input #0",
-                &format!("input #{index}"),
-                1,
-            )));
-        }
+        prompt::check_context(lm, &ids, index)?;
         let feats = self.features(&frames)?;
-        let l = ids.len() as i32;
-        let tokens = Array::from_slice(&ids.iter().map(|&t| t as i32).collect::<Vec<_>>(), &[1, l]);
-        let text = lm.model.embed_tokens(&tokens)?.index((0, .., ..));
-        // Row j of the prompt: its token's embedding, or the next image feature.
-        let mut k = 0;
-        let gather: Vec<i32> = ids
-            .iter()
-            .enumerate()
-            .map(|(j, &t)| {
-                if t == self.image_token {
-                    k += 1;
-                    l + k - 1
-                } else {
-                    j as i32
-                }
-            })
-            .collect();
-        let table = mlx_rs::ops::concatenate(&[&text, &feats.as_dtype(text.dtype())?], 0)?;
-        let embeds = table
-            .take_axis(Array::from_slice(&gather, &[l]), 0)?
-            .reshape(&[1, l, -1])?;
-        // Evaluated once here: the prefill reads it a chunk at a time, and a lazy array
-        // would run the vision tower again for every chunk.
-        embeds.eval()?;
-        Ok(MediaPrompt { ids, embeds })
+        prompt::splice(lm, ids, self.image_token, &feats)
     }
 
     fn parameters(&self) -> Vec<&Array> {

@@ -4,6 +4,7 @@
 //! its media side beside it.
 
 pub mod idefics3;
+pub mod llava;
 
 use lm::{media::Media, models::CausalLm, LlmError};
 use mlx_common::Weights;
@@ -18,17 +19,28 @@ pub type Built = (Box<dyn CausalLm>, Box<dyn Media>);
 /// and its weights (strict: every tensor used), at the load dtype.
 pub type LoadFn = fn(&Json, &Path, Weights, Dtype) -> Result<Built, LlmError>;
 
-/// An architecture: its `model_type` and how to build it.
+/// An architecture: its `model_type`, how to build it, and the most frames one image
+/// becomes under its processor's usual settings (what the estimate plans for).
 pub struct Architecture {
     pub model_type: &'static str,
     pub load: LoadFn,
+    pub frames_per_image: u64,
 }
 
 /// The architecture table. A model type not listed here is rejected before any download.
-pub const ARCHITECTURES: &[Architecture] = &[Architecture {
-    model_type: "idefics3",
-    load: idefics3::load,
-}];
+pub const ARCHITECTURES: &[Architecture] = &[
+    // SmolVLM: 4×4 tiles of 512 and the whole image.
+    Architecture {
+        model_type: "idefics3",
+        load: idefics3::load,
+        frames_per_image: 17,
+    },
+    Architecture {
+        model_type: "llava",
+        load: llava::load,
+        frames_per_image: 1,
+    },
+];
 
 /// The table's entry for `model_type`.
 pub fn find(model_type: &str) -> Option<&'static Architecture> {
