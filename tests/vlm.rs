@@ -2,7 +2,9 @@
 //! `tests/fixtures/vlm/idefics3/` (its transformers outputs beside it) served by the
 //! engine, the CLI (`generate --image`) and `mlxengine serve` to the official `openai`
 //! client; text-only requests to it, images to a text-only model, and every kind of bad
-//! image, each refused with an error naming the part while the host goes on serving.
+//! image, each refused with an error naming the part while the host goes on serving;
+//! the tiny LLaVA through the CLI; remote image URLs fetched by a server started with
+//! `--allow-remote-images`, from a local HTTP server, within their limits.
 
 mod util;
 
@@ -163,19 +165,22 @@ fn images_through_the_engine_and_bad_input_refused() {
 
 fn registry(dir: &Path) -> PathBuf {
     let p = dir.join("vlm.toml");
-    std::fs::write(
-        &p,
+    let entry = |arch: &str| {
         format!(
-            "[[models]]\nid = \"tiny-idefics3\"\nkind = \"vlm\"\narchitecture = \"idefics3\"\nsource = {{ path = \"{}\" }}\n",
-            fixtures().join("idefics3").display()
-        ),
-    )
-    .unwrap();
+            "[[models]]\nid = \"tiny-{arch}\"\nkind = \"vlm\"\narchitecture = \"{arch}\"\nsource = {{ path = \"{}\" }}\n",
+            fixtures().join(arch).display()
+        )
+    };
+    std::fs::write(&p, entry("idefics3") + &entry("llava")).unwrap();
     p
 }
 
 /// `mlxengine generate --image` for the reference's first case: its text as JSON.
 fn cli_one_image(home: &Path, reg: &str) -> serde_json::Value {
+    cli_one_image_on(home, reg, "tiny-idefics3")
+}
+
+fn cli_one_image_on(home: &Path, reg: &str, model: &str) -> serde_json::Value {
     let img = fixtures().join("images/field-96x80.png");
     let o = util::mlxengine(
         home,
@@ -184,7 +189,7 @@ fn cli_one_image(home: &Path, reg: &str) -> serde_json::Value {
             reg,
             "generate",
             "--model",
-            "tiny-idefics3",
+            model,
             "--json",
             "--max-tokens",
             "8",
@@ -258,6 +263,170 @@ fn cli_generate_with_images() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such.png"), "{err}");
+}
+
+#[test]
+fn llava_through_the_cli() {
+    let home = tempfile::tempdir().unwrap();
+    let reg = registry(home.path());
+    let p = fixtures().join("llava/reference.json");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let v = cli_one_image_on(home.path(), reg.to_str().unwrap(), "tiny-llava");
+    assert_eq!(v["backend"], "mlx-vlm");
+    assert_eq!(v["token_ids"], r["cases"][0]["new_ids"], "{v}");
+    assert_eq!(
+        v["prompt_tokens"],
+        r["cases"][0]["input_ids"].as_array().unwrap().len()
+    );
+}
+
+/// A one-thread HTTP/1.0 server on loopback for the remote-image test: `/a.png` (the
+/// fixture image), `/hop/N` (N redirects, then `/a.png`), `/page` (HTML), `/big` (a
+/// 2 MiB "image" without Content-Length), `/slow` (answers after 4 s), anything else
+/// 404. Returns its base URL.
+fn image_host() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let png = image("field-96x80.png");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let png = png.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).map_or(true, |n| n == 0) || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let head = |status: &str, extra: &str| {
+                    format!("HTTP/1.0 {status}\r\nConnection: close\r\n{extra}\r\n")
+                };
+                let _ = match path.as_str() {
+                    "/a.png" => conn
+                        .write_all(
+                            head(
+                                "200 OK",
+                                &format!(
+                                    "Content-Type: image/png\r\nContent-Length: {}\r\n",
+                                    png.len()
+                                ),
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|_| conn.write_all(&png)),
+                    "/page" => conn.write_all(
+                        (head("200 OK", "Content-Type: text/html\r\n") + "<html></html>")
+                            .as_bytes(),
+                    ),
+                    "/big" => conn
+                        .write_all(head("200 OK", "Content-Type: image/png\r\n").as_bytes())
+                        .and_then(|_| conn.write_all(&vec![0u8; 2 << 20])),
+                    "/slow" => {
+                        std::thread::sleep(std::time::Duration::from_secs(4));
+                        conn.write_all(head("200 OK", "Content-Type: image/png\r\n").as_bytes())
+                    }
+                    p if p.starts_with("/hop/") => {
+                        let n: u32 = p[5..].parse().unwrap_or(0);
+                        let next = if n <= 1 {
+                            "/a.png".into()
+                        } else {
+                            format!("/hop/{}", n - 1)
+                        };
+                        conn.write_all(
+                            head("302 Found", &format!("Location: {next}\r\n")).as_bytes(),
+                        )
+                    }
+                    _ => conn.write_all(head("404 Not Found", "").as_bytes()),
+                };
+            });
+        }
+    });
+    base
+}
+
+#[test]
+fn remote_images_are_fetched_within_limits_when_allowed() {
+    let home = tempfile::tempdir().unwrap();
+    let reg = registry(home.path());
+    let host = image_host();
+    let (mut child, url) = util::serve(
+        home.path(),
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "--allow-remote-images",
+            "--remote-image-max-mb",
+            "1",
+            "--remote-image-timeout",
+            "2",
+        ],
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let ask = |image_url: &str| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "model": "tiny-idefics3",
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": "Describe this image."},
+            ]}],
+        });
+        let r = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    };
+    let r = reference();
+    let (status, ok) = ask(&format!("{host}/a.png"));
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(
+        ok["usage"]["prompt_tokens"],
+        r["cases"][0]["input_ids"].as_array().unwrap().len()
+    );
+    let cli = cli_one_image(home.path(), reg.to_str().unwrap());
+    assert_eq!(
+        ok["choices"][0]["message"]["content"], cli["text"],
+        "fetched vs file"
+    );
+    let (status, hops) = ask(&format!("{host}/hop/3"));
+    assert_eq!(status, 200, "three redirects are followed: {hops}");
+    for (path, says) in [
+        ("/hop/4", "more than 3 redirects"),
+        ("/page", "`text/html`, not an image type"),
+        ("/big", "larger than 1 MB"),
+        ("/slow", "no answer within 2 s"),
+        ("/missing", "404"),
+    ] {
+        let (status, e) = ask(&format!("{host}{path}"));
+        let msg = e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(status, 400, "{path}: {e}");
+        assert_eq!(
+            e["error"]["param"], "messages[0].content[0].image_url",
+            "{path}: {e}"
+        );
+        assert!(msg.contains(says) && msg.contains(path), "{path}: {msg}");
+    }
+    // Still serving.
+    assert_eq!(ask(&format!("{host}/a.png")).0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

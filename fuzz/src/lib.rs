@@ -133,10 +133,11 @@ pub fn openai(data: &[u8]) {
     match which % 3 {
         0 => {
             if let Ok(req) = ChatRequest::parse(body) {
-                if let Ok(messages) = chat_messages(&req.messages, "fuzz", which & 4 != 0) {
+                let (vlm, remote) = (which & 4 != 0, which & 8 != 0);
+                if let Ok(chat) = chat_messages(&req.messages, "fuzz", vlm, remote) {
                     let input = TextInput {
                         prompt: "".into(),
-                        messages: messages.into(),
+                        messages: chat.messages.into(),
                     };
                     let _ = req.common.to_request(vec![input], 256);
                 }

@@ -82,10 +82,18 @@ pub(crate) async fn chat(State(st): State<St>, body: Result<Bytes, BytesRejectio
             "/v1/chat/completions",
         )?;
         model = entry.id.clone();
-        let messages = chat_messages(&req.messages, &entry.id, entry.kind == ModelKind::VLM)?;
+        let mut chat = chat_messages(
+            &req.messages,
+            &entry.id,
+            entry.kind == ModelKind::VLM,
+            st.fetcher.is_some(),
+        )?;
+        if let Some(f) = &st.fetcher {
+            f.fill(&mut chat).await?;
+        }
         let input = TextInput {
             prompt: "".into(),
-            messages: messages.into(),
+            messages: chat.messages.into(),
         };
         let gen = req
             .common

@@ -11,6 +11,7 @@
 mod adapters;
 mod completions;
 mod embeddings;
+mod fetch;
 mod health;
 mod images;
 mod listen;
@@ -27,6 +28,7 @@ use axum::{
     Router,
 };
 use engine::Engine;
+pub use fetch::RemoteImages;
 use metrics::Metrics;
 pub use openai::ApiError;
 use plugin_api::{Features, ModelKind};
@@ -68,6 +70,9 @@ pub struct ServeOptions {
     /// How long a client may take to send a request's body once its headers are in
     /// (408 after that).
     pub body_timeout: Duration,
+    /// Fetch `http(s)` image URLs within these limits (`--allow-remote-images`); `None`:
+    /// only `data:` URLs are taken.
+    pub remote_images: Option<RemoteImages>,
 }
 
 impl Default for ServeOptions {
@@ -85,6 +90,7 @@ impl Default for ServeOptions {
             default_max_tokens: 256,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            remote_images: None,
         }
     }
 }
@@ -98,6 +104,8 @@ pub(crate) struct AppState {
     pub(crate) shutting_down: AtomicBool,
     /// Embedding requests in flight per model (`--max-queue` bounds them).
     pub(crate) embed_slots: Arc<embeddings::Slots>,
+    /// The client for remote images, when the server fetches them.
+    pub(crate) fetcher: Option<fetch::Fetcher>,
 }
 
 pub(crate) type St = Arc<AppState>;
@@ -146,7 +154,13 @@ async fn run(engine: Arc<Engine>, opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let fetcher = opts
+        .remote_images
+        .clone()
+        .map(fetch::Fetcher::new)
+        .transpose()?;
     let st = Arc::new(AppState {
+        fetcher,
         engine,
         sched,
         metrics,

@@ -270,9 +270,14 @@ pub struct Part {
 /// Largest image accepted in one content part (decoded bytes).
 pub const MAX_IMAGE_BYTES: usize = 20 << 20;
 
-/// The bytes and MIME type of an image part's `data:` URL. Remote URLs are refused: the
-/// server fetches nothing on a client's behalf.
-fn image_part(url: Option<&Value>, param: &str) -> Result<ContentPart, ApiError> {
+/// An image part: its bytes from a `data:` URL, or — when the server fetches remote
+/// images (`remote_ok`) — an `http(s)` URL to fetch. Other URLs are refused.
+enum ImagePart {
+    Data(ContentPart),
+    Remote(String),
+}
+
+fn image_part(url: Option<&Value>, param: &str, remote_ok: bool) -> Result<ImagePart, ApiError> {
     use base64::Engine as _;
     let url = match url {
         Some(Value::String(u)) => u.as_str(),
@@ -284,8 +289,17 @@ fn image_part(url: Option<&Value>, param: &str) -> Result<ContentPart, ApiError>
         return Err(bad("an image part needs `image_url.url`"));
     }
     let Some(rest) = url.strip_prefix("data:") else {
+        let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            if remote_ok {
+                return Ok(ImagePart::Remote(url.to_owned()));
+            }
+            return Err(bad(
+                "this server does not fetch remote images (start it with --allow-remote-images); send the image as data:image/...;base64,...",
+            ));
+        }
         return Err(bad(
-            "only `data:` URLs are accepted (the server does not fetch remote images); send the image as data:image/...;base64,...",
+            "only `data:` and http(s) URLs are accepted; send the image as data:image/...;base64,...",
         ));
     };
     let Some((meta, data)) = rest.split_once(',') else {
@@ -306,7 +320,23 @@ fn image_part(url: Option<&Value>, param: &str) -> Result<ContentPart, ApiError>
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| bad(&format!("base64: {e}")))?;
-    Ok(ContentPart::image(bytes, mime))
+    Ok(ImagePart::Data(ContentPart::image(bytes, mime)))
+}
+
+/// A request's chat messages, and the remote images still to fetch into them.
+pub struct ChatInput {
+    pub messages: Vec<ChatMessage>,
+    pub remote: Vec<RemoteImage>,
+}
+
+/// An image part whose bytes are at `url`: `messages[message].parts[part]` holds an
+/// empty image until it is fetched.
+pub struct RemoteImage {
+    pub message: usize,
+    pub part: usize,
+    pub url: String,
+    /// The part's name in the request, for errors.
+    pub param: String,
 }
 
 /// One chat message.
@@ -604,73 +634,82 @@ impl Common {
 }
 
 /// Chat messages as plugin-api messages for model `model`. Image parts need a
-/// vision-language model (`vlm_ok`); anything else that is not text is refused, naming
-/// the part.
+/// vision-language model (`vlm_ok`); `http(s)` image URLs are taken only if the server
+/// fetches them (`remote_ok`); anything else that is not text is refused, naming the part.
 pub fn chat_messages(
     msgs: &[Message],
     model: &str,
     vlm_ok: bool,
-) -> Result<Vec<ChatMessage>, ApiError> {
+    remote_ok: bool,
+) -> Result<ChatInput, ApiError> {
     if msgs.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "`messages` must hold at least one message",
         ));
     }
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "developer" => "system",
-                r @ ("system" | "user" | "assistant" | "tool") => r,
-                other => {
-                    return Err(ApiError::invalid(
-                        &format!("messages[{i}].role"),
-                        format!("unknown role `{other}` (system, developer, user, assistant, tool)"),
-                    ))
-                }
-            };
-            let parts: Vec<ContentPart> = match &m.content {
-                None => Vec::new(),
-                Some(Content::Text(t)) => vec![ContentPart::text(t.as_str())],
-                Some(Content::Parts(parts)) => {
-                    let mut out = Vec::with_capacity(parts.len());
-                    for (j, p) in parts.iter().enumerate() {
-                        let param = format!("messages[{i}].content[{j}]");
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => out.push(ContentPart::text(t.as_str())),
-                            ("text", None) => {
-                                return Err(ApiError::invalid(
-                                    &param,
-                                    "a text part needs `text`",
-                                ))
-                            }
-                            ("image_url" | "input_image", _) if !vlm_ok => {
-                                return Err(ApiError::invalid(
-                                    &param,
-                                    format!("model `{model}` reads text only: image content parts need a vision-language (vlm) model"),
-                                ))
-                            }
-                            ("image_url" | "input_image", _) => {
-                                out.push(image_part(p.image_url.as_ref(), &param)?)
-                            }
-                            (kind, _) => {
-                                return Err(ApiError::invalid(
-                                    &param,
-                                    format!("content parts of type `{kind}` are not supported"),
-                                ))
+    let mut remote = Vec::new();
+    let mut messages = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant" | "tool") => r,
+            other => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    format!("unknown role `{other}` (system, developer, user, assistant, tool)"),
+                ))
+            }
+        };
+        let parts: Vec<ContentPart> = match &m.content {
+            None => Vec::new(),
+            Some(Content::Text(t)) => vec![ContentPart::text(t.as_str())],
+            Some(Content::Parts(parts)) => {
+                let mut out = Vec::with_capacity(parts.len());
+                for (j, p) in parts.iter().enumerate() {
+                    let param = format!("messages[{i}].content[{j}]");
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => out.push(ContentPart::text(t.as_str())),
+                        ("text", None) => {
+                            return Err(ApiError::invalid(&param, "a text part needs `text`"))
+                        }
+                        ("image_url" | "input_image", _) if !vlm_ok => {
+                            return Err(ApiError::invalid(
+                                &param,
+                                format!("model `{model}` reads text only: image content parts need a vision-language (vlm) model"),
+                            ))
+                        }
+                        ("image_url" | "input_image", _) => {
+                            match image_part(p.image_url.as_ref(), &param, remote_ok)? {
+                                ImagePart::Data(part) => out.push(part),
+                                ImagePart::Remote(url) => {
+                                    remote.push(RemoteImage {
+                                        message: i,
+                                        part: j,
+                                        url,
+                                        param,
+                                    });
+                                    out.push(ContentPart::image(Vec::new(), ""));
+                                }
                             }
                         }
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                &param,
+                                format!("content parts of type `{kind}` are not supported"),
+                            ))
+                        }
                     }
-                    out
                 }
-            };
-            Ok(ChatMessage {
-                role: role.into(),
-                parts: parts.into(),
-            })
-        })
-        .collect()
+                out
+            }
+        };
+        messages.push(ChatMessage {
+            role: role.into(),
+            parts: parts.into(),
+        });
+    }
+    Ok(ChatInput { messages, remote })
 }
 
 #[cfg(test)]
@@ -679,9 +718,13 @@ mod tests {
     use plugin_api::text::PartKind;
 
     fn parse(content: Value, vlm_ok: bool) -> Result<Vec<ChatMessage>, ApiError> {
+        parse_remote(content, vlm_ok, false).map(|c| c.messages)
+    }
+
+    fn parse_remote(content: Value, vlm_ok: bool, remote_ok: bool) -> Result<ChatInput, ApiError> {
         let m: Message =
             serde_json::from_value(json!({"role": "user", "content": content})).unwrap();
-        chat_messages(&[m], "smol", vlm_ok)
+        chat_messages(&[m], "smol", vlm_ok, remote_ok)
     }
 
     #[test]
@@ -728,6 +771,20 @@ mod tests {
             json!([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]);
         assert!(msg(remote.clone(), true).contains("messages[0].content[0].image_url"));
         assert!(msg(remote.clone(), true).contains("does not fetch remote images"));
+        assert!(msg(remote.clone(), true).contains("--allow-remote-images"));
+        // Allowed: left to fetch, in its place.
+        let c = parse_remote(
+            json!([{"type": "text", "text": "a"}, remote[0].clone()]),
+            true,
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.remote.len(), 1);
+        assert_eq!((c.remote[0].message, c.remote[0].part), (0, 1));
+        assert_eq!(c.remote[0].url, "https://example.com/a.png");
+        assert_eq!(c.messages[0].parts[1].kind, PartKind::IMAGE);
+        let ftp = json!([{"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]);
+        assert!(parse_remote(ftp, true, true).is_err());
         assert!(msg(remote.clone(), false).contains("vision-language"));
         assert!(msg(remote, false).contains("model `smol`"));
         let not_image =

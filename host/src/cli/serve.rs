@@ -48,6 +48,16 @@ pub(crate) struct ServeArgs {
     /// Seconds a client may take to send a request's body (408 after that).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) body_timeout: u64,
+    /// Fetch `http(s)` image URLs in chat requests (off: only `data:` URLs), within
+    /// --remote-image-max-mb, --remote-image-timeout and 3 redirects; 8 per request.
+    #[arg(long)]
+    pub(crate) allow_remote_images: bool,
+    /// Largest remote image, in MiB.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub(crate) remote_image_max_mb: u64,
+    /// Seconds one remote image may take to arrive.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) remote_image_timeout: u64,
     /// max_tokens for requests that set none.
     #[arg(long, default_value_t = 256)]
     pub(crate) default_max_tokens: u32,
@@ -69,6 +79,11 @@ pub(crate) fn cmd_serve(engine: Engine, a: &ServeArgs) -> Result<()> {
             default_max_tokens: a.default_max_tokens,
             header_timeout: Duration::from_secs(a.header_timeout),
             body_timeout: Duration::from_secs(a.body_timeout),
+            remote_images: a.allow_remote_images.then(|| server::RemoteImages {
+                max_bytes: (a.remote_image_max_mb as usize) << 20,
+                timeout: Duration::from_secs(a.remote_image_timeout),
+                ..Default::default()
+            }),
         },
     )
 }
