@@ -89,7 +89,7 @@ impl Plugin for VlmPlugin {
             name: "mlx-vlm".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description:
-                "Vision-language models on MLX (Idefics3/SmolVLM, LLaVA; PNG, JPEG, WebP, GIF inputs)"
+                "Vision-language models on MLX (Idefics3/SmolVLM, LLaVA, LLaVA-NeXT; PNG, JPEG, WebP, GIF inputs)"
                     .into(),
             kinds: vec![ModelKind::VLM].into(),
             architectures: models::ARCHITECTURES

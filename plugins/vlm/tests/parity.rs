@@ -93,6 +93,16 @@ fn llava_logits_match_transformers_with_one_and_two_images() {
 }
 
 #[test]
+fn llava_next_logits_match_transformers_with_one_and_two_images() {
+    logits_match("llava_next");
+}
+
+#[test]
+fn llava_next_greedy_continuations_match_alone_and_batched_with_text() {
+    greedy_matches("llava_next");
+}
+
+#[test]
 fn idefics3_greedy_continuations_match_alone_and_batched_with_text() {
     greedy_matches("idefics3");
 }
@@ -136,6 +146,17 @@ fn logits_match(arch: &str) {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         println!("{name}: {} tokens, max |Δlogit| = {err:.2e}", p.ids.len());
+        if err >= 1e-4 {
+            // Where it starts, for the report.
+            let vocab = want.len() / p.ids.len();
+            let first = (0..p.ids.len()).find(|&i| {
+                (0..vocab).any(|j| (got[i * vocab + j] - want[i * vocab + j]).abs() >= 1e-4)
+            });
+            println!(
+                "{name}: first position off: {first:?} (id {:?})",
+                first.map(|i| p.ids[i])
+            );
+        }
         assert!(err < 1e-4, "{name}: max abs logit error {err}");
     }
 }

@@ -19,7 +19,11 @@
 //! decode's (< 0.1 level).
 
 use base64::Engine;
-use mlxengine_vlm::{image, models::idefics3::Processor, models::llava};
+use mlxengine_vlm::{
+    image,
+    models::idefics3::Processor,
+    models::{llava, llava_next::Grid},
+};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -144,7 +148,7 @@ fn llava_frames_match_the_transformers_processor_on_photographs() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("preprocess.json")).unwrap())
             .unwrap();
-    let (tiny, _) = llava::Processor::from_dir(&fixtures().join("llava"), 32).unwrap();
+    let (tiny, _) = llava::Processor::from_dir(&fixtures().join("llava"), 32, true).unwrap();
     let dir = tempfile_dir().join("llava15");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -155,11 +159,12 @@ fn llava_frames_match_the_transformers_processor_on_photographs() {
             "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 336}}"#,
     )
     .unwrap();
-    let (llava15, _) = llava::Processor::from_dir(&dir, 336).unwrap();
+    let (llava15, _) = llava::Processor::from_dir(&dir, 336, true).unwrap();
     let mean = [0.481_454_66f32, 0.457_827_5, 0.408_210_73];
     let std = [0.268_629_54f32, 0.261_302_6, 0.275_777_1];
-    let levels = |proc: &llava::Processor, img: &image::Rgb| -> Vec<u8> {
-        let f = proc.frame(img);
+    // A frame's levels (`img` already a frame when `framed`).
+    let levels_of = |proc: &llava::Processor, img: &image::Rgb, framed: bool| -> Vec<u8> {
+        let f = if framed { img.clone() } else { proc.frame(img) };
         let n = f.width * f.height;
         proc.pixels(&f)
             .iter()
@@ -167,23 +172,96 @@ fn llava_frames_match_the_transformers_processor_on_photographs() {
             .map(|(i, v)| ((v * std[i / n] + mean[i / n]) * 255.0).round() as u8)
             .collect()
     };
+    // LLaVA-NeXT: the test checkpoint's grids of 32-pixel tiles, and LLaVA 1.6's own
+    // (336-pixel tiles, the default grids) for frame and image-token counts.
+    let (next, _) = llava::Processor::from_dir(&fixtures().join("llava_next"), 32, false).unwrap();
+    let grid = Grid::new(vec![(32, 64), (64, 32), (64, 64)], 32, 4);
+    let v16 = Grid::llava_v16();
     let mut checked_big = 0;
     for p in r["photos"].as_array().unwrap() {
         let file = p["file"].as_str().unwrap();
         let img = image::decode(&std::fs::read(photos().join(file)).unwrap()).unwrap();
         let l = &p["llava"];
+        let frames = grid.frames(&img, &next, next.base_side());
+        assert_eq!(
+            frames.len() as u64,
+            l["next_frames"].as_u64().unwrap(),
+            "{file}: frames"
+        );
+        let mut got = Vec::new();
+        for f in &frames {
+            got.extend(levels_of(&next, f, true));
+        }
+        compare_levels(
+            "llava-next (grid of 32)",
+            file,
+            &got,
+            l["next_levels"].as_str().unwrap(),
+        );
+        let (gh, gw) = v16.best(img.height, img.width);
+        assert_eq!(
+            (1 + (gh / 336) * (gw / 336)) as u64,
+            l["next16_frames"].as_u64().unwrap(),
+            "{file}: LLaVA 1.6 frames"
+        );
+        assert_eq!(
+            v16.feature_count(img.height, img.width, 576) as u64,
+            l["next16_tokens"].as_u64().unwrap(),
+            "{file}: LLaVA 1.6 image tokens"
+        );
         compare_levels(
             "llava (padded, 32)",
             file,
-            &levels(&tiny, &img),
+            &levels_of(&tiny, &img, false),
             l["levels"].as_str().unwrap(),
         );
         if let Some(big) = l.get("llava15").and_then(|v| v.as_str()) {
-            compare_levels("llava 1.5 (336)", file, &levels(&llava15, &img), big);
+            compare_levels(
+                "llava 1.5 (336)",
+                file,
+                &levels_of(&llava15, &img, false),
+                big,
+            );
             checked_big += 1;
         }
     }
     assert_eq!(checked_big, 1, "the fixture holds one LLaVA 1.5 frame");
+}
+
+/// Our resampler against Pillow 13's own `Image.resize` (`resample.json`): the same
+/// bytes for every filter, size and pass order.
+#[test]
+fn resizing_gives_pillows_bytes() {
+    use sha2::Digest;
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("resample.json")).unwrap())
+            .unwrap();
+    let mut bad = Vec::new();
+    let cases = r["cases"].as_array().unwrap();
+    for c in cases {
+        let file = c["image"].as_str().unwrap();
+        let img =
+            image::decode(&std::fs::read(fixtures().join("images").join(file)).unwrap()).unwrap();
+        let filter = image::resample::Filter::from_pil(c["filter"].as_i64().unwrap()).unwrap();
+        let (w, h) = (
+            c["size"][0].as_u64().unwrap() as usize,
+            c["size"][1].as_u64().unwrap() as usize,
+        );
+        let out = img.resize(w, h, filter);
+        let got: String = sha2::Sha256::digest(&out.data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != c["sha256"].as_str().unwrap() {
+            bad.push(format!("{file} {filter:?} {w}x{h}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ from Pillow: {bad:?}",
+        bad.len(),
+        cases.len()
+    );
 }
 
 fn tempfile_dir() -> PathBuf {

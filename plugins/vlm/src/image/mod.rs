@@ -27,8 +27,12 @@ impl std::fmt::Debug for Rgb {
 }
 
 impl Rgb {
-    /// Resized with a Pillow filter (see [`resample`]).
+    /// Resized with a Pillow filter (see [`resample`]); to its own size, a copy (as
+    /// Pillow's `Image.resize`).
     pub fn resize(&self, width: usize, height: usize, filter: resample::Filter) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
         Self {
             width,
             height,
@@ -56,19 +60,25 @@ impl Rgb {
     /// offset rounded down), as LLaVA's `pad_to_square`.
     pub fn pad_square(&self, color: [u8; 3]) -> Self {
         let side = self.width.max(self.height);
-        if self.width == self.height {
+        self.pad_to(side, side, color)
+    }
+
+    /// Padded to `width`×`height` (each at least its own) with `color`, the image centred,
+    /// the odd pixel of padding after it (LLaVA-NeXT's `_pad_for_patching`).
+    pub fn pad_to(&self, width: usize, height: usize, color: [u8; 3]) -> Self {
+        if (width, height) == (self.width, self.height) {
             return self.clone();
         }
-        let mut data = color.repeat(side * side);
-        let (x0, y0) = ((side - self.width) / 2, (side - self.height) / 2);
+        let mut data = color.repeat(width * height);
+        let (x0, y0) = ((width - self.width) / 2, (height - self.height) / 2);
         for row in 0..self.height {
-            let dst = ((y0 + row) * side + x0) * 3;
+            let dst = ((y0 + row) * width + x0) * 3;
             let src = row * self.width * 3;
             data[dst..dst + self.width * 3].copy_from_slice(&self.data[src..src + self.width * 3]);
         }
         Self {
-            width: side,
-            height: side,
+            width,
+            height,
             data,
         }
     }

@@ -1,5 +1,6 @@
-//! Resizing as Pillow resizes 8-bit images (`Image.resize` without `reducing_gap`,
-//! libImaging/Resample.c): separable passes, horizontal then vertical, each output pixel a
+//! Resizing as Pillow 13 resizes 8-bit images (`Image.resize` without `reducing_gap`,
+//! libImaging/Resample.c): separable passes — horizontal then vertical, or vertical
+//! first when the height shrinks by more than twice the width's pixels — each output pixel a
 //! weighted sum over the filter's support scaled by the downscale factor (antialiased),
 //! weights normalised then fixed to 22 fractional bits, and every pass rounded and
 //! clamped back to 8 bits. The Hub's image processors resize through Pillow, so this is
@@ -51,7 +52,7 @@ impl Filter {
         }
         match self {
             Self::Nearest | Self::Box => {
-                if (-0.5..0.5).contains(&x) {
+                if x > -0.5 && x <= 0.5 {
                     1.0
                 } else {
                     0.0
@@ -72,8 +73,9 @@ impl Filter {
                 } else if x >= 1.0 {
                     0.0
                 } else {
+                    // Pillow writes the constants as C floats.
                     let px = x * std::f64::consts::PI;
-                    px.sin() / px * (0.46 + 0.54 * px.cos())
+                    px.sin() / px * (f64::from(0.54f32) + f64::from(0.46f32) * px.cos())
                 }
             }
             Self::Bicubic => {
@@ -161,61 +163,95 @@ pub fn resize(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Filt
     }
     let need_h = ow != w;
     let need_v = oh != h;
+    // Pillow 13: when the height shrinks by more than twice as many pixels as the width,
+    // the vertical pass runs first (each pass rounds to 8 bits, so the order shows).
+    let vertical_first = h > oh && (h - oh) as i64 > (w as i64 - ow as i64) * 2;
     let cv = coeffs(h, oh, filter);
+    if vertical_first {
+        let tmp = vertical(src, w, &cv, 0);
+        return if need_h {
+            horizontal(&tmp, w, oh, 0, &coeffs(w, ow, filter), ow)
+        } else {
+            tmp
+        };
+    }
+    if !need_h {
+        return vertical(src, w, &cv, 0);
+    }
     // Only the rows the vertical pass reads go through the horizontal one.
     let (first, last) = match (cv.bounds.first(), cv.bounds.last()) {
         (Some(f), Some(l)) => (f.0, l.0 + l.1),
         _ => (0, h),
     };
-    let (tmp, tw, th, row0) = if need_h {
-        let ch = coeffs(w, ow, filter);
-        let rows = last - first;
-        let mut out = vec![0u8; ow * rows * 3];
-        for y in 0..rows {
-            let line = &src[(y + first) * w * 3..(y + first + 1) * w * 3];
-            for (xx, &(xmin, n)) in ch.bounds.iter().enumerate() {
-                let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
-                for c in 0..3 {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, &kx) in k.iter().enumerate() {
-                        ss += i64::from(line[(xmin + x) * 3 + c]) * i64::from(kx);
-                    }
-                    out[(y * ow + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        (out, ow, rows, first)
+    let tmp = horizontal(src, w, last - first, first, &coeffs(w, ow, filter), ow);
+    if need_v {
+        vertical(&tmp, ow, &cv, first)
     } else {
-        (src.to_vec(), w, h, 0)
-    };
-    if !need_v {
-        return tmp;
+        tmp
     }
-    debug_assert_eq!(th, tmp.len() / (tw * 3));
-    let mut out = vec![0u8; tw * oh * 3];
-    for (yy, &(ymin, n)) in cv.bounds.iter().enumerate() {
-        let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
-        let ymin = ymin - row0;
-        for x in 0..tw * 3 {
-            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-            for (y, &ky) in k.iter().enumerate() {
-                ss += i64::from(tmp[(ymin + y) * tw * 3 + x]) * i64::from(ky);
+}
+
+/// Rows `row0..row0 + rows` of `src` (`w` wide) resampled to `ow` wide.
+fn horizontal(src: &[u8], w: usize, rows: usize, row0: usize, ch: &Coeffs, ow: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ow * rows * 3];
+    for y in 0..rows {
+        let line = &src[(y + row0) * w * 3..(y + row0 + 1) * w * 3];
+        for (xx, &(xmin, n)) in ch.bounds.iter().enumerate() {
+            let k = &ch.k[xx * ch.ksize..xx * ch.ksize + n];
+            for c in 0..3 {
+                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                for (x, &kx) in k.iter().enumerate() {
+                    ss += i64::from(line[(xmin + x) * 3 + c]) * i64::from(kx);
+                }
+                out[(y * ow + xx) * 3 + c] = clip8(ss);
             }
-            out[yy * tw * 3 + x] = clip8(ss);
         }
     }
     out
 }
 
-/// Pillow's nearest neighbour: the source pixel under each output pixel's centre.
+/// `src` (`w` wide, its first row being source row `row0`) resampled vertically by `cv`.
+fn vertical(src: &[u8], w: usize, cv: &Coeffs, row0: usize) -> Vec<u8> {
+    let mut out = vec![0u8; w * cv.bounds.len() * 3];
+    for (yy, &(ymin, n)) in cv.bounds.iter().enumerate() {
+        let k = &cv.k[yy * cv.ksize..yy * cv.ksize + n];
+        let ymin = ymin - row0;
+        for x in 0..w * 3 {
+            let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+            for (y, &ky) in k.iter().enumerate() {
+                ss += i64::from(src[(ymin + y) * w * 3 + x]) * i64::from(ky);
+            }
+            out[yy * w * 3 + x] = clip8(ss);
+        }
+    }
+    out
+}
+
+/// Pillow's nearest neighbour (`ImagingScaleAffine`): source coordinates stepped from
+/// the first pixel's centre by repeated addition of the scale (the rounding of that
+/// running sum decides ties, so it is kept), truncated; a coordinate past the edge
+/// leaves the pixel black.
 fn nearest(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
+    let steps = |n: usize, out: usize| -> Vec<Option<usize>> {
+        let a = n as f64 / out as f64;
+        let mut o = a * 0.5;
+        (0..out)
+            .map(|_| {
+                let i = (o >= 0.0 && (o as usize) < n).then_some(o as usize);
+                o += a;
+                i
+            })
+            .collect()
+    };
+    let (xs, ys) = (steps(w, ow), steps(h, oh));
     let mut out = vec![0u8; ow * oh * 3];
-    for y in 0..oh {
-        let sy = (((y as f64 + 0.5) * h as f64 / oh as f64) as usize).min(h - 1);
-        for x in 0..ow {
-            let sx = (((x as f64 + 0.5) * w as f64 / ow as f64) as usize).min(w - 1);
-            out[(y * ow + x) * 3..(y * ow + x) * 3 + 3]
-                .copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+    for (y, sy) in ys.iter().enumerate() {
+        let Some(sy) = sy else { continue };
+        for (x, sx) in xs.iter().enumerate() {
+            if let Some(sx) = sx {
+                out[(y * ow + x) * 3..(y * ow + x) * 3 + 3]
+                    .copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+            }
         }
     }
     out

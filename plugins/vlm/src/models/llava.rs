@@ -13,6 +13,7 @@
 //! normalised (CLIP's mean and std by default).
 //! Skeleton: `Config` → `Processor` → `Projector` → `Llava` (the [`Media`] side).
 
+use super::llava_next::AnyRes;
 use crate::image::{resample::Filter, Rgb};
 use crate::processor::{Normalize, Settings};
 use crate::prompt;
@@ -60,8 +61,13 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// From the model directory; frames must come out `image_size` square.
-    pub fn from_dir(dir: &Path, image_size: usize) -> Result<(Self, Settings), LlmError> {
+    /// From the model directory; frames must come out `image_size` square. `do_pad`
+    /// pads to a square where `square_pad` (LLaVA's processor; LLaVA-NeXT's pads batches).
+    pub fn from_dir(
+        dir: &Path,
+        image_size: usize,
+        square_pad: bool,
+    ) -> Result<(Self, Settings), LlmError> {
         let s = Settings::from_dir(dir)?;
         s.require(&[
             ("do_resize", true),
@@ -110,7 +116,7 @@ impl Processor {
             )));
         }
         // The mean colour in levels, truncated (`int(x * 255)`).
-        let pad = s.flag("do_pad", false).then(|| {
+        let pad = (square_pad && s.flag("do_pad", false)).then(|| {
             let m = s.triple("image_mean", CLIP_MEAN).unwrap_or(CLIP_MEAN);
             m.map(|c| (c * 255.0).clamp(0.0, 255.0) as u8)
         });
@@ -150,6 +156,20 @@ impl Processor {
     pub fn pixels(&self, f: &Rgb) -> Vec<f32> {
         self.norm.pixels(f)
     }
+
+    /// The resample filter.
+    pub fn filter(&self) -> Filter {
+        self.filter
+    }
+
+    /// The side a whole image is squashed to before its frame is made (LLaVA-NeXT):
+    /// `size.shortest_edge`, or `size.height`.
+    pub fn base_side(&self) -> usize {
+        match self.fit {
+            Fit::ShortestEdgeCrop { edge, .. } => edge,
+            Fit::Square { side } => side,
+        }
+    }
 }
 
 /// (width, height) with the shorter side `edge` and the longer `int(edge · long / short)`
@@ -180,7 +200,10 @@ pub struct Llava {
     layers: Vec<usize>,
     /// Whether the class token's feature is dropped (`default`) or kept (`full`).
     drop_class: bool,
+    /// Features (and image tokens) of one frame.
     tokens_per_image: usize,
+    /// LLaVA-NeXT's tiling and packing.
+    anyres: Option<AnyRes>,
     image_token: u32,
     marker: String,
     dtype: Dtype,
@@ -221,6 +244,17 @@ pub fn load(
     dir: &Path,
     weights: Weights,
     dtype: Dtype,
+) -> Result<super::Built, LlmError> {
+    load_with(cfg, dir, weights, dtype, false)
+}
+
+/// [`load`], with LLaVA-NeXT's any-resolution tiling where `anyres`.
+pub(crate) fn load_with(
+    cfg: &Json,
+    dir: &Path,
+    weights: Weights,
+    dtype: Dtype,
+    anyres: bool,
 ) -> Result<super::Built, LlmError> {
     let file = dir.join("config.json");
     let bad = |msg: String| LlmError::Config {
@@ -311,7 +345,7 @@ pub fn load(
         act,
         linear_2: w.linear(&format!("{p}.linear_2"), text_hidden, text_hidden, bias)?,
     };
-    let (processor, settings) = Processor::from_dir(dir, image_size)?;
+    let (processor, settings) = Processor::from_dir(dir, image_size, !anyres)?;
     let tokens_per_image = side * side + usize::from(!drop_class);
     // The processor's own count, where its config gives one: patches + extra − CLS.
     if let Some(ps) = settings.processor_int("patch_size") {
@@ -334,6 +368,17 @@ pub fn load(
         .processor_str("image_token")
         .unwrap_or("<image>")
         .to_owned();
+    let anyres = if anyres {
+        if !drop_class {
+            return Err(bad(
+                "LLaVA-NeXT packs each tile's patch features: `vision_feature_select_strategy` must be `default`".into(),
+            ));
+        }
+        let a = AnyRes::load(cfg, &file, &settings, &mut w, text_hidden, image_size, side)?;
+        Some(a)
+    } else {
+        None
+    };
     w.rename_prefix("model.language_model.", "model.");
     let lm = lm::loader::build_model(&text, &file, w)?;
     let media = Llava {
@@ -343,6 +388,7 @@ pub fn load(
         layers,
         drop_class,
         tokens_per_image,
+        anyres,
         image_token,
         marker,
         dtype,
@@ -352,8 +398,13 @@ pub fn load(
 }
 
 impl Llava {
-    /// Features (images · tokens per image, text hidden) of the frames.
-    fn features(&self, frames: &[Rgb]) -> Result<Array, LlmError> {
+    /// Features (image tokens, text hidden) of the frames of `images` ((frames, height,
+    /// width) of each, in order).
+    fn features(
+        &self,
+        frames: &[Rgb],
+        images: &[(usize, usize, usize)],
+    ) -> Result<Array, LlmError> {
         let s = self.vision.config.image_size;
         let px = self.processor.norm.batch(frames);
         let x = Array::from_slice(&px, &[frames.len() as i32, 3, s, s]).as_dtype(self.dtype)?;
@@ -378,27 +429,50 @@ impl Llava {
             .linear_2
             .forward(&p.act.apply(&p.linear_1.forward(&h)?)?)?;
         let d = f.shape()[2];
-        Ok(f.reshape(&[-1, d])?)
+        let Some(a) = &self.anyres else {
+            return Ok(f.reshape(&[-1, d])?);
+        };
+        let mut packed = Vec::with_capacity(images.len());
+        let mut k = 0;
+        for &(n, h, w) in images {
+            packed.push(a.pack(&f.index(k as i32..(k + n) as i32), h, w)?);
+            k += n;
+        }
+        Ok(ops::concatenate(&packed.iter().collect::<Vec<_>>(), 0)?)
     }
 
-    /// Rendered, expanded and tokenized prompt of `input`, and its images' frames.
+    /// Rendered, expanded and tokenized prompt of `input`, its images' frames, and
+    /// (frames, height, width) of each image.
+    #[allow(clippy::type_complexity)]
     pub fn tokens(
         &self,
         lm: &Loaded,
         system_prompt: Option<&str>,
         input: &TextInput,
         index: usize,
-    ) -> Result<(Vec<u32>, Vec<Rgb>), LlmError> {
-        let frames: Vec<Rgb> = prompt::images(input)?
-            .iter()
-            .map(|(_, img)| self.processor.frame(img))
-            .collect();
-        let expansion = self.marker.repeat(self.tokens_per_image);
-        let expansions = vec![expansion; frames.len()];
+    ) -> Result<(Vec<u32>, Vec<Rgb>, Vec<(usize, usize, usize)>), LlmError> {
+        let mut frames = Vec::new();
+        let mut images = Vec::new();
+        let mut expansions = Vec::new();
+        let mut want = 0;
+        for (_, img) in prompt::images(input)? {
+            let (f, n) = match &self.anyres {
+                None => (vec![self.processor.frame(&img)], self.tokens_per_image),
+                Some(a) => (
+                    a.grid
+                        .frames(&img, &self.processor, self.processor.base_side()),
+                    a.grid
+                        .feature_count(img.height, img.width, self.tokens_per_image),
+                ),
+            };
+            images.push((f.len(), img.height, img.width));
+            frames.extend(f);
+            expansions.push(self.marker.repeat(n));
+            want += n;
+        }
         let ids = prompt::expand(lm, system_prompt, input, index, &self.marker, &expansions)?;
-        let want = frames.len() * self.tokens_per_image;
         prompt::count_image_tokens(lm, &ids, self.image_token, &self.marker, want)?;
-        Ok((ids, frames))
+        Ok((ids, frames, images))
     }
 }
 
@@ -410,9 +484,9 @@ impl Media for Llava {
         input: &TextInput,
         index: usize,
     ) -> Result<MediaPrompt, LlmError> {
-        let (ids, frames) = self.tokens(lm, system_prompt, input, index)?;
+        let (ids, frames, images) = self.tokens(lm, system_prompt, input, index)?;
         prompt::check_context(lm, &ids, index)?;
-        let feats = self.features(&frames)?;
+        let feats = self.features(&frames, &images)?;
         prompt::splice(lm, ids, self.image_token, &feats)
     }
 
@@ -420,6 +494,7 @@ impl Media for Llava {
         let mut all = self.vision.parameters();
         all.extend(self.projector.linear_1.arrays());
         all.extend(self.projector.linear_2.arrays());
+        all.extend(self.anyres.as_ref().map(|a| &a.newline));
         all
     }
 

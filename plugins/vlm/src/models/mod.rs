@@ -5,6 +5,7 @@
 
 pub mod idefics3;
 pub mod llava;
+pub mod llava_next;
 
 use lm::{media::Media, models::CausalLm, LlmError};
 use mlx_common::Weights;
@@ -39,6 +40,12 @@ pub const ARCHITECTURES: &[Architecture] = &[
         model_type: "llava",
         load: llava::load,
         frames_per_image: 1,
+    },
+    // The whole image and up to 2×2 (or 1×3) tiles of the default grids.
+    Architecture {
+        model_type: "llava_next",
+        load: llava_next::load,
+        frames_per_image: 5,
     },
 ];
 
