@@ -30,7 +30,11 @@ pub trait Media: Send {
     /// Every array it holds, for the loader to evaluate on its thread.
     fn parameters(&self) -> Vec<&Array>;
     /// (parameters, bytes) of its weights.
-    fn sizes(&self) -> (u64, u64);
+    fn sizes(&self) -> (u64, u64) {
+        self.parameters().iter().fold((0, 0), |(p, b), a| {
+            (p + a.size() as u64, b + a.nbytes() as u64)
+        })
+    }
 }
 
 /// Whether input `input` holds media.

@@ -211,7 +211,7 @@ pub fn load(
     w.rename_prefix("language_model.lm_head.", "lm_head.");
     w.rename_prefix("vision_model.", "model.vision_model.");
     w.rename_prefix("connector.", "model.connector.");
-    let vcfg = siglip::Config::from_json(cfg.get("vision_config").unwrap_or(&Json::Null), &file)?;
+    let vcfg = siglip::config(cfg.get("vision_config").unwrap_or(&Json::Null), &file)?;
     let scale = cfg.get("scale_factor").and_then(Json::as_i64).unwrap_or(2) as i32;
     let side = vcfg.side();
     if !(1..=8).contains(&scale) || side % scale != 0 {
@@ -346,12 +346,6 @@ impl Media for Idefics3 {
         let mut all = self.vision.parameters();
         all.extend(self.connector.proj.arrays());
         all
-    }
-
-    fn sizes(&self) -> (u64, u64) {
-        self.parameters().iter().fold((0, 0), |(p, b), a| {
-            (p + a.size() as u64, b + a.nbytes() as u64)
-        })
     }
 }
 

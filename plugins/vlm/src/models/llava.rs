@@ -282,7 +282,7 @@ pub(crate) fn load_with(
             )))
         }
     }
-    let vcfg = clip::Config::from_json(vjson, &file)?;
+    let vcfg = clip::config(vjson, &file)?;
     let layers = feature_layers(cfg.get("vision_feature_layer"), vcfg.num_layers, &file)?;
     let drop_class = match cfg
         .get("vision_feature_select_strategy")
@@ -496,12 +496,6 @@ impl Media for Llava {
         all.extend(self.projector.linear_2.arrays());
         all.extend(self.anyres.as_ref().map(|a| &a.newline));
         all
-    }
-
-    fn sizes(&self) -> (u64, u64) {
-        self.parameters().iter().fold((0, 0), |(p, b), a| {
-            (p + a.size() as u64, b + a.nbytes() as u64)
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! so the tower runs up to it and holds no later layer, nor the final LayerNorm.
 //! Skeleton: `Config` → `Clip`.
 
-use super::encoder::{self, Act, Encoder, LayerNorm, Shape};
+use super::encoder::{self, Defaults, Encoder, LayerNorm, TowerConfig};
 use lm::LlmError;
 use mlx_common::Weights;
 use mlx_rs::{ops, Array};
@@ -13,67 +13,23 @@ use serde_json::Value as Json;
 use std::path::Path;
 
 /// Resolved `vision_config`.
-pub struct Config {
-    pub hidden_size: i32,
-    pub intermediate_size: i32,
-    pub num_layers: i32,
-    pub num_heads: i32,
-    pub image_size: i32,
-    pub patch_size: i32,
-    pub layer_norm_eps: f32,
-    pub act: Act,
-}
+pub type Config = TowerConfig;
 
-impl Config {
-    /// From `vision_config` of `file` (`CLIPVisionConfig`'s defaults where a key is
-    /// absent).
-    pub fn from_json(v: &Json, file: &Path) -> Result<Self, LlmError> {
-        let bad = |msg: String| LlmError::Config {
-            file: file.into(),
-            msg,
-        };
-        let int = |k: &str, default: i64| -> Result<i32, LlmError> {
-            let n = v.get(k).and_then(Json::as_i64).unwrap_or(default);
-            if n <= 0 || n > 1 << 20 {
-                return Err(bad(format!("`vision_config.{k}` = {n} is out of range")));
-            }
-            Ok(n as i32)
-        };
-        let act = Act::from_name(
-            v.get("hidden_act")
-                .and_then(Json::as_str)
-                .unwrap_or("quick_gelu"),
-            file,
-        )?;
-        let c = Self {
-            hidden_size: int("hidden_size", 768)?,
-            intermediate_size: int("intermediate_size", 3072)?,
-            num_layers: int("num_hidden_layers", 12)?,
-            num_heads: int("num_attention_heads", 12)?,
-            image_size: int("image_size", 224)?,
-            patch_size: int("patch_size", 32)?,
-            layer_norm_eps: v
-                .get("layer_norm_eps")
-                .and_then(Json::as_f64)
-                .unwrap_or(1e-5) as f32,
-            act,
-        };
-        if int("num_channels", 3)? != 3
-            || c.hidden_size % c.num_heads != 0
-            || c.image_size % c.patch_size != 0
-        {
-            return Err(bad(format!(
-                "`vision_config`: hidden_size {} over {} heads, image_size {} in patches of {} do not fit together",
-                c.hidden_size, c.num_heads, c.image_size, c.patch_size
-            )));
-        }
-        Ok(c)
-    }
+/// `CLIPVisionConfig`'s defaults.
+pub const DEFAULTS: Defaults = Defaults {
+    hidden_size: 768,
+    intermediate_size: 3072,
+    num_layers: 12,
+    num_heads: 12,
+    image_size: 224,
+    patch_size: 32,
+    layer_norm_eps: 1e-5,
+    act: "quick_gelu",
+};
 
-    /// Patches per side of a frame.
-    pub fn side(&self) -> i32 {
-        self.image_size / self.patch_size
-    }
+/// `vision_config` of `file`.
+pub fn config(v: &Json, file: &Path) -> Result<Config, LlmError> {
+    TowerConfig::from_json(v, file, &DEFAULTS)
 }
 
 /// The tower, up to its feature layer.
@@ -93,14 +49,7 @@ impl Clip {
     /// LayerNorm) is what [`Clip::forward`] returns. The final LayerNorm is dropped.
     pub fn load(c: Config, w: &mut Weights, p: &str, keep: i32) -> Result<Self, LlmError> {
         let h = c.hidden_size;
-        let shape = Shape {
-            hidden: h,
-            intermediate: c.intermediate_size,
-            heads: c.num_heads,
-            layers: c.num_layers,
-            eps: c.layer_norm_eps,
-            act: c.act,
-        };
+        let shape = c.shape();
         let side = c.side();
         let clip = Self {
             class: w.take(&format!("{p}.embeddings.class_embedding"), &[h])?,

@@ -9,6 +9,7 @@ use mlx_common::{
     Linear, Weights,
 };
 use mlx_rs::{fast, ops, Array};
+use serde_json::Value as Json;
 use std::path::Path;
 
 /// The MLP's activation (`hidden_act`).
@@ -44,6 +45,86 @@ impl Act {
             Self::GeluTanh => gelu_tanh(x),
             Self::Gelu => gelu(x),
             Self::QuickGelu => x.multiply(&ops::sigmoid(&x.multiply(Array::from_f32(1.702))?)?),
+        }
+    }
+}
+
+/// A tower's `vision_config`, resolved.
+pub struct TowerConfig {
+    pub hidden_size: i32,
+    pub intermediate_size: i32,
+    pub num_layers: i32,
+    pub num_heads: i32,
+    pub image_size: i32,
+    pub patch_size: i32,
+    pub layer_norm_eps: f32,
+    pub act: Act,
+}
+
+/// What a tower's config class fills in for an absent key.
+pub struct Defaults {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_layers: i64,
+    pub num_heads: i64,
+    pub image_size: i64,
+    pub patch_size: i64,
+    pub layer_norm_eps: f64,
+    pub act: &'static str,
+}
+
+impl TowerConfig {
+    /// From `vision_config` `v` of `file`, `d` where a key is absent; three channels.
+    pub fn from_json(v: &Json, file: &Path, d: &Defaults) -> Result<Self, LlmError> {
+        let bad = |msg: String| LlmError::Config {
+            file: file.into(),
+            msg,
+        };
+        let int = |k: &str, default: i64| -> Result<i32, LlmError> {
+            let n = v.get(k).and_then(Json::as_i64).unwrap_or(default);
+            if n <= 0 || n > 1 << 20 {
+                return Err(bad(format!("`vision_config.{k}` = {n} is out of range")));
+            }
+            Ok(n as i32)
+        };
+        let act = v.get("hidden_act").and_then(Json::as_str).unwrap_or(d.act);
+        let c = Self {
+            hidden_size: int("hidden_size", d.hidden_size)?,
+            intermediate_size: int("intermediate_size", d.intermediate_size)?,
+            num_layers: int("num_hidden_layers", d.num_layers)?,
+            num_heads: int("num_attention_heads", d.num_heads)?,
+            image_size: int("image_size", d.image_size)?,
+            patch_size: int("patch_size", d.patch_size)?,
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(Json::as_f64)
+                .unwrap_or(d.layer_norm_eps) as f32,
+            act: Act::from_name(act, file)?,
+        };
+        let channels = int("num_channels", 3)?;
+        if c.hidden_size % c.num_heads != 0 || c.image_size % c.patch_size != 0 || channels != 3 {
+            return Err(bad(format!(
+                "`vision_config`: hidden_size {} over {} heads, image_size {} in patches of {}, {channels} channels do not fit together",
+                c.hidden_size, c.num_heads, c.image_size, c.patch_size
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Patches per side of a full frame.
+    pub fn side(&self) -> i32 {
+        self.image_size / self.patch_size
+    }
+
+    /// The encoder's shapes.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_heads,
+            layers: self.num_layers,
+            eps: self.layer_norm_eps,
+            act: self.act,
         }
     }
 }

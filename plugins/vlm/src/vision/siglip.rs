@@ -4,7 +4,7 @@
 //! MLP), a final LayerNorm.
 //! Skeleton: `Config` → `Siglip`.
 
-use super::encoder::{self, Act, Encoder, LayerNorm, Shape};
+use super::encoder::{self, Defaults, Encoder, LayerNorm, TowerConfig};
 use lm::LlmError;
 use mlx_common::Weights;
 use mlx_rs::Array;
@@ -12,82 +12,23 @@ use serde_json::Value as Json;
 use std::path::Path;
 
 /// Resolved `vision_config`.
-pub struct Config {
-    pub hidden_size: i32,
-    pub intermediate_size: i32,
-    pub num_layers: i32,
-    pub num_heads: i32,
-    pub num_channels: i32,
-    pub image_size: i32,
-    pub patch_size: i32,
-    pub layer_norm_eps: f32,
-    pub act: Act,
-}
+pub type Config = TowerConfig;
 
-impl Config {
-    /// From `vision_config` of `file` (SigLIP's defaults where a key is absent).
-    pub fn from_json(v: &Json, file: &Path) -> Result<Self, LlmError> {
-        let int = |k: &str, default: i64| -> Result<i32, LlmError> {
-            let n = v.get(k).and_then(Json::as_i64).unwrap_or(default);
-            if n <= 0 || n > 1 << 20 {
-                return Err(LlmError::Config {
-                    file: file.into(),
-                    msg: format!("`vision_config.{k}` = {n} is out of range"),
-                });
-            }
-            Ok(n as i32)
-        };
-        let act = Act::from_name(
-            v.get("hidden_act")
-                .and_then(Json::as_str)
-                .unwrap_or("gelu_pytorch_tanh"),
-            file,
-        )?;
-        let c = Self {
-            hidden_size: int("hidden_size", 1152)?,
-            intermediate_size: int("intermediate_size", 3072)?,
-            num_layers: int("num_hidden_layers", 12)?,
-            num_heads: int("num_attention_heads", 16)?,
-            num_channels: int("num_channels", 3)?,
-            image_size: int("image_size", 224)?,
-            patch_size: int("patch_size", 32)?,
-            layer_norm_eps: v
-                .get("layer_norm_eps")
-                .and_then(Json::as_f64)
-                .unwrap_or(1e-6) as f32,
-            act,
-        };
-        if c.hidden_size % c.num_heads != 0
-            || c.image_size % c.patch_size != 0
-            || c.num_channels != 3
-        {
-            return Err(LlmError::Config {
-                file: file.into(),
-                msg: format!(
-                    "`vision_config`: hidden_size {} over {} heads, image_size {} in patches of {}, {} channels do not fit together",
-                    c.hidden_size, c.num_heads, c.image_size, c.patch_size, c.num_channels
-                ),
-            });
-        }
-        Ok(c)
-    }
+/// `Idefics3VisionConfig`'s defaults (the SigLIP tower as Idefics3 configures it).
+pub const DEFAULTS: Defaults = Defaults {
+    hidden_size: 1152,
+    intermediate_size: 3072,
+    num_layers: 12,
+    num_heads: 16,
+    image_size: 224,
+    patch_size: 32,
+    layer_norm_eps: 1e-6,
+    act: "gelu_pytorch_tanh",
+};
 
-    /// Patches per side of a full frame.
-    pub fn side(&self) -> i32 {
-        self.image_size / self.patch_size
-    }
-
-    /// The encoder's shapes.
-    pub fn shape(&self) -> Shape {
-        Shape {
-            hidden: self.hidden_size,
-            intermediate: self.intermediate_size,
-            heads: self.num_heads,
-            layers: self.num_layers,
-            eps: self.layer_norm_eps,
-            act: self.act,
-        }
-    }
+/// `vision_config` of `file`.
+pub fn config(v: &Json, file: &Path) -> Result<Config, LlmError> {
+    TowerConfig::from_json(v, file, &DEFAULTS)
 }
 
 /// The tower.
@@ -110,7 +51,7 @@ impl Siglip {
             w,
             &format!("{p}.embeddings.patch_embedding.weight"),
             h,
-            c.num_channels,
+            3,
             c.patch_size,
         )?;
         let encoder = Encoder::load(c.shape(), w, &format!("{p}.encoder"), c.num_layers)?;
