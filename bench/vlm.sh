@@ -24,13 +24,10 @@ quiet_guard
 REG=$(mktemp --suffix .toml)
 trap 'rm -f "$REG"' EXIT
 printf '[[models]]\nid = "smolvlm-shaped"\nkind = "vlm"\narchitecture = "idefics3"\nsource = { path = "%s" }\n' "$MODEL" > "$REG"
-ours() {
-  target/release/mlxengine --registry "$REG" generate --model smolvlm-shaped --json \
-    --max-tokens "$N" --image "$IMAGE" "Describe this image." 2>/dev/null
-}
-ours >/dev/null # warm-up (page cache)
-median() { python3 -c "import json,statistics,sys; r=[json.loads(l) for l in sys.stdin]; print(json.dumps({k: statistics.median(x[k] for x in r) for k in ('ttft_ms','decode_tps','prompt_tokens')}))"; }
-OURS=$(for _ in 1 2 3; do ours; done | median)
+# One process: a warm-up, then three timed runs (medians).
+OURS=$(target/release/mlxengine --registry "$REG" bench --model smolvlm-shaped --image "$IMAGE" \
+  --prompt "Describe this image." --max-tokens "$N" --runs 3 --json 2>/dev/null |
+  python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'ttft_ms': r['ttft_ms']['median'], 'decode_tps': r['decode_tps']['median'], 'prompt_tokens': r['prompt_tokens']}))")
 PEER_OUT=$(THREADS=$THREADS "$PEER/bin/python" bench/vlm_peer.py run "$MODEL" "$IMAGE" "$N")
 python3 - "$OURS" "$PEER_OUT" "$BENCH_FLAG" <<'PY'
 import json, sys

@@ -3,6 +3,9 @@
     python vlm_peer.py make DIR            # SmolVLM-256M-shaped random checkpoint into DIR
     python vlm_peer.py run DIR IMAGE N     # transformers on it: one JSON line
 
+On a GPU (bench/gpu/vlm_on_device.sh): `PEER_DEVICE=cuda PEER_DTYPE=bfloat16`; the GPU
+is synchronised before each clock is read.
+
 `make`: SmolVLM-256M-Instruct's shapes (SigLIP 12 × 768 on 512-pixel frames of 16-pixel
 patches, pixel shuffle × 4 → 64 tokens a frame, SmolLM2-135M's text model: 30 × 576, 9
 heads / 3 KV heads, vocabulary 49280) and its processor settings (2048-pixel resize,
@@ -49,25 +52,32 @@ def make(out):
 
 def run(path, image, n):
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    device = os.environ.get("PEER_DEVICE", "cpu")
+    dtype = getattr(torch, os.environ.get("PEER_DTYPE", "float32"))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     proc = AutoProcessor.from_pretrained(path)
-    model = Idefics3ForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    model = Idefics3ForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
     img = Image.open(image)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
     text = proc.apply_chat_template(messages, add_generation_prompt=True)
 
     def once():
+        sync()
         t0 = time.perf_counter()
-        inputs = proc(text=text, images=[[img]], return_tensors="pt")
+        inputs = proc(text=text, images=[[img]], return_tensors="pt").to(device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.no_grad():
             out = model(**inputs, use_cache=True)
-            first = time.perf_counter()
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            mask = torch.cat([inputs["attention_mask"], torch.ones((1, 1), dtype=torch.long)], 1)
+            sync()
+            first = time.perf_counter()
+            mask = torch.cat([inputs["attention_mask"], torch.ones((1, 1), dtype=torch.long, device=device)], 1)
             t1 = time.perf_counter()
             for _ in range(n - 1):
                 o = model(input_ids=nxt, past_key_values=cache, attention_mask=mask, use_cache=True)
                 cache, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-                mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long)], 1)
+                mask = torch.cat([mask, torch.ones((1, 1), dtype=torch.long, device=device)], 1)
+            sync()
             t2 = time.perf_counter()
         return (first - t0) * 1e3, (n - 1) / (t2 - t1), inputs["input_ids"].shape[1]
 

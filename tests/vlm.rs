@@ -263,6 +263,32 @@ fn cli_generate_with_images() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/no/such.png"), "{err}");
+    // `bench --image`: the same prompt, timed in one process.
+    let o = util::mlxengine(
+        home.path(),
+        &[
+            "--registry",
+            reg,
+            "bench",
+            "--model",
+            "tiny-idefics3",
+            "--image",
+            imgs.join("field-96x80.png").to_str().unwrap(),
+            "--prompt",
+            "Describe this image.",
+            "--max-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(b["prompt_tokens"], v["prompt_tokens"], "{b}");
+    assert!(b["ttft_ms"]["median"].as_f64().unwrap() > 0.0, "{b}");
 }
 
 #[test]

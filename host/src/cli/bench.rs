@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use engine::request::{Embed, Generate};
 use engine::{fit::human, Engine};
-use plugin_api::text::{ChatMessage, GenerateRequest, TextInput};
+use plugin_api::text::{ChatMessage, ContentPart, GenerateRequest, TextInput};
 use plugin_api::{
     embed::{EmbedRequest, Pooling},
     text::{StreamControl, StreamEvent},
@@ -248,6 +248,10 @@ pub(crate) struct BenchArgs {
     /// Send the prompt through the chat template.
     #[arg(long)]
     pub(crate) chat: bool,
+    /// An image before the prompt (repeatable; implies --chat), for a vision-language
+    /// model (the default model is then the registry's default `vlm`).
+    #[arg(long = "image", value_name = "PATH")]
+    pub(crate) images: Vec<std::path::PathBuf>,
     /// Length of the synthetic prompt, in words (≈ tokens).
     #[arg(long, default_value_t = 128)]
     pub(crate) prompt_tokens: usize,
@@ -269,6 +273,7 @@ pub(crate) struct BenchArgs {
 pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
     let model = match &a.model {
         Some(m) => m.clone(),
+        None if !a.images.is_empty() => engine.default_model(ModelKind::VLM)?,
         None => engine.default_model(ModelKind::LLM)?,
     };
     if a.runs == 0 {
@@ -284,10 +289,20 @@ pub(crate) fn cmd_bench(engine: &Engine, a: &BenchArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     });
-    let input = if a.chat {
+    let input = if a.chat || !a.images.is_empty() {
+        let mut parts = a
+            .images
+            .iter()
+            .map(|p| super::generate::image_part(p))
+            .collect::<Result<Vec<_>>>()?;
+        parts.push(ContentPart::text(prompt.as_str()));
         TextInput {
             prompt: "".into(),
-            messages: vec![ChatMessage::text("user", &prompt)].into(),
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                parts: parts.into(),
+            }]
+            .into(),
         }
     } else {
         TextInput {
