@@ -92,6 +92,64 @@ thread_local! {
     /// MLX compiled functions belong to the compile cache of the thread that made them
     /// (mlx-rs marks them `!Send`): one per thread, traced on its first call.
     static GELU_RATIONAL: RefCell<Option<Compiled>> = const { RefCell::new(None) };
+    static GELU_TANH_RATIONAL: RefCell<Option<Compiled>> = const { RefCell::new(None) };
+}
+
+/// tanh's odd rational approximation of degrees 13/6 (Eigen's and XLA's float kernel),
+/// built of arithmetic ops, clamped where tanh rounds to ±1 in float32: within a few
+/// ulp of tanh everywhere.
+pub fn tanh_rational(x: &Array) -> mlx_rs::error::Result<Array> {
+    const CLAMP: f32 = 7.905_311;
+    const P: [f32; 7] = [
+        -2.760_768_5e-16,
+        2.000_188e-13,
+        -8.604_672e-11,
+        5.122_297e-8,
+        1.485_722_4e-5,
+        6.372_619_3e-4,
+        4.893_524_6e-3,
+    ];
+    const Q: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3];
+    let x = ops::clip(x, (Array::from_f32(-CLAMP), Array::from_f32(CLAMP)))?;
+    let x2 = x.square()?;
+    let horner = |c: &[f32]| -> mlx_rs::error::Result<Array> {
+        let mut acc = x2
+            .multiply(Array::from_f32(c[0]))?
+            .add(Array::from_f32(c[1]))?;
+        for &k in &c[2..] {
+            acc = acc.multiply(&x2)?.add(Array::from_f32(k))?;
+        }
+        Ok(acc)
+    };
+    x.multiply(&horner(&P)?)?.divide(&horner(&Q)?)
+}
+
+/// [`gelu_tanh`] with [`tanh_rational`] for tanh.
+fn gelu_tanh_rational(x: &Array) -> mlx_rs::error::Result<Array> {
+    let c = Array::from_f32((2.0f32 / std::f32::consts::PI).sqrt());
+    let inner = x.add(
+        &x.multiply(x)?
+            .multiply(x)?
+            .multiply(Array::from_f32(0.044_715))?,
+    )?;
+    let t = tanh_rational(&inner.multiply(&c)?)?;
+    x.multiply(Array::from_f32(0.5))?
+        .multiply(&t.add(Array::from_f32(1.0))?)
+}
+
+/// GELU-tanh in the form fastest on this backend: on the CPU, where MLX can compile,
+/// [`tanh_rational`] fused by `mx.compile` (MLX's own `tanh` runs one element at a time
+/// there: 1.4 s for one SigLIP layer's 17k × 3072 activation on 2 cores); else
+/// [`gelu_tanh`]. Within a few ulp of [`gelu_tanh`].
+pub fn gelu_tanh_fast(x: &Array) -> mlx_rs::error::Result<Array> {
+    if !matches!(gelu_form(), GeluForm::Compiled) {
+        return gelu_tanh(x);
+    }
+    GELU_TANH_RATIONAL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let f = slot.get_or_insert_with(|| Box::new(compile(gelu_tanh_rational, true)));
+        f(x)
+    })
 }
 
 /// [`gelu_rational`] compiled by MLX into fused kernels, shape-agnostic (one trace
@@ -182,5 +240,34 @@ mod tests {
         let x2 = x.reshape(&[1, xs.len() as i32]).unwrap();
         let got = gelu_rational_compiled(&x2).unwrap();
         assert_eq!(got.shape(), &[1, xs.len() as i32]);
+    }
+
+    /// The rational tanh (and the fused GELU-tanh built on it) against MLX's `tanh`:
+    /// < 5e-7 absolute over [-12, 12] and the far tails — 8 float32 ulp of values just
+    /// under 1 (6e-8 each), room for the approximation's own few ulp, the rounding of its
+    /// ~20 operations and MLX's `tanh`'s (seen: 3.6e-7 on the CPU).
+    #[test]
+    fn rational_tanh_matches_tanh() {
+        let mut xs: Vec<f32> = (-6000..=6000).map(|i| i as f32 * 2e-3).collect();
+        xs.extend([-100.0, -9.5, -7.91, 7.91, 9.5, 100.0, 1e-30, -1e-30]);
+        let x = Array::from_slice(&xs, &[xs.len() as i32]);
+        let max_diff = |a: Array, b: Array| -> f32 {
+            a.subtract(&b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(None)
+                .unwrap()
+                .item_exact()
+        };
+        let d = max_diff(tanh_rational(&x).unwrap(), ops::tanh(&x).unwrap());
+        assert!(d < 5e-7, "tanh: max |Δ| = {d}");
+        // GELU-tanh: its values reach |x|, so compare relative to max(1, |x|).
+        let scale = ops::maximum(x.abs().unwrap(), Array::from_f32(1.0)).unwrap();
+        let d = max_diff(
+            gelu_tanh_fast(&x).unwrap().divide(&scale).unwrap(),
+            gelu_tanh(&x).unwrap().divide(&scale).unwrap(),
+        );
+        assert!(d < 4e-7, "gelu_tanh_fast: max |Δ|/max(1, |x|) = {d}");
     }
 }

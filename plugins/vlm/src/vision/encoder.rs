@@ -5,7 +5,7 @@
 
 use lm::LlmError;
 use mlx_common::{
-    activation::{gelu, gelu_tanh},
+    activation::{gelu, gelu_tanh_fast},
     Linear, Weights,
 };
 use mlx_rs::{fast, ops, Array};
@@ -42,7 +42,7 @@ impl Act {
     /// The activation of `x`.
     pub fn apply(self, x: &Array) -> mlx_rs::error::Result<Array> {
         match self {
-            Self::GeluTanh => gelu_tanh(x),
+            Self::GeluTanh => gelu_tanh_fast(x),
             Self::Gelu => gelu(x),
             Self::QuickGelu => x.multiply(&ops::sigmoid(&x.multiply(Array::from_f32(1.702))?)?),
         }
