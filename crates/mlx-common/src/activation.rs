@@ -126,15 +126,7 @@ pub fn tanh_rational(x: &Array) -> mlx_rs::error::Result<Array> {
 
 /// [`gelu_tanh`] with [`tanh_rational`] for tanh.
 fn gelu_tanh_rational(x: &Array) -> mlx_rs::error::Result<Array> {
-    let c = Array::from_f32((2.0f32 / std::f32::consts::PI).sqrt());
-    let inner = x.add(
-        &x.multiply(x)?
-            .multiply(x)?
-            .multiply(Array::from_f32(0.044_715))?,
-    )?;
-    let t = tanh_rational(&inner.multiply(&c)?)?;
-    x.multiply(Array::from_f32(0.5))?
-        .multiply(&t.add(Array::from_f32(1.0))?)
+    gelu_tanh_with(x, tanh_rational)
 }
 
 /// GELU-tanh in the form fastest on this backend: on the CPU, where MLX can compile,
@@ -196,13 +188,21 @@ pub fn gelu_rational(x: &Array) -> mlx_rs::error::Result<Array> {
 /// GELU with the tanh approximation (`gelu_new`, `gelu_pytorch_tanh`):
 /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 pub fn gelu_tanh(x: &Array) -> mlx_rs::error::Result<Array> {
+    gelu_tanh_with(x, |t| ops::tanh(t))
+}
+
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with `tanh` for tanh.
+fn gelu_tanh_with(
+    x: &Array,
+    tanh: impl Fn(&Array) -> mlx_rs::error::Result<Array>,
+) -> mlx_rs::error::Result<Array> {
     let c = Array::from_f32((2.0f32 / std::f32::consts::PI).sqrt());
     let inner = x.add(
         &x.multiply(x)?
             .multiply(x)?
             .multiply(Array::from_f32(0.044_715))?,
     )?;
-    let t = ops::tanh(&inner.multiply(&c)?)?;
+    let t = tanh(&inner.multiply(&c)?)?;
     x.multiply(Array::from_f32(0.5))?
         .multiply(&t.add(Array::from_f32(1.0))?)
 }
