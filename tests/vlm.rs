@@ -171,7 +171,11 @@ fn registry(dir: &Path) -> PathBuf {
             fixtures().join(arch).display()
         )
     };
-    std::fs::write(&p, entry("idefics3") + &entry("llava")).unwrap();
+    let all: String = ["idefics3", "llava", "qwen2_vl", "qwen2_5_vl"]
+        .into_iter()
+        .map(entry)
+        .collect();
+    std::fs::write(&p, all).unwrap();
     p
 }
 
@@ -291,19 +295,25 @@ fn cli_generate_with_images() {
     assert!(b["ttft_ms"]["median"].as_f64().unwrap() > 0.0, "{b}");
 }
 
+/// The other architectures from the registry through the CLI: the greedy continuation
+/// transformers gives (Qwen2-VL's through its multimodal positions and their shift).
 #[test]
-fn llava_through_the_cli() {
+fn llava_and_qwen2_vl_through_the_cli() {
     let home = tempfile::tempdir().unwrap();
     let reg = registry(home.path());
-    let p = fixtures().join("llava/reference.json");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    let v = cli_one_image_on(home.path(), reg.to_str().unwrap(), "tiny-llava");
-    assert_eq!(v["backend"], "mlx-vlm");
-    assert_eq!(v["token_ids"], r["cases"][0]["new_ids"], "{v}");
-    assert_eq!(
-        v["prompt_tokens"],
-        r["cases"][0]["input_ids"].as_array().unwrap().len()
-    );
+    for arch in ["llava", "qwen2_vl", "qwen2_5_vl"] {
+        let p = fixtures().join(arch).join("reference.json");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let v = cli_one_image_on(home.path(), reg.to_str().unwrap(), &format!("tiny-{arch}"));
+        assert_eq!(v["backend"], "mlx-vlm", "{arch}");
+        assert_eq!(v["token_ids"], r["cases"][0]["new_ids"], "{arch}: {v}");
+        assert_eq!(
+            v["prompt_tokens"],
+            r["cases"][0]["input_ids"].as_array().unwrap().len(),
+            "{arch}"
+        );
+    }
 }
 
 /// A one-thread HTTP/1.0 server on loopback for the remote-image test: `/a.png` (the

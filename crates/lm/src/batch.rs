@@ -2,8 +2,8 @@
 //! `BatchGenerator`): rows of one or several requests decoded together, their KV caches
 //! left-padded to one length. Between decode steps rows that ended leave (the padding
 //! every remaining row has is dropped), and prompts read meanwhile join (the shorter side
-//! padded at the front). Each row keeps its own position (length − padding) for RoPE and
-//! its own mask.
+//! padded at the front). Each row keeps its own position (length − padding, shifted by
+//! its prompt's multimodal-RoPE delta) for RoPE and its own mask.
 //!
 //! Greedy rows without penalties are picked on the device and the next step is queued
 //! before the host reads this one (mlx-lm's `generate_step` pipelining); any other row
@@ -12,6 +12,7 @@
 use crate::{
     error::LlmError,
     loader::Loaded,
+    media::MediaPrompt,
     models::{KvCache, Positions},
     sampling::Sampler,
     tokenizer::StreamDecoder,
@@ -178,17 +179,23 @@ fn padded_mask(pads: &[usize], q0: usize, l: usize, dtype: Dtype) -> mlx_rs::err
     Array::from_slice(&m, &[pads.len() as i32, 1, l as i32, s as i32]).as_dtype(dtype)
 }
 
-/// Positions of `l` new tokens after `q0` stored positions of rows padded by `pads`.
+/// Positions of `l` new tokens after `q0` stored positions of rows padded by `pads`,
+/// shifted by each row's `deltas` (multimodal RoPE: 0 for text).
 fn positions(
     pads: &[usize],
+    deltas: &[i32],
     q0: usize,
     l: usize,
     dtype: Dtype,
 ) -> mlx_rs::error::Result<Positions> {
-    if pads.iter().all(|p| *p == 0) {
-        return Ok(Positions::Shared(q0 as i32));
+    let offsets: Vec<i32> = pads
+        .iter()
+        .zip(deltas)
+        .map(|(p, d)| q0 as i32 - *p as i32 + d)
+        .collect();
+    if pads.iter().all(|p| *p == 0) && offsets.iter().all(|o| *o == offsets[0]) {
+        return Ok(Positions::Shared(offsets[0]));
     }
-    let offsets: Vec<i32> = pads.iter().map(|p| q0 as i32 - *p as i32).collect();
     Ok(Positions::PerRow {
         offsets: Array::from_slice(&offsets, &[pads.len() as i32]),
         mask: padded_mask(pads, q0, l, dtype)?,
@@ -208,7 +215,12 @@ pub struct Prefill {
     ids: Array,
     /// (R, longest, H) input embeddings when a row has media, else read from `ids`.
     embeds: Option<Array>,
+    /// (S, R, longest) per-section positions when a row's media take positions of their
+    /// own (row-major; the others count up, padding at 0).
+    explicit: Option<(usize, Vec<i32>)>,
     pads: Vec<usize>,
+    /// Each row's position shift after its prompt.
+    deltas: Vec<i32>,
     longest: usize,
     /// Positions read so far (a prompt-cache hit starts past 0).
     q0: usize,
@@ -223,7 +235,7 @@ impl Prefill {
         lm: &Loaded,
         rows: Vec<Row>,
         prompts: &[Vec<u32>],
-        embeds: &[Option<Array>],
+        media: &[Option<MediaPrompt>],
         start: Option<(usize, Vec<KvCache>)>,
     ) -> Result<Self, LlmError> {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -241,11 +253,11 @@ impl Prefill {
         let ids = Array::from_slice(&padded, &[prompts.len() as i32, longest as i32]);
         // Rows with media are read from their embeddings; then so is every row of the
         // prefill (the others' looked up, padding as zeros: masked).
-        let embeds = if embeds.iter().any(Option::is_some) {
+        let embeds = if media.iter().any(Option::is_some) {
             let mut parts = Vec::with_capacity(prompts.len());
             for (row, &pad) in pads.iter().enumerate() {
-                let x = match embeds.get(row).and_then(Option::as_ref) {
-                    Some(x) => x.clone(),
+                let x = match media.get(row).and_then(Option::as_ref) {
+                    Some(m) => m.embeds.clone(),
                     None => lm
                         .model
                         .embed_tokens(&ids.index((row as i32..row as i32 + 1, pad as i32..)))?,
@@ -266,11 +278,39 @@ impl Prefill {
         } else {
             None
         };
+        let positions = |row: usize| media.get(row).and_then(Option::as_ref)?.positions.as_ref();
+        let deltas = (0..prompts.len())
+            .map(|r| positions(r).map_or(0, |p| p.delta))
+            .collect();
+        let sections = (0..prompts.len())
+            .filter_map(|r| positions(r).map(|p| p.sections))
+            .max();
+        let explicit = sections.map(|s| {
+            let rows = prompts.len();
+            let mut all = vec![0i32; s * rows * longest];
+            for (r, &pad) in pads.iter().enumerate() {
+                let n = longest - pad;
+                for k in 0..s {
+                    let at = (k * rows + r) * longest + pad;
+                    let dst = &mut all[at..at + n];
+                    match positions(r) {
+                        Some(p) => {
+                            let k = k.min(p.sections - 1);
+                            dst.copy_from_slice(&p.ids[k * n..(k + 1) * n]);
+                        }
+                        None => dst.iter_mut().enumerate().for_each(|(j, x)| *x = j as i32),
+                    }
+                }
+            }
+            (s, all)
+        });
         Ok(Self {
             rows,
             ids,
             embeds,
+            explicit,
             pads,
+            deltas,
             longest,
             q0,
             cache,
@@ -285,7 +325,26 @@ impl Prefill {
         let chunk = self
             .ids
             .index((.., (self.q0 as i32)..((self.q0 + l) as i32)));
-        let pos = positions(&self.pads, self.q0, l, lm.dtype)?;
+        let pos = match &self.explicit {
+            None => positions(&self.pads, &self.deltas, self.q0, l, lm.dtype)?,
+            Some((s, all)) => {
+                let (rows, q0) = (self.pads.len(), self.q0);
+                let mut chunk = Vec::with_capacity(s * rows * l);
+                for kr in 0..s * rows {
+                    let at = kr * self.longest + q0;
+                    chunk.extend_from_slice(&all[at..at + l]);
+                }
+                Positions::Explicit {
+                    ids: Array::from_slice(&chunk, &[*s as i32, rows as i32, l as i32]),
+                    mask: self
+                        .pads
+                        .iter()
+                        .any(|p| *p > 0)
+                        .then(|| padded_mask(&self.pads, q0, l, lm.dtype))
+                        .transpose()?,
+                }
+            }
+        };
         let out = match &self.embeds {
             Some(x) => {
                 let x = x.index((.., (self.q0 as i32)..((self.q0 + l) as i32), ..));
@@ -323,6 +382,8 @@ pub struct Batch {
     cache: Vec<KvCache>,
     /// Each row's left padding.
     pads: Vec<usize>,
+    /// Each row's position shift (multimodal RoPE).
+    deltas: Vec<i32>,
     /// Positions stored per row (padding included).
     len: usize,
     /// (B, V) logits the next picks come from.
@@ -340,6 +401,7 @@ impl Batch {
             rows: p.rows,
             cache: p.cache,
             pads: p.pads,
+            deltas: p.deltas,
             len: p.longest,
             logits: logits.reshape(&[b, -1]).expect("(B, 1, V) logits"),
             pick: None,
@@ -362,6 +424,7 @@ impl Batch {
         }
         self.pads.iter_mut().for_each(|x| *x += grow);
         self.pads.extend(p.pads.iter().map(|x| x + theirs));
+        self.deltas.extend(p.deltas);
         let logits = p.logits.expect("a prefill reads before it joins");
         let logits = logits.reshape(&[p.rows.len() as i32, -1])?;
         if let Some(pick) = &self.pick {
@@ -435,7 +498,7 @@ impl Batch {
     }
 
     fn forward(&mut self, lm: &Loaded, tokens: &Array) -> Result<Array, LlmError> {
-        let pos = positions(&self.pads, self.len, 1, lm.dtype)?;
+        let pos = positions(&self.pads, &self.deltas, self.len, 1, lm.dtype)?;
         let b = tokens.shape()[0];
         let logits = lm.model.forward(tokens, &mut self.cache, &pos, false)?;
         self.len += 1;
@@ -482,6 +545,7 @@ impl Batch {
         self.logits = self.logits.take_axis(&at, 0)?;
         self.pick = self.pick.as_ref().map(|p| p.select(&at)).transpose()?;
         self.pads = kept.iter().map(|i| self.pads[*i as usize]).collect();
+        self.deltas = kept.iter().map(|i| self.deltas[*i as usize]).collect();
         let common = self.pads.iter().copied().min().unwrap_or(0);
         if common > 0 {
             for c in &mut self.cache {

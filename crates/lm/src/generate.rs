@@ -70,8 +70,8 @@ pub fn prompt_ids(
 struct Admitted {
     rows: Vec<Row>,
     prompts: Vec<Vec<u32>>,
-    /// Input embeddings of the prompts with media (1, L, H), in `prompts`' order.
-    embeds: Vec<Option<mlx_rs::Array>>,
+    /// The prompts with media (their embeddings and positions), in `prompts`' order.
+    media: Vec<Option<media::MediaPrompt>>,
     /// A prompt-cache hit (tokens reused, their KV): prefilled alone.
     start: Option<(usize, Vec<KvCache>)>,
 }
@@ -108,22 +108,22 @@ impl Call<'_> {
         keep: bool,
     ) -> Result<(Group, Admitted), LlmError> {
         let lm = self.lm;
-        let (mut prompts, mut embeds) = (Vec::new(), Vec::new());
+        let (mut prompts, mut with_media) = (Vec::new(), Vec::new());
         for (i, input) in req.inputs.iter().enumerate() {
             match lm.media.as_ref().filter(|_| media::has_media(input)) {
                 Some(m) => {
                     let p = m.prompt(lm, self.system_prompt, input, i)?;
-                    prompts.push(p.ids);
-                    embeds.push(Some(p.embeds));
+                    prompts.push(p.ids.clone());
+                    with_media.push(Some(p));
                 }
                 None => {
                     prompts.push(prompt_ids(lm, self.system_prompt, input, i)?);
-                    embeds.push(None);
+                    with_media.push(None);
                 }
             }
         }
         // KV computed from images is not keyed by its tokens alone: no prompt cache.
-        let keep = keep && embeds.iter().all(Option::is_none);
+        let keep = keep && with_media.iter().all(Option::is_none);
         if let Some(msg) =
             textgen::context_overflow(prompts.iter().map(Vec::len), lm.model.max_context())
         {
@@ -167,7 +167,7 @@ impl Call<'_> {
             Admitted {
                 rows,
                 prompts,
-                embeds,
+                media: with_media,
                 start,
             },
         ))
@@ -420,9 +420,9 @@ fn next_prefill(
         return Ok(None);
     };
     if first.start.is_some() {
-        return Prefill::new(lm, first.rows, &first.prompts, &first.embeds, first.start).map(Some);
+        return Prefill::new(lm, first.rows, &first.prompts, &first.media, first.start).map(Some);
     }
-    let (mut rows, mut prompts, mut embeds) = (first.rows, first.prompts, first.embeds);
+    let (mut rows, mut prompts, mut with_media) = (first.rows, first.prompts, first.media);
     while let Some(next) = admitted.front() {
         if next.start.is_some() || rows.len() + next.rows.len() > PREFILL_ROWS {
             break;
@@ -430,9 +430,9 @@ fn next_prefill(
         let next = admitted.pop_front().expect("looked at");
         rows.extend(next.rows);
         prompts.extend(next.prompts);
-        embeds.extend(next.embeds);
+        with_media.extend(next.media);
     }
-    Prefill::new(lm, rows, &prompts, &embeds, None).map(Some)
+    Prefill::new(lm, rows, &prompts, &with_media, None).map(Some)
 }
 
 /// A [`Sink`] over a closure: events only, nothing joins.

@@ -1,7 +1,8 @@
 //! This plugin's memory estimate: the checkpoint's weights at the load dtype (the
 //! llm plugin's dtype policy), the text model's KV cache for the planned context, and
-//! the activations of one image's frames through the vision tower (the architecture
-//! table's frames per image: 17 for SmolVLM's 4×4 tiles and the whole image, 1 for LLaVA) plus one prefill chunk.
+//! the activations of one image's patches through the vision tower (the architecture
+//! table's most per image: 17 frames for SmolVLM's 4×4 tiles and the whole image, 1
+//! for LLaVA, `max_pixels` for Qwen2-VL) plus one prefill chunk.
 
 use mlx_common::{dtype_name, estimate::MLX_BASE_BYTES, mlx_backend};
 use mlx_rs::Dtype;
@@ -20,9 +21,14 @@ fn int(v: &Json, k: &str) -> u64 {
     v.get(k).and_then(Json::as_u64).unwrap_or(0)
 }
 
+/// The text model's settings: `text_config`, or the top level (Qwen2-VL's Hub configs).
+fn text_of(cfg: &Json) -> &Json {
+    cfg.get("text_config").unwrap_or(cfg)
+}
+
 /// KV-cache bytes of one token of one sequence: keys and values of every text layer.
 pub fn kv_bytes_per_token(cfg: &Json, dtype: Dtype) -> u64 {
-    let t = cfg.get("text_config").unwrap_or(&Json::Null);
+    let t = text_of(cfg);
     let heads = int(t, "num_attention_heads").max(1);
     let kv = t
         .get("num_key_value_heads")
@@ -65,7 +71,7 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         .map(|m| m.len())
         .sum();
     let weights_bytes = files / stored * bytes_of(opts.dtype);
-    let t = cfg.get("text_config").unwrap_or(&Json::Null);
+    let t = text_of(&cfg);
     let max_ctx = t
         .get("max_position_embeddings")
         .and_then(Json::as_u64)
@@ -80,13 +86,18 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         .saturating_mul(context)
         .saturating_mul(batch);
     let v = cfg.get("vision_config").unwrap_or(&Json::Null);
-    let patches = (int(v, "image_size") / int(v, "patch_size").max(1)).pow(2);
-    let frames = cfg
+    let patches = cfg
         .get("model_type")
         .and_then(Json::as_str)
         .and_then(crate::models::find)
-        .map_or(1, |a| a.frames_per_image);
-    let vision = frames * patches * (4 * int(v, "hidden_size") + int(v, "intermediate_size")) * 4;
+        .map_or(0, |a| (a.patches_per_image)(&cfg, dir));
+    // Qwen2-VL names the tower's width `embed_dim` (its `hidden_size` is the text's).
+    let width = match int(v, "embed_dim") {
+        0 => int(v, "hidden_size"),
+        w => w,
+    };
+    let inner = int(v, "intermediate_size").max(4 * width);
+    let vision = patches.saturating_mul(4 * width + inner).saturating_mul(4);
     let chunk = lm::generate::PREFILL_CHUNK as u64
         * (8 * int(t, "hidden_size") + int(t, "intermediate_size") + int(t, "vocab_size"))
         * 4;

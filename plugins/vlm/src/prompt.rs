@@ -123,5 +123,9 @@ pub fn splice(
         .take_axis(Array::from_slice(&gather, &[l]), 0)?
         .reshape(&[1, l, -1])?;
     embeds.eval()?;
-    Ok(MediaPrompt { ids, embeds })
+    Ok(MediaPrompt {
+        ids,
+        embeds,
+        positions: None,
+    })
 }

@@ -11,12 +11,7 @@
 //! stays under 1e-5 absolute on logits of size ~1-10 (seen: 1e-5). 1e-4 leaves room
 //! for another CPU's kernels while a wrong layer, norm or position is off by > 0.1.
 
-use lm::{
-    generate::generate_alone,
-    loader::Loaded,
-    models::{KvCache, Positions},
-    LoadOptions,
-};
+use lm::{generate::generate_alone, loader::Loaded, models::KvCache, LoadOptions};
 use mlx_rs::Dtype;
 use mlxengine_vlm::load;
 use plugin_api::text::{ChatMessage, ContentPart, GenerateRequest, StreamControl, TextInput};
@@ -112,6 +107,26 @@ fn llava_greedy_continuations_match_alone_and_batched_with_text() {
     greedy_matches("llava");
 }
 
+#[test]
+fn qwen2_vl_logits_match_transformers_with_one_and_two_images() {
+    logits_match("qwen2_vl");
+}
+
+#[test]
+fn qwen2_5_vl_logits_match_transformers_with_one_and_two_images() {
+    logits_match("qwen2_5_vl");
+}
+
+#[test]
+fn qwen2_vl_greedy_continuations_match_alone_and_batched_with_text() {
+    greedy_matches("qwen2_vl");
+}
+
+#[test]
+fn qwen2_5_vl_greedy_continuations_match_alone_and_batched_with_text() {
+    greedy_matches("qwen2_5_vl");
+}
+
 fn logits_match(arch: &str) {
     let lm = model(arch);
     for case in reference(arch) {
@@ -122,7 +137,7 @@ fn logits_match(arch: &str) {
         let mut cache: Vec<KvCache> = (0..lm.model.layers()).map(|_| KvCache::default()).collect();
         let logits = lm
             .model
-            .forward_embeds(&p.embeds, &mut cache, &Positions::Shared(0), true)
+            .forward_embeds(&p.embeds, &mut cache, &p.prefill_positions(), true)
             .unwrap()
             .as_dtype(Dtype::Float32)
             .unwrap();

@@ -4,7 +4,8 @@
 //! checkpoints' processors — Idefics3's (128-pixel resize, 64-pixel tiles) and LLaVA's
 //! (padded to a square of the mean colour, bicubic to 32, centre crop) — the tiling
 //! SmolVLM's own settings (2048, 512) give, and one photograph's frame under LLaVA 1.5's
-//! own settings (336 shortest edge and crop, no padding).
+//! own settings (336 shortest edge and crop, no padding); Qwen2-VL's smart resize and
+//! patches.
 //!
 //! Tolerance: none for PNG sources. Our resampler is Pillow's integer algorithm (the
 //! same fixed-point weights, the same rounding of each pass), so the levels are equal
@@ -22,7 +23,8 @@ use base64::Engine;
 use mlxengine_vlm::{
     image,
     models::idefics3::Processor,
-    models::{llava, llava_next::Grid},
+    models::{llava, llava_next::Grid, qwen2_vl},
+    vision::qwen_vit::{self, merge_order, Variant},
 };
 use std::path::PathBuf;
 
@@ -226,6 +228,87 @@ fn llava_frames_match_the_transformers_processor_on_photographs() {
         }
     }
     assert_eq!(checked_big, 1, "the fixture holds one LLaVA 1.5 frame");
+}
+
+/// Qwen2-VL's processor: the test checkpoint's (8-pixel patches merged 2×2, within
+/// 64×64 pixels, bicubic) frame levels read back from our patches (so the patch order
+/// is checked with them), and the patch grids of Qwen2-VL's own sizes (56² to 28²·1280
+/// pixels) and of a small `max_pixels`.
+#[test]
+fn qwen2_vl_patches_match_the_transformers_processor_on_photographs() {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("preprocess.json")).unwrap())
+            .unwrap();
+    let vision = |patch: i32| {
+        qwen_vit::Config::from_json(
+            Variant::Qwen2,
+            &serde_json::json!({"patch_size": patch}),
+            std::path::Path::new("config.json"),
+        )
+        .unwrap()
+    };
+    let tiny = qwen2_vl::Processor::from_dir(&fixtures().join("qwen2_vl"), &vision(8)).unwrap();
+    let with_sizes = |name: &str, min: u64, max: u64| {
+        let dir = tempfile_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("preprocessor_config.json"),
+            format!(
+                r#"{{"min_pixels": {min}, "max_pixels": {max}, "patch_size": 14, "merge_size": 2,
+                "temporal_patch_size": 2, "image_processor_type": "Qwen2VLImageProcessor"}}"#
+            ),
+        )
+        .unwrap();
+        qwen2_vl::Processor::from_dir(&dir, &vision(14)).unwrap()
+    };
+    let real = with_sizes("qwen-real", 56 * 56, 28 * 28 * 1280);
+    let small = with_sizes("qwen-small", 256 * 28 * 28, 512 * 28 * 28);
+    let mean = [0.481_454_66f32, 0.457_827_5, 0.408_210_73];
+    let std = [0.268_629_54f32, 0.261_302_6, 0.275_777_1];
+    let grid_of = |proc: &qwen2_vl::Processor, img: &image::Rgb| {
+        let (h, w) = proc.size(img.height, img.width).unwrap();
+        serde_json::json!([1, h / 14, w / 14])
+    };
+    for p in r["photos"].as_array().unwrap() {
+        let file = p["file"].as_str().unwrap();
+        let img = image::decode(&std::fs::read(photos().join(file)).unwrap()).unwrap();
+        let q = &p["qwen"];
+        assert_eq!(
+            grid_of(&real, &img),
+            q["real_grid"],
+            "{file}: Qwen2-VL grid"
+        );
+        assert_eq!(grid_of(&small, &img), q["small_grid"], "{file}: small grid");
+        let frame = tiny.frame(&img).unwrap();
+        let (px, gh, gw) = tiny.patches(&frame);
+        assert_eq!(
+            serde_json::json!([1, gh, gw]),
+            q["grid"],
+            "{file}: test processor grid"
+        );
+        // Patch i of the tower's order back to its place in a (3, H, W) frame.
+        let (ps, w) = (8, gw * 8);
+        let n = gh * gw * ps * ps;
+        let mut levels = vec![0u8; 3 * n];
+        for (i, (row, col)) in merge_order(gh as i32, gw as i32, 2).enumerate() {
+            let (row, col) = (row as usize, col as usize);
+            for ch in 0..3 {
+                for y in 0..ps {
+                    for x in 0..ps {
+                        let v = px[((i * 3 + ch) * ps + y) * ps + x];
+                        levels[ch * n + (row * ps + y) * w + col * ps + x] =
+                            ((v * std[ch] + mean[ch]) * 255.0).round() as u8;
+                    }
+                }
+            }
+        }
+        compare_levels(
+            "qwen2-vl (16-pixel grid)",
+            file,
+            &levels,
+            q["levels"].as_str().unwrap(),
+        );
+    }
 }
 
 /// Our resampler against Pillow 13's own `Image.resize` (`resample.json`): the same

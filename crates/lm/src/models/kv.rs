@@ -13,7 +13,28 @@ use mlx_rs::{
 /// lengths), or one per row (left-padded batches: offset − padding).
 pub enum Positions {
     Shared(i32),
-    PerRow { offsets: Array, mask: Array },
+    PerRow {
+        offsets: Array,
+        mask: Array,
+    },
+    /// Each token's own position per RoPE section ((S, B, L) int32: Qwen2-VL's temporal,
+    /// height and width positions of a prompt with images), the padding mask where rows
+    /// are padded (else causal).
+    Explicit {
+        ids: Array,
+        mask: Option<Array>,
+    },
+}
+
+impl Positions {
+    /// The additive mask of padded rows, if any.
+    fn row_mask(&self) -> Option<&Array> {
+        match self {
+            Positions::PerRow { mask, .. } => Some(mask),
+            Positions::Explicit { mask, .. } => mask.as_ref(),
+            Positions::Shared(_) => None,
+        }
+    }
 }
 
 /// How a cache stores keys and values (the model's `kv_cache` option).
@@ -416,22 +437,22 @@ pub fn attention(
     let l = q.shape()[2];
     let (k, v) = kv.float(q.dtype())?;
     let (k, v) = (&k, &v);
-    match pos {
-        Positions::PerRow { mask, .. } => {
-            fast::scaled_dot_product_attention(q, k, v, scale, mask, None)
-        }
-        Positions::Shared(_) if l > 1 && l <= COMPOSED_MAX_QUERIES && mlx_common::on_gpu() => {
-            composed_causal(q, k, v, scale)
-        }
-        Positions::Shared(_) if l > 1 => fast::scaled_dot_product_attention(
+    if let Some(mask) = pos.row_mask() {
+        return fast::scaled_dot_product_attention(q, k, v, scale, mask, None);
+    }
+    if l == 1 {
+        fast::scaled_dot_product_attention(q, k, v, scale, None, None)
+    } else if l <= COMPOSED_MAX_QUERIES && mlx_common::on_gpu() {
+        composed_causal(q, k, v, scale)
+    } else {
+        fast::scaled_dot_product_attention(
             q,
             k,
             v,
             scale,
             fast::ScaledDotProductAttentionMask::Causal,
             None,
-        ),
-        Positions::Shared(_) => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
+        )
     }
 }
 
@@ -460,7 +481,7 @@ pub fn attention_windowed(
         }
     }
     let mut mask = Array::from_slice(&m, &[1, 1, l, s]).as_dtype(q.dtype())?;
-    if let Positions::PerRow { mask: rows, .. } = pos {
+    if let Some(rows) = pos.row_mask() {
         // Both must allow a key. A padding query's own position stays allowed by both,
         // so no row is fully masked.
         mask = rows.add(&mask)?;

@@ -121,7 +121,8 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// RoPE as configured by `rope_theta` / `rope_scaling` (none, `linear`, `llama3`).
+/// RoPE as configured by `rope_theta` / `rope_scaling` (none, `linear`, `llama3`; with
+/// `mrope_section`, multimodal).
 pub struct Rope {
     pub dims: i32,
     pub base: f32,
@@ -130,6 +131,10 @@ pub struct Rope {
     pub freqs: Option<Array>,
     /// Interleaved (GPT-J) layout instead of the split-halves (NeoX / HF) layout.
     pub traditional: bool,
+    /// Multimodal RoPE (Qwen2-VL's `mrope_section`): the frequencies split into sections,
+    /// each turned by its own position of [`Positions::Explicit`]; a token whose positions
+    /// are all equal turns as plain RoPE does, so text and decoding take the usual path.
+    pub sections: Option<Vec<i32>>,
 }
 
 impl Rope {
@@ -172,22 +177,46 @@ impl Rope {
             scale: 1.0,
             freqs: None,
             traditional: false,
+            sections: None,
         };
         let Some(s) = scaling.filter(|s| !s.is_null()) else {
             return Ok(rope);
         };
+        let bad = |msg: String| LlmError::Config {
+            file: file.into(),
+            msg,
+        };
+        if let Some(sec) = s.get("mrope_section") {
+            let list: Option<Vec<i32>> = sec.as_array().and_then(|v| {
+                v.iter()
+                    .map(|x| {
+                        x.as_i64()
+                            .filter(|n| (1..=4096).contains(n))
+                            .map(|n| n as i32)
+                    })
+                    .collect()
+            });
+            match list {
+                Some(l) if !l.is_empty() && l.iter().sum::<i32>() == dims / 2 => {
+                    rope.sections = Some(l)
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "`mrope_section` {sec} must list positive sections summing to half the rotary dimensions ({})",
+                        dims / 2
+                    )))
+                }
+            }
+        }
         let ty = s
             .get("rope_type")
             .or_else(|| s.get("type"))
             .and_then(Json::as_str)
             .unwrap_or("default");
         let num = |k: &str| s.get(k).and_then(Json::as_f64);
-        let bad = |msg: String| LlmError::Config {
-            file: file.into(),
-            msg,
-        };
         match ty {
-            "default" => {}
+            // transformers 4 named Qwen2-VL's multimodal RoPE a type of its own.
+            "default" | "mrope" => {}
             "linear" => {
                 let f = num("factor").ok_or_else(|| bad("`rope_scaling.factor` missing".into()))?;
                 rope.scale = 1.0 / f as f32;
@@ -249,8 +278,67 @@ impl Rope {
                 offsets,
                 self.freqs.as_ref(),
             ),
+            Positions::Explicit { ids, .. } => self.apply_explicit(x, ids),
         }
     }
+
+    /// RoPE at explicit positions `ids` (S, B, L): section k of the frequencies turned by
+    /// `ids[k]` (one section without `sections`).
+    fn apply_explicit(&self, x: &Array, ids: &Array) -> mlx_rs::error::Result<Array> {
+        use mlx_rs::ops::indexing::IndexOp;
+        if self.traditional {
+            return Err(mlx_rs::error::Exception::custom(
+                "explicit RoPE positions take the split-halves layout",
+            ));
+        }
+        let half = self.dims / 2;
+        // Inverse periods: 1 / freqs, or base^(-2i/dims).
+        let inv: Array = match &self.freqs {
+            Some(f) => Array::from_f32(1.0).divide(f)?,
+            None => {
+                let e: Vec<f32> = (0..half)
+                    .map(|i| self.base.powf(-2.0 * i as f32 / self.dims as f32))
+                    .collect();
+                Array::from_slice(&e, &[half])
+            }
+        };
+        let sections = self.sections.clone().unwrap_or_else(|| vec![half]);
+        let pos = ids
+            .as_dtype(mlx_rs::Dtype::Float32)?
+            .multiply(Array::from_f32(self.scale))?;
+        let mut parts = Vec::with_capacity(sections.len());
+        let mut start = 0;
+        for (k, len) in sections.iter().enumerate() {
+            let k = (k as i32).min(pos.shape()[0] - 1);
+            // (B, L, 1) · (len,) → (B, L, len)
+            let p = pos.index(k).expand_dims(-1)?;
+            parts.push(p.multiply(inv.index(start..start + len))?);
+            start += len;
+        }
+        let angles = mlx_rs::ops::concatenate(&parts.iter().collect::<Vec<_>>(), -1)?;
+        // (B, 1, L, half): one angle per head.
+        rotate_halves(x, &angles.expand_dims(1)?)
+    }
+}
+
+/// `x` (B, H, L, D) turned in the split-halves layout by `angles` (B or 1, H or 1, L, R/2): its first R
+/// dimensions rotated pair (i, i + R/2) by angle i, the rest as they are. Computed in
+/// float32 (as MLX's RoPE kernel does), returned in `x`'s dtype.
+pub fn rotate_halves(x: &Array, angles: &Array) -> mlx_rs::error::Result<Array> {
+    use mlx_rs::ops::indexing::IndexOp;
+    let d = *x.shape().last().unwrap_or(&0);
+    let half = *angles.shape().last().unwrap_or(&0);
+    let xf = x.as_dtype(mlx_rs::Dtype::Float32)?;
+    let (cos, sin) = (mlx_rs::ops::cos(angles)?, mlx_rs::ops::sin(angles)?);
+    let x1 = xf.index((.., .., .., ..half));
+    let x2 = xf.index((.., .., .., half..2 * half));
+    let r1 = x1.multiply(&cos)?.subtract(&x2.multiply(&sin)?)?;
+    let r2 = x2.multiply(&cos)?.add(&x1.multiply(&sin)?)?;
+    let mut out = vec![r1, r2];
+    if 2 * half < d {
+        out.push(xf.index((.., .., .., 2 * half..)));
+    }
+    mlx_rs::ops::concatenate(&out.iter().collect::<Vec<_>>(), -1)?.as_dtype(x.dtype())
 }
 
 /// Read a JSON number field as i32, with the key named on error.

@@ -328,7 +328,10 @@ pub(crate) fn load_with(
         &file,
     )
     .map_err(|_| {
-        bad("`projector_hidden_act` is not supported (gelu, gelu_pytorch_tanh, quick_gelu)".into())
+        bad(
+            "`projector_hidden_act` is not supported (gelu, gelu_pytorch_tanh, quick_gelu, silu)"
+                .into(),
+        )
     })?;
     let bias = cfg
         .get("multimodal_projector_bias")

@@ -6,6 +6,8 @@
 pub mod idefics3;
 pub mod llava;
 pub mod llava_next;
+pub mod qwen2_5_vl;
+pub mod qwen2_vl;
 
 use lm::{media::Media, models::CausalLm, LlmError};
 use mlx_common::Weights;
@@ -20,12 +22,33 @@ pub type Built = (Box<dyn CausalLm>, Box<dyn Media>);
 /// and its weights (strict: every tensor used), at the load dtype.
 pub type LoadFn = fn(&Json, &Path, Weights, Dtype) -> Result<Built, LlmError>;
 
-/// An architecture: its `model_type`, how to build it, and the most frames one image
-/// becomes under its processor's usual settings (what the estimate plans for).
+/// The most patches the vision tower reads for one image, from config.json and the
+/// model directory (what the estimate plans for).
+pub type PatchesFn = fn(&Json, &Path) -> u64;
+
+/// An architecture: its `model_type`, how to build it, and how many patches one image
+/// takes at most.
 pub struct Architecture {
     pub model_type: &'static str,
     pub load: LoadFn,
-    pub frames_per_image: u64,
+    pub patches_per_image: PatchesFn,
+}
+
+/// Patches of one square frame of `vision_config.image_size`.
+fn frame_patches(cfg: &Json) -> u64 {
+    let v = cfg.get("vision_config").unwrap_or(&Json::Null);
+    let int = |k: &str| v.get(k).and_then(Json::as_u64).unwrap_or(0);
+    (int("image_size") / int("patch_size").max(1)).pow(2)
+}
+
+/// A fixed number of frames of the tower's size.
+macro_rules! frames {
+    ($n:expr) => {{
+        fn patches(cfg: &Json, _dir: &Path) -> u64 {
+            $n * frame_patches(cfg)
+        }
+        patches
+    }};
 }
 
 /// The architecture table. A model type not listed here is rejected before any download.
@@ -34,18 +57,29 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         model_type: "idefics3",
         load: idefics3::load,
-        frames_per_image: 17,
+        patches_per_image: frames!(17),
     },
     Architecture {
         model_type: "llava",
         load: llava::load,
-        frames_per_image: 1,
+        patches_per_image: frames!(1),
     },
     // The whole image and up to 2×2 (or 1×3) tiles of the default grids.
     Architecture {
         model_type: "llava_next",
         load: llava_next::load,
-        frames_per_image: 5,
+        patches_per_image: frames!(5),
+    },
+    // One frame of at most the processor's `max_pixels`.
+    Architecture {
+        model_type: "qwen2_vl",
+        load: qwen2_vl::load,
+        patches_per_image: qwen2_vl::patches_per_image,
+    },
+    Architecture {
+        model_type: "qwen2_5_vl",
+        load: qwen2_5_vl::load,
+        patches_per_image: qwen2_vl::patches_per_image,
     },
 ];
 

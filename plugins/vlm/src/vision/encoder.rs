@@ -21,6 +21,8 @@ pub enum Act {
     QuickGelu,
     /// `gelu`: the exact, erf form.
     Gelu,
+    /// `silu`: x·σ(x) (Qwen2.5-VL's gated MLP).
+    Silu,
 }
 
 impl Act {
@@ -30,10 +32,11 @@ impl Act {
             "gelu_pytorch_tanh" | "gelu_new" => Ok(Self::GeluTanh),
             "quick_gelu" => Ok(Self::QuickGelu),
             "gelu" => Ok(Self::Gelu),
+            "silu" => Ok(Self::Silu),
             other => Err(LlmError::Config {
                 file: file.into(),
                 msg: format!(
-                    "`vision_config.hidden_act` `{other}` is not supported (gelu_pytorch_tanh, quick_gelu, gelu)"
+                    "`vision_config.hidden_act` `{other}` is not supported (gelu_pytorch_tanh, quick_gelu, gelu, silu)"
                 ),
             }),
         }
@@ -45,6 +48,7 @@ impl Act {
             Self::GeluTanh => gelu_tanh_fast(x),
             Self::Gelu => gelu(x),
             Self::QuickGelu => x.multiply(&ops::sigmoid(&x.multiply(Array::from_f32(1.702))?)?),
+            Self::Silu => x.multiply(&ops::sigmoid(x)?),
         }
     }
 }

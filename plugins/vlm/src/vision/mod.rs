@@ -1,5 +1,7 @@
-//! Vision towers, one file each, over one shared encoder.
+//! Vision towers, one file each: SigLIP and CLIP over one shared encoder, and the
+//! Qwen2-VL / Qwen2.5-VL ViT.
 
 pub mod clip;
 pub mod encoder;
+pub mod qwen_vit;
 pub mod siglip;
