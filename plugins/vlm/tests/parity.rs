@@ -127,6 +127,16 @@ fn qwen2_5_vl_greedy_continuations_match_alone_and_batched_with_text() {
     greedy_matches("qwen2_5_vl");
 }
 
+/// mlx-vlm's 4-bit conversion of the Qwen2-VL checkpoint (the Hub's transformers 4
+/// config, mlx-vlm's names, the patch conv in MLX's layout, an unquantized tower),
+/// against mlx-vlm's own logits and greedy picks on it: the weights are the same
+/// dequantized values on both sides, so the tolerance is the float32 one above.
+#[test]
+fn mlx_vlm_4bit_qwen2_vl_matches_mlx_vlm() {
+    logits_match("qwen2_vl_mlx_q4");
+    greedy_matches("qwen2_vl_mlx_q4");
+}
+
 fn logits_match(arch: &str) {
     let lm = model(arch);
     for case in reference(arch) {
@@ -193,6 +203,10 @@ fn greedy_matches(arch: &str) {
     for case in reference(arch) {
         let name = format!("{arch}, {}", case["name"].as_str().unwrap());
         let want = ids(&case["new_ids"]);
+        if want.is_empty() {
+            // mlx-vlm's reference stops before a vision token, which it cannot read back.
+            continue;
+        }
         let alone = run(vec![input(&case)], want.len() as u32);
         assert_eq!(alone.outputs[0].tokens.to_vec(), want, "{name}: alone");
         assert_eq!(
