@@ -9,7 +9,8 @@
 //! plugin.
 
 pub mod estimate;
-pub mod image;
+/// Image decoding and resampling (the `pixels` crate, shared with the ggml provider).
+pub use pixels as image;
 pub mod models;
 pub mod processor;
 pub mod prompt;
@@ -113,6 +114,12 @@ impl Plugin for VlmPlugin {
             reason: reason.into(),
         };
         if let Some(m) = req.model.as_ref().into_option() {
+            if !m.path.is_empty() && !Path::new(m.path.as_str()).join("config.json").is_file() {
+                return no(
+                    "MLX reads Hugging Face layouts (config.json + safetensors); a GGUF vision model runs on ggml"
+                        .into(),
+                );
+            }
             if models::find(m.architecture.as_str()).is_none() {
                 return no(format!(
                     "architecture `{}` not supported (supported: {})",
