@@ -64,7 +64,8 @@ pub fn file_type_name(file_type: i64) -> Option<&'static str> {
 }
 
 /// The GGUF file a model path names: the path itself when it is a `.gguf` file, or the
-/// only `.gguf` in a directory that is not a Hugging Face layout (no `config.json`).
+/// only `.gguf` in a directory that is not a Hugging Face layout (no `config.json`)
+/// besides a multimodal projector ([`mmproj_file`]).
 pub fn model_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
     if path.is_file() {
         return path
@@ -75,14 +76,33 @@ pub fn model_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
     if path.join("config.json").is_file() {
         return None;
     }
-    let mut ggufs: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+    let mut ggufs = ggufs_in(path, false)?;
+    (ggufs.len() == 1).then(|| ggufs.remove(0))
+}
+
+/// The multimodal projector of a GGUF model directory: its only `.gguf` whose name
+/// starts with `mmproj` (llama.cpp's naming: `mmproj-model-f16.gguf`, `mmproj.gguf`).
+pub fn mmproj_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let mut found = ggufs_in(dir, true)?;
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+/// The `.gguf` files of `dir`, sorted: the projectors or the others.
+fn ggufs_in(dir: &std::path::Path, mmproj: bool) -> Option<Vec<std::path::PathBuf>> {
+    let mut ggufs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("mmproj"))
+                == mmproj
+        })
         .collect();
     ggufs.sort();
-    (ggufs.len() == 1).then(|| ggufs.remove(0))
+    Some(ggufs)
 }
 
 /// Test helpers shared by the converters' tests.

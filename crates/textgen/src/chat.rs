@@ -73,6 +73,44 @@ pub fn media_messages<'a>(
     out
 }
 
+/// What a text-only template sees of a multimodal prompt for a runtime that places the
+/// media itself (llama.cpp's `mtmd`): each message's text with `marker` where each
+/// media part was, after the model's default `system_prompt` unless the messages have
+/// a system message.
+pub fn marked_messages<'a>(
+    messages: &'a [ChatMessage],
+    system_prompt: Option<&'a str>,
+    marker: &str,
+) -> Vec<Message<'a>> {
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    if let Some(sys) =
+        system_prompt.filter(|_| !messages.iter().any(|m| m.role.as_str() == "system"))
+    {
+        out.push(Message {
+            role: "system",
+            content: Content::Text(Cow::Borrowed(sys)),
+        });
+    }
+    out.extend(messages.iter().map(|m| {
+        Message {
+            role: m.role.as_str(),
+            content: Content::Text(Cow::Owned(
+                m.parts
+                    .iter()
+                    .map(|p| {
+                        if p.kind == plugin_api::text::PartKind::TEXT {
+                            p.text.as_str()
+                        } else {
+                            marker
+                        }
+                    })
+                    .collect(),
+            )),
+        }
+    }));
+    out
+}
+
 /// What a text-only model's chat template sees for input `index`: its messages' text,
 /// after the model's default `system_prompt` unless the input has a system message.
 /// A message with an image (or any other media part) is refused.

@@ -9,7 +9,8 @@ mod sequence;
 mod stop;
 
 pub use chat::{
-    context_overflow, media_messages, render_chat, text_messages, Content, Message, Part,
+    context_overflow, marked_messages, media_messages, render_chat, text_messages, Content,
+    Message, Part,
 };
 pub use memory::{kv_budget, KvBudget};
 pub use sequence::{cancel_running, prompt_cache_allowed, stats, stop_strings, SeqOutput, Timings};

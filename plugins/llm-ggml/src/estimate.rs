@@ -45,9 +45,13 @@ pub fn estimate(req: &EstimateRequest) -> Result<MemoryEstimate, PluginError> {
         .max(MIN_KV_CELLS as u64);
     let (num, den) = settings.kv_bytes_per_element();
     let tokens = (context * batch).min((PREFILL_CHUNK + MAX_SEQS) as u64);
+    // A vision-language model's projector is loaded beside it.
+    let mmproj = gguf::mmproj_file(Path::new(req.model.path.as_str()))
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
     Ok(MemoryEstimate {
         weights_as: format!("{} (memory-mapped GGUF)", f.quantization).into(),
-        weights_bytes: f.file_bytes,
+        weights_bytes: f.file_bytes.saturating_add(mmproj),
         kv_cache_bytes: cells.saturating_mul(elements_per_cell).saturating_mul(num) / den,
         runtime_bytes: BASE + PER_VOCAB * f.vocab + tokens * f.hidden * 48,
         context: context as u32,

@@ -6,6 +6,7 @@
 use crate::adapters::Choice;
 use crate::{
     backend, err,
+    media::MediaPrompt,
     prefix::{Answer, PromptCache, Sampling, Slots},
     Ctx, GgmlModel, MAX_SEQS, MIN_KV_CELLS, PREFILL_CHUNK,
 };
@@ -25,6 +26,10 @@ use plugin_api::{
 use plugin_sdk::Sink;
 use std::{collections::VecDeque, num::NonZeroU32, time::Instant};
 use textgen::{SeqOutput, Timings, Utf8Pieces};
+
+/// What stands for a prompt's tokens where it has images (never a real id: such a
+/// prompt is neither followed nor looked up).
+const MEDIA_PLACEHOLDER: LlamaToken = LlamaToken(-1);
 
 /// One sequence of a call: the call's own inputs and those of joined requests.
 pub(crate) struct Seq {
@@ -53,6 +58,12 @@ pub(crate) struct Seq {
     sampler: LlamaSampler,
     /// Index of this sequence's logits in the batch just decoded.
     logits_at: Option<i32>,
+    /// A token picked when the sequence was read (a prompt with images is read whole
+    /// when it is admitted), handed out at the next step.
+    first: Option<(LlamaToken, Option<f32>)>,
+    /// Whether its prompt holds images: its KV cells are never kept for the prompt cache
+    /// (they are not keyed by its tokens alone), and nothing follows it.
+    media: bool,
     out: SeqOutput,
     /// Inputs identical to this one under deterministic (temperature 0) sampling, of
     /// this request or of one that joined: they get this sequence's tokens, not their
@@ -149,22 +160,30 @@ fn same_answer(a: &GenerateRequest, b: &GenerateRequest) -> bool {
         && plugin_sdk::adapters_of(a).ok() == plugin_sdk::adapters_of(b).ok()
 }
 
-/// A request's prompts, identical ones merged when its sampling is deterministic: each
-/// distinct prompt with the inputs (offsets in the request) that share its answer.
+/// A prompt to read: its tokens (for one with images, as many placeholders as it takes
+/// KV cells), the inputs (offsets in the request) that share its answer, and its chunks
+/// when it has images.
+pub(crate) type Planned = (Vec<LlamaToken>, Vec<usize>, Option<MediaPrompt>);
+
+/// A request's prompts, identical ones merged when its sampling is deterministic (never
+/// those with images: their tokens do not tell the images apart).
 pub(crate) struct Plan {
-    pub(crate) prompts: Vec<(Vec<LlamaToken>, Vec<usize>)>,
+    pub(crate) prompts: Vec<Planned>,
     /// Inputs in the request.
     pub(crate) inputs: usize,
 }
 
 impl Plan {
-    fn new(prompts: Vec<Vec<LlamaToken>>, deterministic: bool) -> Self {
+    fn new(prompts: Vec<(Vec<LlamaToken>, Option<MediaPrompt>)>, deterministic: bool) -> Self {
         let inputs = prompts.len();
-        let mut out: Vec<(Vec<LlamaToken>, Vec<usize>)> = Vec::with_capacity(inputs);
-        for (i, p) in prompts.into_iter().enumerate() {
-            match out.iter_mut().find(|(q, _)| deterministic && *q == p) {
-                Some((_, same)) => same.push(i),
-                None => out.push((p, vec![i])),
+        let mut out: Vec<Planned> = Vec::with_capacity(inputs);
+        for (i, (p, media)) in prompts.into_iter().enumerate() {
+            let same = out
+                .iter_mut()
+                .find(|(q, _, m)| deterministic && media.is_none() && m.is_none() && *q == p);
+            match same {
+                Some((_, same, _)) => same.push(i),
+                None => out.push((p, vec![i], media)),
             }
         }
         Self {
@@ -183,7 +202,7 @@ impl Plan {
     fn cells(&self, max_tokens: u32, ctx_train: usize) -> usize {
         self.prompts
             .iter()
-            .map(|(p, _)| (p.len() + max_tokens as usize).min(ctx_train))
+            .map(|(p, _, _)| (p.len() + max_tokens as usize).min(ctx_train))
             .sum()
     }
 }
@@ -303,9 +322,30 @@ impl GgmlModel {
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, inp)| self.prompt_tokens(&self.model, inp, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(msg) = textgen::context_overflow(prompts.iter().map(Vec::len), ctx_train) {
+            .map(|(i, inp)| match &self.vision {
+                Some(v) if inp.messages.iter().any(|m| m.has_media()) => {
+                    let template = self.template.as_deref().ok_or_else(|| {
+                        err(
+                            ErrorKind::INVALID_REQUEST,
+                            &self.id,
+                            "the model has no chat template to place images with",
+                        )
+                    })?;
+                    let p = v.prompt(
+                        &self.id,
+                        template,
+                        (&self.bos, &self.eos),
+                        self.system_prompt.as_deref(),
+                        inp,
+                    )?;
+                    Ok((vec![MEDIA_PLACEHOLDER; p.tokens], Some(p)))
+                }
+                _ => self.prompt_tokens(&self.model, inp, i).map(|t| (t, None)),
+            })
+            .collect::<Result<Vec<_>, PluginError>>()?;
+        if let Some(msg) =
+            textgen::context_overflow(prompts.iter().map(|(p, _)| p.len()), ctx_train)
+        {
             return Err(err(ErrorKind::CONTEXT_LENGTH, &self.id, msg));
         }
         let plan = Plan::new(prompts, req.sampling.temperature <= 0.0);
@@ -326,17 +366,57 @@ impl GgmlModel {
         ctx: &mut LlamaContext,
         seed: u64,
         lora: &Choice,
-    ) -> Vec<Seq> {
+    ) -> Result<Vec<Seq>, PluginError> {
         let ctx_train = self.model.n_ctx_train() as usize;
         let n_vocab = self.model.n_vocab();
-        plan.prompts
-            .into_iter()
-            .map(|(prompt, same)| {
-                let i = same[0];
-                let len = (prompt.len() + req.max_tokens as usize).min(ctx_train);
-                let mut sampler = sampler(req, n_vocab, i as u64, seed, len);
+        let mut out: Vec<Seq> = Vec::with_capacity(plan.prompts.len());
+        for (prompt, same, media) in plan.prompts {
+            let i = same[0];
+            let len = (prompt.len() + req.max_tokens as usize).min(ctx_train);
+            let mut sampler = sampler(req, n_vocab, i as u64, seed, len);
+            let sampling = sampling_of(req, i);
+            if let (Some(m), Some(v)) = (&media, &self.vision) {
+                // Read whole now (mtmd places the images), its first token picked at once.
+                sampler.accept_many(m.text.iter());
+                let start = slots.take(ctx, &[], sampling, false);
+                let pos = match v.eval(&self.id, m, ctx, start.slot, PREFILL_CHUNK) {
+                    Ok(pos) => pos,
+                    Err(e) => {
+                        // Give back the ids this request took.
+                        slots.retire(ctx, start.slot, Vec::new(), None, false);
+                        for s in out {
+                            slots.retire(ctx, s.slot, Vec::new(), None, false);
+                        }
+                        return Err(e);
+                    }
+                };
+                let tok = sampler.sample(ctx, -1);
+                let lp = req
+                    .logprobs
+                    .then(|| log_softmax_at(ctx.get_logits_ith(-1), tok.0 as usize));
+                out.push(Seq {
+                    followers: Vec::new(),
+                    index: base + i as u32,
+                    group,
+                    sampling,
+                    slot: start.slot,
+                    cells: len,
+                    fed: prompt.len(),
+                    cached: 0,
+                    pos,
+                    replay: VecDeque::new(),
+                    out: SeqOutput::new(prompt.len()),
+                    prompt,
+                    pieces: Utf8Pieces::default(),
+                    sampler,
+                    logits_at: None,
+                    first: Some((tok, lp)),
+                    media: true,
+                });
+                continue;
+            }
+            out.push({
                 sampler.accept_many(prompt.iter());
-                let sampling = sampling_of(req, i);
                 let start = slots.take(ctx, &prompt, sampling, lora.is_none());
                 let replay: VecDeque<(u32, f32)> = start.replay.map_or_else(VecDeque::new, |a| {
                     let lp = a.logprobs.iter().copied().chain(std::iter::repeat(0.0));
@@ -368,9 +448,12 @@ impl GgmlModel {
                     pieces: Utf8Pieces::default(),
                     sampler,
                     logits_at: None,
+                    first: None,
+                    media: false,
                 }
-            })
-            .collect()
+            });
+        }
+        Ok(out)
     }
 
     /// The persistent context, (re)created when it has fewer than `cells` KV cells or
@@ -481,7 +564,7 @@ impl GgmlModel {
         let reuse = self.prompt_cache && textgen::prompt_cache_allowed(req);
         let mut slots = Slots::new(*seqs, cache, reuse);
         slots.cells_free(ctx, total_cells, 0, need);
-        let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed, &lora);
+        let mut live = self.sequences(req, plan, 0, 0, &mut slots, ctx, seed, &lora)?;
         report_cached(reuse, sink, &live);
         let mut groups = vec![Group {
             req: req.clone(),
@@ -514,9 +597,13 @@ impl GgmlModel {
                     // Prompts a running sequence answers already will follow it (once the
                     // rest is known to fit).
                     let mut follow: Vec<(usize, Vec<usize>)> = Vec::new();
-                    plan.prompts.retain(|(prompt, same)| {
+                    plan.prompts.retain(|(prompt, same, media)| {
+                        if media.is_some() {
+                            return true;
+                        }
                         let leader = live.iter().position(|s| {
-                            s.prompt == *prompt
+                            !s.media
+                                && s.prompt == *prompt
                                 && s.out.running()
                                 && same_answer(&groups[s.group].req, &joined)
                                 // (A catch-up event cannot carry per-token log-probabilities.)
@@ -566,7 +653,7 @@ impl GgmlModel {
                         }
                     }
                     let inputs = plan.inputs as u32;
-                    let seqs = self.sequences(&joined, plan, group, next_index, &mut slots, ctx, seed, &lora);
+                    let seqs = self.sequences(&joined, plan, group, next_index, &mut slots, ctx, seed, &lora)?;
                     Ok((inputs, seqs, lora))
                 });
                 match admitted {
@@ -607,10 +694,9 @@ impl GgmlModel {
             for choice in &choices {
                 let mine = |s: &Seq| groups[s.group].lora == *choice;
                 batch.clear();
-                for seq in live
-                    .iter_mut()
-                    .filter(|s| mine(s) && s.fed == s.prompt.len() && s.replay.is_empty())
-                {
+                for seq in live.iter_mut().filter(|s| {
+                    mine(s) && s.fed == s.prompt.len() && s.replay.is_empty() && s.first.is_none()
+                }) {
                     let last = LlamaToken(*seq.out.tokens.last().expect("has a token") as i32);
                     seq.logits_at = Some(batch.n_tokens());
                     batch
@@ -649,7 +735,9 @@ impl GgmlModel {
                 // Sample, account and stream each sequence that produced logits.
                 for seq in live.iter_mut().filter(|s| mine(s)) {
                     let g = &groups[seq.group];
-                    let (tok, logprob) = if let Some((t, lp)) = seq.replay.pop_front() {
+                    let (tok, logprob) = if let Some(first) = seq.first.take() {
+                        first
+                    } else if let Some((t, lp)) = seq.replay.pop_front() {
                         // (Penalties count it as a sampled token.)
                         seq.sampler.accept(LlamaToken(t as i32));
                         (LlamaToken(t as i32), g.req.logprobs.then_some(lp))
@@ -777,7 +865,7 @@ impl GgmlModel {
                     }),
                     _ => None,
                 };
-                let keep = groups[seq.group].lora.is_none();
+                let keep = groups[seq.group].lora.is_none() && !seq.media;
                 slots.retire(ctx, seq.slot, seq.kv_tokens(), answer, keep);
                 joins_open = true;
                 if seq.group == 0 {

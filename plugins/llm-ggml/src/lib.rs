@@ -50,6 +50,10 @@ pub const ARCHITECTURES: &[&str] = &[
     "starcoder2",
 ];
 
+/// Vision-language architectures (the registry's `model_type` names) served from a GGUF
+/// with its `mmproj*.gguf` projector through llama.cpp's `mtmd` ([`media`]).
+pub const VLM_ARCHITECTURES: &[&str] = &["qwen2_vl"];
+
 /// `model_type`s of the embedding checkpoints [`embed`] converts.
 pub const EMBED_ARCHITECTURES: &[&str] = &["bert"];
 
@@ -72,6 +76,7 @@ mod estimate;
 mod generate;
 #[cfg(test)]
 mod gguf_parity;
+mod media;
 mod prefix;
 pub mod quantize;
 mod settings;
@@ -143,8 +148,12 @@ fn silence_llama_logs() {
         }
     }
     // SAFETY: installs a callback that only reads its text argument; llama_log_set also
-    // sets ggml's logger.
-    unsafe { llama_cpp_sys_2::llama_log_set(Some(keep_errors), std::ptr::null_mut()) }
+    // sets ggml's logger, mtmd (the vision projector) and its helper have their own.
+    unsafe {
+        llama_cpp_sys_2::llama_log_set(Some(keep_errors), std::ptr::null_mut());
+        llama_cpp_sys_2::mtmd_log_set(Some(keep_errors), std::ptr::null_mut());
+        llama_cpp_sys_2::mtmd_helper_log_set(Some(keep_errors), std::ptr::null_mut());
+    }
 }
 
 /// llama.cpp's error lines since the last call, as one line (empty if none).
@@ -187,12 +196,20 @@ impl Plugin for GgmlPlugin {
             version: env!("CARGO_PKG_VERSION").into(),
             description:
                 "Text generation on ggml / llama.cpp (GGUF, all quantization types, CPU), \
-                 BERT sentence embeddings (converted to GGUF once), and GGUF quantization \
-                 with llama.cpp's quantizer"
+                 vision-language GGUFs with their projector (llama.cpp's mtmd), BERT \
+                 sentence embeddings (converted to GGUF once), and GGUF quantization with \
+                 llama.cpp's quantizer"
                     .into(),
-            kinds: vec![ModelKind::LLM, ModelKind::EMBED, ModelKind::QUANT].into(),
+            kinds: vec![
+                ModelKind::LLM,
+                ModelKind::VLM,
+                ModelKind::EMBED,
+                ModelKind::QUANT,
+            ]
+            .into(),
             architectures: ARCHITECTURES
                 .iter()
+                .chain(VLM_ARCHITECTURES)
                 .chain(EMBED_ARCHITECTURES)
                 .map(|a| (*a).into())
                 .collect(),
@@ -203,7 +220,9 @@ impl Plugin for GgmlPlugin {
                 .union(Features::CONTINUOUS_BATCHING)
                 .union(Features::CUSTOM_PROMPTS)
                 .union(Features::QUANTIZATION)
-                .union(Features::LORA_ADAPTERS),
+                .union(Features::LORA_ADAPTERS)
+                .union(Features::VISION_LANGUAGE)
+                .union(Features::MULTI_MODAL_INPUT),
         }
     }
 
@@ -239,6 +258,21 @@ impl Plugin for GgmlPlugin {
             let path = Path::new(m.path.as_str());
             if !m.path.is_empty() && gguf::model_file(path).is_none() {
                 return refuse("ggml reads GGUF files only; this model is not a GGUF".into());
+            }
+            if m.kind == ModelKind::VLM {
+                if !VLM_ARCHITECTURES.contains(&m.architecture.as_str()) {
+                    return refuse(format!(
+                        "vision-language architecture `{}` not served on ggml (supported: {})",
+                        m.architecture,
+                        VLM_ARCHITECTURES.join(", ")
+                    ));
+                }
+                if !m.path.is_empty() && gguf::mmproj_file(path).is_none() {
+                    return refuse(
+                        "a vision-language GGUF needs its projector beside it (one mmproj*.gguf)"
+                            .into(),
+                    );
+                }
             }
             settings = match settings.with_options(m.options.as_str()) {
                 Ok(s) => s,
@@ -340,6 +374,27 @@ impl GgmlModel {
         })?;
         let settings = settings_for(spec, device)?;
         let model = load_gguf(&id, &file)?;
+        let vision = if spec.kind == ModelKind::VLM {
+            let mmproj = gguf::mmproj_file(path).ok_or_else(|| {
+                err(
+                    ErrorKind::LOAD,
+                    &id,
+                    format!(
+                        "{}: no single mmproj*.gguf (the vision projector) beside the model",
+                        path.display()
+                    ),
+                )
+            })?;
+            Some(media::Vision::open(
+                &id,
+                path,
+                &mmproj,
+                &model,
+                compute_threads(device),
+            )?)
+        } else {
+            None
+        };
         let vocab = model.vocab();
         let text_of = |t: LlamaToken| {
             vocab
@@ -404,6 +459,7 @@ impl GgmlModel {
             settings,
             kv_cell_bytes,
             ctx: Mutex::new(None),
+            vision,
             model: Box::new(model),
         })
     }
@@ -441,6 +497,8 @@ struct GgmlModel {
     kv_cell_bytes: u64,
     /// Declared before `model`, which it borrows: dropped first.
     ctx: Mutex<Option<Ctx>>,
+    /// The projector of a vision-language model (it refers to `model`: dropped first).
+    vision: Option<media::Vision>,
     /// Boxed so its address is stable for the context's borrow.
     model: Box<LlamaModel>,
 }
@@ -450,7 +508,11 @@ impl LoadedModel for GgmlModel {
         let m = &self.model;
         ModelInfo {
             id: self.id.as_str().into(),
-            kind: ModelKind::LLM,
+            kind: if self.vision.is_some() {
+                ModelKind::VLM
+            } else {
+                ModelKind::LLM
+            },
             architecture: self.arch.as_str().into(),
             backend: if GPU_BUILD { "ggml-gpu" } else { "ggml-cpu" }.into(),
             dtype: "gguf".into(),
