@@ -9,6 +9,7 @@
 
 pub mod adapters;
 pub mod batch;
+pub mod encoder;
 mod error;
 pub mod estimate;
 pub mod generate;

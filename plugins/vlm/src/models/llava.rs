@@ -325,6 +325,7 @@ pub(crate) fn load_with(
         cfg.get("projector_hidden_act")
             .and_then(Json::as_str)
             .unwrap_or("gelu"),
+        "projector_hidden_act",
         &file,
     )
     .map_err(|_| {

@@ -131,7 +131,7 @@ impl Config {
             patch,
             merge,
             temporal: int("temporal_patch_size", 2)?,
-            act: Act::from_name(act, file)?,
+            act: Act::from_name(act, "vision_config.hidden_act", file)?,
             rope_theta: v
                 .get("rope_parameters")
                 .and_then(|p| p.get("rope_theta"))
