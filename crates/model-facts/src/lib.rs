@@ -38,7 +38,98 @@ pub fn facts(path: &Path) -> Result<Facts, String> {
     if let Some(g) = gguf::model_file(path) {
         return gguf_facts(&g);
     }
+    if path.join("model_index.json").is_file() {
+        return diffusers_facts(path);
+    }
     safetensors_facts(path)
+}
+
+/// A diffusers pipeline folder (`model_index.json`): the safetensors of its component
+/// folders (one variant each: the plain files, else `fp16`), summed; shape facts are the
+/// first text encoder's (`hidden`, `layers`, `context_length`).
+fn diffusers_facts(dir: &Path) -> Result<Facts, String> {
+    let index = dir.join("model_index.json");
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", index.display()))?;
+    let components: Vec<&String> = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, c)| {
+                    !k.starts_with('_') && c.as_array().is_some_and(|a| a[0].is_string())
+                })
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mut file_bytes, mut params) = (0u64, 0u64);
+    let mut dtypes: Vec<(u64, String)> = Vec::new();
+    for c in components {
+        let sub = dir.join(c);
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        let files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        let plain: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| !p.to_string_lossy().ends_with(".fp16.safetensors"))
+            .collect();
+        let chosen: Vec<&PathBuf> = if plain.is_empty() {
+            files.iter().collect()
+        } else {
+            plain
+        };
+        for f in chosen {
+            file_bytes =
+                file_bytes.saturating_add(std::fs::metadata(f).map_err(|e| e.to_string())?.len());
+            for (_, dtype, n) in safetensors_header(f)? {
+                params = params.saturating_add(n);
+                match dtypes.iter_mut().find(|(_, d)| *d == dtype) {
+                    Some((c, _)) => *c = c.saturating_add(n),
+                    None => dtypes.push((n, dtype)),
+                }
+            }
+        }
+    }
+    if params == 0 {
+        return Err(format!("{}: no component safetensors", dir.display()));
+    }
+    dtypes.sort();
+    let text_cfg = dir.join("text_encoder").join("config.json");
+    let text: Value = std::fs::read_to_string(&text_cfg)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let num = |k: &str| text.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Ok(Facts {
+        format: "diffusers".into(),
+        file_bytes,
+        parameters: params,
+        quantization: dtype_label(dtypes.last().map(|(_, d)| d.as_str())),
+        layers: num("num_hidden_layers"),
+        kv_heads: 0,
+        head_dim: 0,
+        hidden: num("hidden_size"),
+        vocab: num("vocab_size"),
+        context_length: num("max_position_embeddings"),
+    })
+}
+
+/// The storage name of a safetensors dtype (`F32` → `float32`).
+fn dtype_label(d: Option<&str>) -> String {
+    match d {
+        Some("F32") => "float32".into(),
+        Some("F16") => "float16".into(),
+        Some("BF16") => "bfloat16".into(),
+        Some(other) => other.to_lowercase(),
+        None => String::new(),
+    }
 }
 
 fn gguf_facts(file: &Path) -> Result<Facts, String> {
@@ -125,13 +216,7 @@ fn safetensors_facts(dir: &Path) -> Result<Facts, String> {
     dtypes.sort();
     let quantization = match bits {
         Some(b) => format!("mlx-{b}bit"),
-        None => match dtypes.last().map(|(_, d)| d.as_str()) {
-            Some("F32") => "float32".into(),
-            Some("F16") => "float16".into(),
-            Some("BF16") => "bfloat16".into(),
-            Some(other) => other.to_lowercase(),
-            None => String::new(),
-        },
+        None => dtype_label(dtypes.last().map(|(_, d)| d.as_str())),
     };
     let heads = num("num_attention_heads").unwrap_or(1).max(1);
     let hidden = num("hidden_size").unwrap_or(0);
