@@ -1,18 +1,22 @@
-//! The Stable Diffusion pipeline against diffusers on the tiny random SD 1.5-shaped
-//! pipeline of `tests/fixtures/diffusion/sd15/` (made by `make_fixtures.py` there, float16
-//! files computed in float32 on both sides): CLIP's tokenizer built from `vocab.json` +
-//! `merges.txt` gives transformers' padded ids; the text encoder its last hidden state;
-//! and whole text-to-image runs (Euler and DDIM, with and without guidance and a negative
+//! The pipelines against diffusers on the tiny random pipelines of
+//! `tests/fixtures/diffusion/` (made by `make_fixtures.py` there; float16 files computed
+//! in float32 on both sides): SD 1.5's, SD 2.1's (v-prediction, linear projections, heads
+//! per block, gelu text tower) and SDXL's (two text encoders, pooled embedding and size
+//! conditions, zeros for an empty negative prompt, transformer depths). CLIP's tokenizers
+//! built from `vocab.json` + `merges.txt` give transformers' padded ids (SDXL's second,
+//! padding with `!`, too); the text encoders their hidden states and pooled embedding;
+//! whole text-to-image runs (Euler and DDIM, with and without guidance and a negative
 //! prompt, square and non-square sizes whose latents halve to odd sides) the image
 //! diffusers returns from the same starting latents.
 //!
 //! Tolerances. Hidden states: float32 summation order only (MLX's matmuls against
 //! torch's), ~1e-7 relative per accumulation of ≤ 64 terms through 2 layers of values of
-//! size ~1: ≤ 1e-5 seen; 1e-4 bounds it. Images: the same per-op rounding through ~40
+//! size ~1: ~1e-6 seen; 1e-4 bounds it. Images: the same per-op rounding through ~40
 //! UNet layers per step, up to 5 steps, amplified by the guidance scale (≤ 7.5 × the
-//! difference of two predictions) and the VAE, lands on pixels in [0, 1]; 1e-3 (a
-//! quarter of one 8-bit level) leaves room for other CPUs' kernels, while a wrong
-//! layer, norm, timestep or sampler constant moves pixels by more than 0.01.
+//! difference of two predictions) and the VAE, lands on pixels in [0, 1] (the reference
+//! rounded to 1e-6): ≤ 1e-5 seen; 1e-3 (a quarter of one 8-bit level) leaves room for
+//! other CPUs' kernels, while a wrong layer, norm, timestep or sampler constant moves
+//! pixels by more than 0.01.
 
 use mlx_rs::{Array, Dtype};
 use mlxengine_diffusion::{
