@@ -11,6 +11,7 @@ use cli::{
     embed::EmbedArgs,
     generate::GenerateArgs,
     hub::{PullArgs, SearchArgs},
+    image::ImageArgs,
     info::InfoOpts,
     perplexity::PerplexityArgs,
     quantize::QuantizeArgs,
@@ -121,6 +122,9 @@ enum Command {
     /// A model's perplexity on a text file, as llama.cpp's llama-perplexity computes it
     /// (chunks of --ctx tokens, the second half of each scored).
     Perplexity(PerplexityArgs),
+    /// Make images from a prompt with a diffusion model (PNG files carrying their
+    /// parameters; a progress bar per step; Ctrl-C stops at the next step).
+    Image(ImageArgs),
     /// Quantize a model: MLX affine or mxfp4 (mlx-lm's checkpoint format, which mlx-lm and
     /// this engine load) or GGUF (llama.cpp's quantizer). Written beside DST and renamed
     /// into place when complete.
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchAbi(a) => cli::bench::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),
         Command::Perplexity(a) => cli::perplexity::cmd_perplexity(&engine(&cli)?, a),
+        Command::Image(a) => cli::image::cmd_image(&engine(&cli)?, a),
         Command::Quantize(a) => cli::quantize::cmd_quantize(&engine(&cli)?, a),
         Command::Fuse(a) => cli::fuse::cmd_fuse(&engine(&cli)?, a),
         Command::Add(args) => cli::add::cmd_add(&cli.registries, args),

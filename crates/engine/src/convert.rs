@@ -14,7 +14,10 @@ use plugin_api::{
 };
 use std::path::{Path, PathBuf};
 
-struct ClosureProgress<'a>(&'a mut dyn FnMut(&ProgressEvent) -> StreamControl);
+/// A host closure as the ABI's progress sink (conversions, image generation).
+pub(crate) struct ClosureProgress<'a>(
+    pub(crate) &'a mut dyn FnMut(&ProgressEvent) -> StreamControl,
+);
 
 impl ProgressSink for ClosureProgress<'_> {
     fn on_progress(&mut self, event: &ProgressEvent) -> StreamControl {

@@ -13,6 +13,7 @@ mod convert;
 pub mod device;
 mod error;
 pub mod fit;
+mod image;
 pub mod isolate;
 mod load;
 pub mod paths;

@@ -120,7 +120,7 @@ pub(crate) async fn embeddings(
 }
 
 /// Sets its flag when dropped: when the handler ends, however it ends.
-struct CancelOnDrop(Arc<AtomicBool>);
+pub(crate) struct CancelOnDrop(pub(crate) Arc<AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {

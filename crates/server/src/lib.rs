@@ -104,6 +104,8 @@ pub(crate) struct AppState {
     pub(crate) shutting_down: AtomicBool,
     /// Embedding requests in flight per model (`--max-queue` bounds them).
     pub(crate) embed_slots: Arc<embeddings::Slots>,
+    /// Image requests in flight, per model.
+    pub(crate) image_slots: Arc<embeddings::Slots>,
     /// The client for remote images, when the server fetches them.
     pub(crate) fetcher: Option<fetch::Fetcher>,
 }
@@ -168,6 +170,7 @@ async fn run(engine: Arc<Engine>, opts: ServeOptions) -> anyhow::Result<()> {
         next_id: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
         embed_slots: Arc::default(),
+        image_slots: Arc::default(),
     });
     if let Some(idle) = st.opts.idle_unload {
         tokio::spawn(unload_idle(st.clone(), idle));

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod fuse;
 pub mod generate;
 pub mod hub;
+pub mod image;
 pub mod import;
 pub mod info;
 pub mod models;

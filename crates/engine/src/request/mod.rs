@@ -18,6 +18,9 @@ use plugin_api::{
 };
 use std::ops::Deref;
 
+mod image;
+pub use image::{Image, MAX_GUIDANCE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, SAMPLERS};
+
 /// Most sequences in one generation request (prompts × choices).
 pub const MAX_SEQUENCES: usize = 256;
 /// Most texts in one embedding request.
