@@ -106,6 +106,9 @@ enum Command {
     /// Measure generation speed: a warm-up, then several runs in this process
     /// (median and min–max of time to first token, prefill and decode speed, peak memory).
     Bench(BenchArgs),
+    /// Measure image generation: a warm-up, then several runs in this process (seconds per
+    /// denoising step and per image, median and min–max).
+    BenchImage(cli::bench_image::BenchImageArgs),
     /// Measure embedding throughput (sentences/s at each batch size, peak memory).
     BenchEmbed(BenchEmbedArgs),
     /// Measure the plugin ABI's overhead (call round trip, token callback) against the
@@ -275,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             &with_dtype(engine(&cli)?, &args.dtype, &args.kv_cache),
             args,
         ),
+        Command::BenchImage(a) => cli::bench_image::cmd_bench_image(&engine(&cli)?, a),
         Command::BenchEmbed(a) => cli::bench::cmd_bench_embed(&engine(&cli)?, a),
         Command::BenchAbi(a) => cli::bench::cmd_bench_abi(&engine(&cli)?, a),
         Command::Import { gguf, out_dir } => cli::import::cmd_import(gguf, out_dir),

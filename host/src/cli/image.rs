@@ -40,7 +40,7 @@ pub(crate) struct ImageArgs {
     /// printed).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
-    /// euler, euler_a, ddim (default: the model's scheduler_config.json).
+    /// euler, euler_a, ddim, dpmpp_2m (default: the model's scheduler_config.json).
     #[arg(long)]
     pub(crate) sampler: Option<String>,
     /// Output PNG; with -n > 1, NAME-1.png, NAME-2.png, …
@@ -58,7 +58,7 @@ pub(crate) struct ImageArgs {
 }
 
 /// `WIDTHxHEIGHT` → (width, height).
-fn parse_size(s: &str) -> Result<(u32, u32)> {
+pub(crate) fn parse_size(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .with_context(|| format!("--size `{s}`: expected WIDTHxHEIGHT, e.g. 512x512"))?;
@@ -156,12 +156,11 @@ pub(crate) fn cmd_image(engine: &Engine, a: &ImageArgs) -> Result<()> {
     }
     let draw = !a.quiet && !a.json && std::io::stderr().is_terminal();
     let start = Instant::now();
-    let mut step_start = Instant::now();
     let result = engine.generate_image(&model, a.backend.as_deref(), &req, &mut |ev| {
         if draw && ev.total > 0 {
             let width = 30u64;
-            let filled = (ev.done * width / ev.total) as usize;
-            let per = step_start.elapsed().as_secs_f64() / ev.done.max(1) as f64;
+            let filled = (ev.done.min(ev.total) * width / ev.total) as usize;
+            let per = start.elapsed().as_secs_f64() / ev.done.max(1) as f64;
             eprint!(
                 "\r{} [{}{}] {}/{} {:.2} s/step ",
                 ev.stage,
@@ -172,9 +171,6 @@ pub(crate) fn cmd_image(engine: &Engine, a: &ImageArgs) -> Result<()> {
                 per
             );
             let _ = std::io::stderr().flush();
-        }
-        if ev.done == 0 {
-            step_start = Instant::now();
         }
         if STOP.load(Ordering::SeqCst) {
             StreamControl::Stop

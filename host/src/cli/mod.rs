@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod add;
 pub mod bench;
+pub mod bench_image;
 pub mod chat;
 pub mod device;
 pub mod embed;

@@ -355,7 +355,7 @@ impl Pipeline {
         let ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
         let time_ids = Array::from_slice(&ids, &[batch, 6]);
         eval([&ctx])?;
-        let schedule = self.scheduler.schedule(job.sampler, job.steps);
+        let mut schedule = self.scheduler.schedule(job.sampler, job.steps);
         let mut x = latents
             .as_dtype(Dtype::Float32)?
             .multiply(Array::from_f32(schedule.init_noise_sigma))?;

@@ -34,11 +34,14 @@ pub enum Sampler {
     EulerAncestral,
     /// DDIM, deterministic (`DDIMScheduler`, η = 0).
     Ddim,
+    /// DPM-Solver++ 2M (`DPMSolverMultistepScheduler`: second order, midpoint, the last
+    /// step first order).
+    DpmPP2M,
 }
 
 impl Sampler {
     /// Every sampler: request name, diffusers class, the name image tools print.
-    pub const ALL: [(&'static str, &'static str, &'static str, Sampler); 3] = [
+    pub const ALL: [(&'static str, &'static str, &'static str, Sampler); 4] = [
         ("euler", "EulerDiscreteScheduler", "Euler", Sampler::Euler),
         (
             "euler_a",
@@ -47,6 +50,12 @@ impl Sampler {
             Sampler::EulerAncestral,
         ),
         ("ddim", "DDIMScheduler", "DDIM", Sampler::Ddim),
+        (
+            "dpmpp_2m",
+            "DPMSolverMultistepScheduler",
+            "DPM++ 2M",
+            Sampler::DpmPP2M,
+        ),
     ];
 
     /// By request name.
@@ -232,15 +241,27 @@ impl SchedulerConfig {
     pub fn schedule(&self, sampler: Sampler, steps: usize) -> Schedule {
         let n = self.train_steps();
         let offset = self.steps_offset as f64;
-        let ts: Vec<f64> = match self.spacing {
-            Spacing::Leading => {
+        let ts: Vec<f64> = match (self.spacing, sampler) {
+            // DPM-Solver spreads steps + 1 points and drops the last.
+            (Spacing::Leading, Sampler::DpmPP2M) => {
+                let ratio = (n / (steps + 1)) as f64;
+                (1..=steps)
+                    .rev()
+                    .map(|i| (i as f64 * ratio).round() + offset)
+                    .collect()
+            }
+            (Spacing::Linspace, Sampler::DpmPP2M) => (1..=steps)
+                .rev()
+                .map(|i| (i as f64 * (n - 1) as f64 / steps as f64).round())
+                .collect(),
+            (Spacing::Leading, _) => {
                 let ratio = (n / steps) as f64;
                 (0..steps)
                     .rev()
                     .map(|i| (i as f64 * ratio).round() + offset)
                     .collect()
             }
-            Spacing::Linspace => {
+            (Spacing::Linspace, _) => {
                 let v: Vec<f64> = (0..steps)
                     .map(|i| {
                         if steps == 1 {
@@ -257,7 +278,7 @@ impl SchedulerConfig {
                     v.into_iter().map(|t| t as f32 as f64).collect()
                 }
             }
-            Spacing::Trailing => {
+            (Spacing::Trailing, _) => {
                 let ratio = n as f64 / steps as f64;
                 (0..steps)
                     .map(|i| (n as f64 - i as f64 * ratio).round() - 1.0)
@@ -281,7 +302,7 @@ impl SchedulerConfig {
         sigmas.push(0.0);
         let max = sigmas.iter().cloned().fold(0.0, f64::max);
         let init_noise_sigma = match sampler {
-            Sampler::Ddim => 1.0,
+            Sampler::Ddim | Sampler::DpmPP2M => 1.0,
             _ if matches!(self.spacing, Spacing::Linspace | Spacing::Trailing) => max,
             _ => (max * max + 1.0).sqrt(),
         };
@@ -292,6 +313,7 @@ impl SchedulerConfig {
             init_noise_sigma: init_noise_sigma as f32,
             config: self.clone(),
             stride: (n / steps) as i64,
+            previous_x0: None,
         }
     }
 }
@@ -327,6 +349,8 @@ pub struct Schedule {
     config: SchedulerConfig,
     /// DDIM's distance to the previous timestep (training steps / inference steps).
     stride: i64,
+    /// DPM-Solver++'s x₀ prediction of the step before.
+    previous_x0: Option<Array>,
 }
 
 fn scalar(x: f64) -> Array {
@@ -347,7 +371,7 @@ impl Schedule {
     /// The UNet's input at step `i`: the latents scaled as the sampler wants them.
     pub fn scale_input(&self, i: usize, x: &Array) -> MlxResult<Array> {
         match self.sampler {
-            Sampler::Ddim => Ok(x.clone()),
+            Sampler::Ddim | Sampler::DpmPP2M => Ok(x.clone()),
             _ => {
                 let s = self.sigmas[i];
                 x.divide(scalar((s * s + 1.0).sqrt()))
@@ -358,7 +382,7 @@ impl Schedule {
     /// The latents after step `i`, from the (guided) prediction `out`; `noise` draws the
     /// fresh noise an ancestral step adds (shaped as `x`).
     pub fn step(
-        &self,
+        &mut self,
         i: usize,
         out: &Array,
         x: &Array,
@@ -384,6 +408,45 @@ impl Schedule {
                 let down = (next * next - up * up).sqrt();
                 let prev = x.add(&derivative.multiply(scalar(down - sigma))?)?;
                 prev.add(&noise()?.multiply(scalar(up))?)
+            }
+            Sampler::DpmPP2M => {
+                // In the variance-preserving parametrisation: x = α·x₀ + σ·ε with
+                // α = 1/√(s² + 1), σ = s·α for the schedule's s.
+                let vp = |s: f64| {
+                    let a = 1.0 / (s * s + 1.0).sqrt();
+                    (a, s * a)
+                };
+                let (a_s, s_s) = vp(self.sigmas[i]);
+                let x0 = match self.config.prediction {
+                    Prediction::Epsilon => {
+                        x.subtract(&out.multiply(scalar(s_s))?)?.divide(scalar(a_s))?
+                    }
+                    Prediction::Velocity => x
+                        .multiply(scalar(a_s))?
+                        .subtract(&out.multiply(scalar(s_s))?)?,
+                };
+                let next = self.sigmas[i + 1];
+                let last = i + 1 == self.len();
+                let prev = self.previous_x0.replace(x0.clone());
+                if next == 0.0 {
+                    // λ → ∞: the step lands on x₀.
+                    return Ok(x0);
+                }
+                let (a_t, s_t) = vp(next);
+                let lambda = |a: f64, s: f64| a.ln() - s.ln();
+                let h = lambda(a_t, s_t) - lambda(a_s, s_s);
+                let first = x
+                    .multiply(scalar(s_t / s_s))?
+                    .subtract(&x0.multiply(scalar(a_t * ((-h).exp() - 1.0)))?)?;
+                match prev {
+                    Some(m1) if i > 0 && !last => {
+                        let (a_1, s_1) = vp(self.sigmas[i - 1]);
+                        let r0 = (lambda(a_s, s_s) - lambda(a_1, s_1)) / h;
+                        let d1 = x0.subtract(&m1)?.multiply(scalar(1.0 / r0))?;
+                        first.subtract(&d1.multiply(scalar(0.5 * a_t * ((-h).exp() - 1.0)))?)
+                    }
+                    _ => Ok(first),
+                }
             }
             Sampler::Ddim => {
                 let ac = &self.config.alphas_cumprod;
