@@ -84,7 +84,12 @@ pub(crate) fn cmd_bench_image(engine: &Engine, a: &BenchImageArgs) -> Result<()>
         // The first step's time includes encoding the prompts: the steady state is the
         // median of the others.
         let steady: Vec<f64> = steps.iter().skip(1).copied().collect();
-        let per = stats(if steady.is_empty() { steps.clone() } else { steady }).0;
+        let per = stats(if steady.is_empty() {
+            steps.clone()
+        } else {
+            steady
+        })
+        .0;
         step_s.push(per);
         image_s.push(total);
         rest_s.push(total - per * steps.len() as f64);

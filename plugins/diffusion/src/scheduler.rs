@@ -418,9 +418,9 @@ impl Schedule {
                 };
                 let (a_s, s_s) = vp(self.sigmas[i]);
                 let x0 = match self.config.prediction {
-                    Prediction::Epsilon => {
-                        x.subtract(&out.multiply(scalar(s_s))?)?.divide(scalar(a_s))?
-                    }
+                    Prediction::Epsilon => x
+                        .subtract(&out.multiply(scalar(s_s))?)?
+                        .divide(scalar(a_s))?,
                     Prediction::Velocity => x
                         .multiply(scalar(a_s))?
                         .subtract(&out.multiply(scalar(s_s))?)?,
